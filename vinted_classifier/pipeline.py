@@ -1,0 +1,92 @@
+"""tf.data input pipeline, and the one image preprocessing function shared with serving.
+
+``decode_and_resize`` is used by training, batch prediction and the exported
+SavedModel signatures alike, so there is no train/serve skew. Pixels stay in
+[0, 255]; the backbone's own normalisation lives inside the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def decode_and_resize(image_bytes, image_size: tuple[int, int]):
+    """Encoded JPEG/PNG bytes -> float32 [H, W, 3] in [0, 255], aspect preserved.
+
+    Portrait photos are scaled to fit and padded (not squashed), so a blouse keeps
+    its proportions. Grey and RGBA images become RGB.
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return resize_pixels(tf.cast(image, tf.float32), image_size)
+
+
+def resize_pixels(image, image_size: tuple[int, int]):
+    """float32 [h, w, 3] (any size) -> [H, W, 3], aspect-preserving resize then pad."""
+    import tensorflow as tf
+
+    height, width = image_size
+    resized = tf.image.resize_with_pad(image, height, width, method="bilinear", antialias=True)
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def make_dataset(
+    paths: Sequence[str],
+    *,
+    image_size: tuple[int, int],
+    batch_size: int,
+    codes: np.ndarray | None = None,
+    tags: np.ndarray | None = None,
+    category_output: str = "cc3",
+    sample_weights: np.ndarray | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    repeat: bool = False,
+):
+    """Stream images from disk: shuffle file names, parallel read+decode, batch, prefetch.
+
+    Only file names and labels are held in memory, so memory does not grow with the
+    dataset. Yields ``images`` or ``(images, {category_output: codes, "tags": tags}[, weights])``.
+    """
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    paths = list(paths)
+    if not paths:
+        raise ValueError("make_dataset: no image paths given")
+    has_labels = codes is not None and tags is not None
+    columns: list = [tf.constant(paths)]
+    if has_labels:
+        columns += [np.asarray(codes, np.int64), np.asarray(tags, np.float32)]
+        if len(codes) != len(paths) or len(tags) != len(paths):
+            raise ValueError(f"make_dataset: {len(paths)} paths but {len(codes)} codes and {len(tags)} tag rows")
+    if sample_weights is not None:
+        columns.append(np.asarray(sample_weights, np.float32))
+    ds = tf.data.Dataset.from_tensor_slices(tuple(columns))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def load(path, *rest):
+        image = decode_and_resize(tf.io.read_file(path), image_size)
+        if not has_labels:
+            return image
+        targets = {category_output: rest[0], "tags": rest[1]}
+        if sample_weights is None:
+            return image, targets
+        return image, targets, {category_output: rest[2], "tags": tf.ones_like(rest[2])}
+
+    ds = ds.map(load, num_parallel_calls=autotune, deterministic=not shuffle)
+    return ds.batch(batch_size).prefetch(autotune)
+
+
+def load_images(paths: Sequence[str], image_size: tuple[int, int]) -> np.ndarray:
+    """Eagerly decode a few images (tests, notebook, benchmarks) with the shared preprocessing."""
+    import tensorflow as tf
+
+    return np.stack([decode_and_resize(tf.io.read_file(p), image_size).numpy() for p in paths])
