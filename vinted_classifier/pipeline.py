@@ -81,7 +81,8 @@ def make_dataset(
             return image, targets
         return image, targets, {category_output: rest[2], "tags": tf.ones_like(rest[2])}
 
-    ds = ds.map(load, num_parallel_calls=autotune, deterministic=not shuffle)
+    # deterministic=True keeps batch order fixed for a seed (parallel decode, ordered output).
+    ds = ds.map(load, num_parallel_calls=autotune, deterministic=True)
     return ds.batch(batch_size).prefetch(autotune)
 
 
