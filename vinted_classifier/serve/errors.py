@@ -1,0 +1,89 @@
+"""Canonical (gRPC-style) error codes and their HTTP mapping, as TF Serving uses them.
+
+Every failure inside the server is a ``ServingError`` carrying a canonical code,
+so the REST layer can answer with the same status code TF Serving would.
+"""
+
+from __future__ import annotations
+
+HTTP_STATUS = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "UNAUTHENTICATED": 401,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+}
+
+
+class ServingError(Exception):
+    """An error with a canonical code; ``http_status`` follows TF Serving's mapping."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        if code not in HTTP_STATUS:
+            raise ValueError(f"unknown canonical code {code!r}")
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    def __repr__(self) -> str:
+        return f"ServingError({self.code}, {self.message!r})"
+
+
+def invalid(message: str) -> ServingError:
+    return ServingError("INVALID_ARGUMENT", message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError("NOT_FOUND", message)
+
+
+def from_tf_exception(exc: BaseException) -> ServingError:
+    """Map a ``tf.errors.OpError`` (or anything else) to a ServingError, keeping its message."""
+    import tensorflow as tf
+
+    if isinstance(exc, ServingError):
+        return exc
+    if isinstance(exc, tf.errors.OpError):
+        name = _TF_CODE_NAMES.get(exc.error_code, "UNKNOWN")
+        return ServingError(name, exc.message)
+    if isinstance(exc, (ValueError, TypeError)):
+        # Python-side argument checks of a ConcreteFunction (wrong dtype/shape).
+        return ServingError("INVALID_ARGUMENT", str(exc))
+    return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+
+
+# tf.errors codes are the canonical gRPC codes (0..16).
+_TF_CODE_NAMES = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}

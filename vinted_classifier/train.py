@@ -1,0 +1,258 @@
+"""Two-phase training of the multi-task model, with feature caching, resume and evaluation.
+
+Phase 1 trains the heads on a frozen backbone. When ``train.cache_features`` is on,
+backbone features are computed once (plus a fixed number of augmented views) and the
+head trains on those arrays: the same result as re-running the frozen backbone every
+epoch, many times faster. Phase 2 unfreezes the last conv block at a low learning rate.
+
+Interrupted runs resume: phase 1 leaves a marker and weights when done; Keras
+BackupAndRestore restores mid-phase state on the next run with the same run name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import data, pipeline
+from .config import RunConfig
+from .runs import RunLabels, predict_probabilities
+from .utils import package_versions, set_seed, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    history: dict
+    seconds: float
+
+
+def _callbacks(cfg: RunConfig, run_dir: Path, phase: str, *, checkpoint: bool):
+    import keras
+
+    monitor, mode = cfg.train.monitor, cfg.train.monitor_mode
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase), delete_checkpoint=True),
+        keras.callbacks.CSVLogger(str(run_dir / f"history_{phase}.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / phase), write_graph=False, profile_batch=0),
+    ]
+    if cfg.train.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience, restore_best_weights=True))
+    if checkpoint:
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            str(run_dir / "best_checkpoint.keras"), monitor=monitor, mode=mode, save_best_only=True))
+    return callbacks
+
+
+def _image_dataset(cfg: RunConfig, prepared: data.PreparedData, split: str, *, training: bool):
+    weights = None
+    if training and cfg.data.class_weights:
+        per_class = data.class_weights(prepared.codes(split), len(prepared.vocab.categories))
+        weights = per_class[prepared.codes(split)]
+    return pipeline.make_dataset(
+        prepared.paths(split), image_size=cfg.model.image_size, batch_size=cfg.train.batch_size,
+        codes=prepared.codes(split), tags=prepared.tags(split), category_output=cfg.data.category_column,
+        sample_weights=weights, shuffle=training, seed=cfg.seed)
+
+
+def extract_features(bundle, dataset, *, augment_views: int = 0) -> np.ndarray:
+    """Backbone features for every image, once clean and ``augment_views`` times augmented.
+
+    Returns [views * N, D], clean view first; row ``v * N + i`` is image ``i`` in view ``v``.
+    """
+    import tensorflow as tf
+
+    extractor = tf.function(lambda x: bundle.feature_extractor(x, training=False), reduce_retracing=True)
+    augment = None
+    if augment_views and bundle.augmenter is not None:
+        augment = tf.function(lambda x: bundle.augmenter(x, training=True), reduce_retracing=True)
+    views = [[] for _ in range(1 + (augment_views if augment is not None else 0))]
+    for batch in dataset:
+        images = batch[0] if isinstance(batch, tuple) else batch
+        views[0].append(extractor(images).numpy())
+        for view in views[1:]:
+            view.append(extractor(augment(images)).numpy())
+    return np.concatenate([np.concatenate(v) for v in views]).astype(np.float32)
+
+
+def _feature_dataset(features, codes, tags, cfg: RunConfig, *, shuffle: bool, weights=None):
+    import tensorflow as tf
+
+    targets = {cfg.data.category_column: codes, "tags": tags}
+    parts = (features, targets) if weights is None else (
+        features, targets, {cfg.data.category_column: weights, "tags": np.ones_like(weights)})
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    if shuffle:
+        ds = ds.shuffle(len(features), seed=cfg.seed, reshuffle_each_iteration=True)
+    return ds.batch(cfg.train.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _compile(bundle_model, cfg: RunConfig, prepared: data.PreparedData, learning_rate: float) -> None:
+    from .model import compile_model
+
+    compile_model(bundle_model, category_output=cfg.data.category_column, n_tags=len(prepared.vocab.tags),
+                  tag_names=list(prepared.vocab.tags), learning_rate=learning_rate,
+                  loss_weights=cfg.train.loss_weights, label_smoothing=cfg.train.label_smoothing)
+
+
+def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
+    """Phase 1 with cached features: the backbone runs once per (view of an) image, not per epoch."""
+    started = time.perf_counter()
+    plain_train = pipeline.make_dataset(prepared.paths("train"), image_size=cfg.model.image_size,
+                                        batch_size=cfg.train.batch_size)
+    plain_val = pipeline.make_dataset(prepared.paths("val"), image_size=cfg.model.image_size,
+                                      batch_size=cfg.train.batch_size)
+    views = cfg.train.cached_augmented_views if cfg.model.augment else 0
+    train_x = extract_features(bundle, plain_train, augment_views=views)
+    val_x = extract_features(bundle, plain_val)
+    repeats = len(train_x) // len(prepared.paths("train"))
+    codes, tags = np.tile(prepared.codes("train"), repeats), np.tile(prepared.tags("train"), (repeats, 1))
+    weights = None
+    if cfg.data.class_weights:
+        weights = data.class_weights(codes, len(prepared.vocab.categories))[codes].astype(np.float32)
+    log.info("cached features: train %s (%d view(s)), val %s in %.1fs", train_x.shape, repeats, val_x.shape,
+             time.perf_counter() - started)
+    _compile(bundle.head, cfg, prepared, cfg.train.head_learning_rate)
+    history = bundle.head.fit(
+        _feature_dataset(train_x, codes, tags, cfg, shuffle=True, weights=weights),
+        validation_data=_feature_dataset(val_x, prepared.codes("val"), prepared.tags("val"), cfg, shuffle=False),
+        epochs=cfg.train.head_epochs, callbacks=_callbacks(cfg, run_dir, "head", checkpoint=False),
+        verbose=cfg.train.verbose)
+    return history.history
+
+
+def _fit_full_model(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path, *, phase: str,
+                    epochs: int, learning_rate: float) -> dict:
+    _compile(bundle.model, cfg, prepared, learning_rate)
+    history = bundle.model.fit(
+        _image_dataset(cfg, prepared, "train", training=True),
+        validation_data=_image_dataset(cfg, prepared, "val", training=False),
+        epochs=epochs, callbacks=_callbacks(cfg, run_dir, phase, checkpoint=phase == "finetune"),
+        verbose=cfg.train.verbose)
+    return history.history
+
+
+def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
+    from .model import set_trainable
+
+    history: dict[str, list] = {}
+    done_marker, phase1_weights = run_dir / "phase1.done", run_dir / "phase1.weights.h5"
+    if done_marker.is_file() and phase1_weights.is_file():
+        log.info("resuming: phase 1 already finished, loading %s", phase1_weights)
+        bundle.model.load_weights(phase1_weights)
+        history = json.loads(done_marker.read_text())
+    elif cfg.train.head_epochs > 0:
+        counts = set_trainable(bundle, "head", cfg.train.finetune_layer_prefixes)
+        log.info("phase 1 (frozen backbone): %s", counts)
+        if cfg.train.cache_features:
+            history = _train_head_on_cached_features(bundle, cfg, prepared, run_dir)
+        else:
+            history = _fit_full_model(bundle, cfg, prepared, run_dir, phase="head",
+                                      epochs=cfg.train.head_epochs, learning_rate=cfg.train.head_learning_rate)
+        bundle.model.save_weights(phase1_weights)
+        done_marker.write_text(json.dumps(_jsonable(history)))
+    if cfg.train.finetune_epochs > 0:
+        counts = set_trainable(bundle, "finetune", cfg.train.finetune_layer_prefixes)
+        log.info("phase 2 (fine-tune %s): %s", cfg.train.finetune_layer_prefixes, counts)
+        tuned = _fit_full_model(bundle, cfg, prepared, run_dir, phase="finetune",
+                                epochs=cfg.train.finetune_epochs, learning_rate=cfg.train.finetune_learning_rate)
+        history = {key: history.get(key, []) + tuned.get(key, []) for key in {*history, *tuned}}
+    return history
+
+
+def _jsonable(history: dict) -> dict:
+    return {key: [float(v) for v in values] for key, values in history.items()}
+
+
+def evaluate_splits(model, cfg: RunConfig, prepared: data.PreparedData, labels: RunLabels | None = None,
+                    *, figures_dir: Path | None = None) -> tuple[dict, RunLabels]:
+    """Tune tag thresholds on validation, then evaluate on the held-out split."""
+    from . import evaluate
+
+    probs = {}
+    for split in ("val", "holdout"):
+        ds = pipeline.make_dataset(prepared.paths(split), image_size=cfg.model.image_size,
+                                   batch_size=cfg.train.batch_size)
+        probs[split] = predict_probabilities(model, ds, cfg.data.category_column)
+    if labels is None:
+        thresholds = evaluate.tune_thresholds(prepared.tags("val").astype(np.int64), probs["val"][1])
+        labels = RunLabels(cfg.data.category_column, list(prepared.vocab.categories), list(prepared.vocab.tags),
+                           [float(t) for t in thresholds], cfg.model.image_size)
+    metrics = {}
+    names = dict(categories=labels.categories, tag_names=labels.tags, thresholds=np.asarray(labels.thresholds))
+    for split in ("val", "holdout"):
+        frame = prepared.frames[split]
+        slices = frame[cfg.data.slice_column] if cfg.data.slice_column else None
+        metrics[split] = evaluate.evaluate_predictions(
+            prepared.codes(split), probs[split][0], prepared.tags(split).astype(np.int64), probs[split][1],
+            slices=slices, **names)
+    if figures_dir is not None:
+        evaluate.save_figures(prepared.codes("holdout"), probs["holdout"][0],
+                              prepared.tags("holdout").astype(np.int64), probs["holdout"][1],
+                              out_dir=figures_dir, **names)
+    return metrics, labels
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    """Train, pick the best epoch, tune thresholds, evaluate; write everything to the run folder."""
+    import keras
+
+    from .model import build_model
+    from .precision import detect_hardware, resolve_precision, set_precision
+
+    started = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    set_seed(cfg.seed)
+    hardware = detect_hardware()
+    policy = set_precision(resolve_precision(cfg.train.precision, hardware))
+    log.info("precision policy: %s", policy)
+
+    prepared = data.prepare(cfg.data, cfg.seed)
+    log.info("data: %s; splits %s", prepared.duplicates, {k: len(v) for k, v in prepared.frames.items()})
+    bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
+                         category_output=cfg.data.category_column)
+    log.info("weights source: %s", bundle.weights_source)
+
+    history = _run_phases(bundle, cfg, prepared, run_dir)
+    train_seconds = time.perf_counter() - started
+    bundle.model.save(run_dir / "model.keras")
+    metrics, labels = evaluate_splits(bundle.model, cfg, prepared, figures_dir=run_dir / "figures")
+    labels.save(run_dir / "labels.json")
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "history.json", _jsonable(history))
+    from . import evaluate
+
+    evaluate.learning_curves_figure(history).savefig(run_dir / "figures" / "learning_curves.png", dpi=100)
+    write_json(run_dir / "run.json", {
+        "run_name": cfg.run_name, "seed": cfg.seed, "weights_source": bundle.weights_source,
+        "precision_policy": policy, "hardware": hardware, "package_versions": package_versions(),
+        "keras_backend": keras.backend.backend(), "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1), "duplicates": prepared.duplicates,
+        "split_sizes": {k: len(v) for k, v in prepared.frames.items()}, "splits_file": str(prepared.splits_file),
+        "image_report": prepared.image_report.describe(),
+    })
+    for stale in ("phase1.done", "phase1.weights.h5", "best_checkpoint.keras"):
+        (run_dir / stale).unlink(missing_ok=True)
+    return TrainResult(run_dir=run_dir, metrics=metrics, history=history, seconds=time.perf_counter() - started)
+
+
+def evaluate_run(cfg: RunConfig) -> dict:
+    """Re-evaluate a finished run on its own splits with its saved thresholds."""
+    from .runs import load_run
+
+    saved_cfg, labels, model = load_run(cfg.run_dir)
+    prepared = data.prepare(saved_cfg.data, saved_cfg.seed)
+    metrics, _ = evaluate_splits(model, saved_cfg, prepared, labels, figures_dir=cfg.run_dir / "figures")
+    write_json(cfg.run_dir / "metrics.json", metrics)
+    return metrics
