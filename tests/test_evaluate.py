@@ -415,3 +415,17 @@ def test_save_figures_writes_valid_pngs(tmp_path, random_preds):
         y_cat, p_cat, y_tags, p_tags, categories=CATS, tag_names=TAGS, thresholds=thr, out_dir=tmp_path / "b",
     )
     assert "learning_curves" not in no_history and len(no_history) == 4
+
+
+def test_single_tag_is_scored_as_the_positive_class_only():
+    # A one-column indicator matrix must not be read as a binary target with two classes.
+    y_tags = np.array([[1], [1], [0], [0], [0]])
+    p_tags = np.array([[0.9], [0.2], [0.8], [0.1], [0.1]])
+    m = evaluate_predictions(
+        np.zeros(5, dtype=int), np.tile([0.6, 0.4], (5, 1)), y_tags, p_tags,
+        categories=["a", "b"], tag_names=["t"], thresholds=[0.5],
+    )
+    t = m["tags"]["per_tag"]["t"]
+    pred = p_tags[:, 0] >= 0.5
+    assert (t["precision"], t["recall"], t["f1"]) == pytest.approx((0.5, 0.5, f1_score(y_tags[:, 0], pred)))
+    assert m["tags"]["macro_f1"] == pytest.approx(0.5)

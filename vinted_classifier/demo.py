@@ -188,8 +188,9 @@ def _silhouette(category: str, rng: np.random.Generator) -> dict[str, Any]:
                  placket=True, pocket=u() < 0.4, cuffs=True, sleeve_flare=u(0.75, 0.95), folds=1)
     else:  # TANK_TOPS
         sleeve = rng.choice(["straps", "none"], p=[0.55, 0.45])
-        p.update(neck_w=u(0.3, 0.5), shoulder_x=u(0.62, 0.85) * c, armpit_y=u(0.95, 1.3), waist_w=u(0.82, 0.98) * c,
-                 hem_y=u(1.9, 2.7), hem_w=u(0.9, 1.1) * c, hem_curve=u(0.0, 0.08), neck=rng.choice(["round", "v", "square"]),
+        c *= u(0.8, 0.92)
+        p.update(neck_w=u(0.28, 0.45), shoulder_x=u(0.55, 0.75) * c, armpit_y=u(0.95, 1.3), waist_w=u(0.85, 0.98) * c,
+                 hem_y=u(2.3, 3.0), hem_w=u(0.9, 1.1) * c, hem_curve=u(0.0, 0.08), neck=rng.choice(["round", "v", "square"]),
                  ruffle=u() < 0.08, folds=1)
     p.setdefault("waist_y", (p["armpit_y"] + p["hem_y"]) / 2)
     p.update(c=c, sleeve=str(sleeve), shoulder_y=u(0.12, 0.28))
@@ -217,11 +218,15 @@ def _outline(p: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         theta = math.radians(rng.uniform(18, 42) if p["sleeve"] != "short" else rng.uniform(30, 55))
         d = np.array([math.sin(theta), math.cos(theta)])
         n = np.array([-math.cos(theta), math.sin(theta)])
-        armhole = math.hypot(c - sx, ay - sy) + 0.35
-        cuff = armhole * (p["sleeve_flare"] if p["sleeve"] != "short" else rng.uniform(0.85, 1.05))
-        cuff = max(cuff * (0.75 if p["sleeve"] == "long" else 1.0), 0.35)
-        e1 = np.array([sx, sy]) + d * length
+        shoulder, armpit = np.array([sx, sy]), np.array([c, ay])
+        opening = max(float((armpit - shoulder) @ n), 0.38)  # sleeve width where it meets the body
+        flare = p["sleeve_flare"] if p["sleeve"] != "short" else rng.uniform(0.9, 1.1)
+        cuff = opening * flare * (0.8 if p["sleeve"] == "long" else 1.0)
+        e1 = shoulder + d * length
         e2 = e1 + n * cuff
+        # the underarm seam must leave the armpit outwards, or the outline folds into the body
+        push = max(0.0, 0.18 - float((e2 - armpit) @ d))
+        e1, e2 = e1 + d * push, e2 + d * push
         right += [tuple(e1), tuple(e2)]
         seams.append([(sx, sy), (c, ay)])
         if p["cuffs"] and p["sleeve"] == "long":
@@ -288,10 +293,9 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Solid, gradient, textured (bedsheet/carpet) or floor/wall backgrounds, mostly light neutrals."""
     def neutral():
         base = rng.uniform(150, 250)
-        tint = rng.normal(0, 10, 3)
         if rng.random() < 0.2:
-            return np.clip(_PALETTE[rng.integers(len(_PALETTE))] * 0.5 + base * 0.5, 0, 255)
-        return np.clip(base + tint, 0, 255)
+            return np.clip(_PALETTE[rng.integers(len(_PALETTE))] * 0.5 + base * 0.5, 0, 255).astype(np.float32)
+        return np.clip(base + rng.normal(0, 10, 3), 0, 255).astype(np.float32)
 
     kind = rng.choice(["solid", "gradient", "noise", "split"], p=[0.3, 0.25, 0.2, 0.25])
     a, b = neutral(), neutral()
@@ -308,7 +312,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     elif kind == "noise":
         n = _smooth_noise(rng, h, w, int(rng.integers(4, 14)))[..., None]
         bg = a * (1 - n * 0.6) + b * n * 0.6
-        bg = bg + rng.normal(0, rng.uniform(2, 8), (h, w, 1)).astype(np.float32)
+        bg = bg + rng.standard_normal((h, w, 1), dtype=np.float32) * rng.uniform(2, 8)
     else:
         split = int(h * rng.uniform(0.55, 0.85))
         bg = np.empty((h, w, 3), np.float32)
@@ -431,7 +435,7 @@ def _fabric_base(color: str, rng: np.random.Generator, u: np.ndarray, v: np.ndar
     """Fabric before the pattern: ``color1`` with a small per-photo tint; VARIOUS = multicolour patches."""
     h, w = u.shape
     if color != "VARIOUS":
-        base = np.clip(np.array(COLOR_RGB[color], np.float32) * rng.uniform(0.9, 1.08, 3), 0, 255)
+        base = np.clip(np.array(COLOR_RGB[color], np.float32) * rng.uniform(0.9, 1.08, 3), 0, 255).astype(np.float32)
         return np.broadcast_to(base, (h, w, 3)).astype(np.float32), base
     cols = _PALETTE[rng.choice(len(_PALETTE), size=4, replace=False)]
     kind = rng.choice(["blocks", "stripes", "blobs"])
@@ -445,7 +449,7 @@ def _fabric_base(color: str, rng: np.random.Generator, u: np.ndarray, v: np.ndar
         n1, n2 = _smooth_noise(rng, h, w, 5), _smooth_noise(rng, h, w, 5)
         idx = (n1 > 0.5).astype(int) * 2 + (n2 > 0.5).astype(int)
     fabric = cols[idx]
-    return fabric.astype(np.float32), cols.mean(axis=0)
+    return fabric.astype(np.float32), cols.mean(axis=0).astype(np.float32)
 
 
 def render_garment(category: str, color: str, tag: str | None, rng: np.random.Generator):
@@ -479,10 +483,13 @@ def render_garment(category: str, color: str, tag: str | None, rng: np.random.Ge
     for x, y, r in shape["blobs"]:
         (px_, py_), rr = to_px([(x, y)])[0], r * scale
         draw.ellipse([px_ - rr, py_ - rr, px_ + rr, py_ + rr], fill=255)
-    mask = np.asarray(mask_img.filter(ImageFilter.GaussianBlur(0.7)), dtype=np.float32)[..., None] / 255.0
+    mask_img = mask_img.filter(ImageFilter.GaussianBlur(0.7))
+    # Fabric work only inside the garment's bounding box (about half the frame): the costly part.
+    x0, y0, x1, y1 = mask_img.getbbox() or (0, 0, w, h)
+    mask = np.asarray(mask_img.crop((x0, y0, x1, y1)), dtype=np.float32)[..., None] / 255.0
 
     # garment coordinates of every pixel (inverse transform), so patterns follow rotation and scale
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx, dy = xs - cx, ys - cy
     u = (dx * cos_a + dy * sin_a) / scale + centre_local[0]
     v = (-dx * sin_a + dy * cos_a) / scale + centre_local[1]
@@ -490,14 +497,13 @@ def render_garment(category: str, color: str, tag: str | None, rng: np.random.Ge
     fabric, base = _fabric_base(color, rng, u, v, px)
     fabric = _pattern(tag or "", rng, u, v, fabric, base, px)
 
-    # shading: rounder body (darker edges), soft folds, fine weave noise
+    # shading: rounder body (darker edges) and soft folds below the waist
     p = shape["params"]
-    shade = 1.0 - 0.14 * np.clip(np.abs(u) / (p["hem_w"] + 0.6), 0, 1) ** 2
+    shade = 1.0 - 0.14 * np.minimum(np.abs(u) / (p["hem_w"] + 0.6), 1) ** 2
     for _ in range(p["folds"]):
         fx = rng.uniform(-p["hem_w"], p["hem_w"])
         fold = np.exp(-((u - fx - 0.1 * (v - p["waist_y"])) ** 2) / (2 * rng.uniform(0.03, 0.08) ** 2))
         shade = shade - rng.uniform(0.05, 0.12) * fold * np.clip(v - p["waist_y"] + 0.5, 0, 1)
-    fabric = fabric * shade[..., None] + rng.normal(0, 2.0, (h, w, 1)).astype(np.float32)
 
     detail_img = Image.new("L", (w, h), 0)
     ddraw = ImageDraw.Draw(detail_img)
@@ -508,8 +514,8 @@ def render_garment(category: str, color: str, tag: str | None, rng: np.random.Ge
         ddraw.line(to_px(poly + [poly[0]]), fill=90, width=line_w)
     for seam in shape["seams"]:
         ddraw.line(to_px(seam), fill=70, width=line_w)
-    detail = np.asarray(detail_img, dtype=np.float32)[..., None] / 255.0
-    fabric = fabric * (1 - detail)
+    detail = np.asarray(detail_img.crop((x0, y0, x1, y1)), dtype=np.float32) / 255.0
+    fabric = fabric * (shade * (1 - detail))[..., None]
 
     if rng.random() < 0.6:  # soft drop shadow on the background
         off = (int(rng.integers(2, 9)), int(rng.integers(2, 9)))
@@ -517,13 +523,17 @@ def render_garment(category: str, color: str, tag: str | None, rng: np.random.Ge
         shadow_img.paste(mask_img, off)
         shadow = np.asarray(shadow_img.filter(ImageFilter.GaussianBlur(6)), dtype=np.float32)[..., None] / 255.0
         bg = bg * (1 - rng.uniform(0.15, 0.35) * shadow)
-    img = bg * (1 - mask) + fabric * mask
+    img = np.array(bg, dtype=np.float32)
+    img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - mask) + fabric * mask
 
-    # lighting: global brightness/contrast and a directional gradient
+    # lighting: global brightness/contrast, a directional gradient, sensor noise
     gdir = rng.uniform(0, 2 * math.pi)
-    grad = ((xs / w - 0.5) * math.cos(gdir) + (ys / h - 0.5) * math.sin(gdir))[..., None]
-    img = (img - 128) * rng.uniform(0.8, 1.15) + 128 * rng.uniform(0.85, 1.12)
-    img = img * (1 + rng.uniform(0, 0.3) * grad) + rng.normal(0, rng.uniform(1, 4), (h, w, 1)).astype(np.float32)
+    gx = (np.arange(w, dtype=np.float32) / w - 0.5) * math.cos(gdir)
+    gy = (np.arange(h, dtype=np.float32) / h - 0.5) * math.sin(gdir)
+    contrast, bright, slope = rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.12), rng.uniform(0, 0.3)
+    gain = (contrast * (1 + slope * (gy[:, None] + gx[None, :])))[..., None]
+    img = (img - 128) * gain + 128 * bright * (1 + slope * (gy[:, None] + gx[None, :]))[..., None]
+    img += rng.standard_normal((h, w, 1), dtype=np.float32) * rng.uniform(1, 4)
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
     if shape["buttons"]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -254,21 +255,29 @@ def _tpr_at_fpr(y: np.ndarray, p: np.ndarray, max_fpr: float) -> float:
     return float(tpr[ok].max())
 
 
-def _tag_f1(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Per-tag F1 with NaN where undefined (no positives and none predicted)."""
-    _, _, f1, _ = precision_recall_fscore_support(
-        y, pred, average=None, zero_division=np.nan
-    )
-    return np.asarray(f1, dtype=float)
+def _tag_prf(y: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column precision, recall, F1, support; NaN where a ratio is undefined.
+
+    Counted directly rather than via scikit-learn, which reads a one-column indicator
+    matrix as a *binary* target and would return per-class (0 and 1) scores instead.
+    Same definitions as ``precision_recall_fscore_support(zero_division=np.nan)``.
+    """
+    tp = (pred & y).sum(axis=0).astype(float)
+    n_pred = pred.sum(axis=0).astype(float)
+    support = y.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(n_pred > 0, tp / n_pred, np.nan)
+        recall = np.where(support > 0, tp / support, np.nan)
+        denom = n_pred + support
+        f1 = np.where(denom > 0, 2.0 * tp / denom, np.nan)
+    return precision, recall, f1, support
 
 
 def _tag_metrics(
     y: np.ndarray, p: np.ndarray, thresholds: np.ndarray, tag_names: Sequence[str], low_fpr: float
 ) -> dict:
     pred = _binarize(p, thresholds)
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y, pred, average=None, zero_division=np.nan
-    )
+    prec, rec, f1, support = _tag_prf(y, pred)
     per_tag = {}
     for j, name in enumerate(tag_names):
         yj, pj = y[:, j], p[:, j]
@@ -327,7 +336,7 @@ def _slice_metrics(
             "n": int(count),
             "top1_accuracy": float(hit1[mask].mean()),
             "top2_accuracy": float(hit2[mask].mean()),
-            "tag_macro_f1": _nanmean_or_none(_tag_f1(y_tags[mask], pred_tags[mask])),
+            "tag_macro_f1": _nanmean_or_none(_tag_prf(y_tags[mask], pred_tags[mask])[2]),
         }
         if key == OTHER_SLICE:
             entry["members"] = sorted(small)
@@ -568,6 +577,7 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
                     ax.plot(np.arange(1, arr.size + 1), arr, style, color=color, label=f"{base} ({suffix})")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
     return fig
 

@@ -244,9 +244,14 @@ def build_model(
     model_in = keras.Input(shape=(height, width, 3), dtype="float32", name="image")
     x = augmenter(model_in) if augmenter is not None else model_in
     outputs = head(feature_extractor(x))
+    # Identity layers named after the outputs, so output_names (and exported signatures) read
+    # ``cc3``/``tags`` rather than the nested model's name ``head``.
     model = keras.Model(
         model_in,
-        {category_output: outputs[category_output], TAGS_OUTPUT: outputs[TAGS_OUTPUT]},
+        {
+            name: keras.layers.Identity(dtype="float32", name=name)(outputs[name])
+            for name in (category_output, TAGS_OUTPUT)
+        },
         name="vinted_classifier",
     )
     return ModelBundle(

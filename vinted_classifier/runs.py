@@ -63,9 +63,7 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, RunLabels, "object"]:
     """Load a finished run: its config, labels and best model (compile=False, for inference)."""
-    import keras
-
-    from . import model as _model  # noqa: F401  registers the custom layers before loading
+    from .model import load_model
 
     run_dir = Path(run_dir)
     model_path = run_dir / "model.keras"
@@ -73,7 +71,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, RunLabels, "object"]:
         raise FileNotFoundError(f"no trained model at {model_path} (run `make train` or `vinted train`)")
     cfg = load_config(run_dir / "config.yaml")
     labels = RunLabels.load(run_dir / "labels.json")
-    model = keras.models.load_model(model_path, compile=False)
+    model = load_model(model_path, compile=False)  # registers the custom layers first
     return cfg, labels, model
 
 

@@ -126,7 +126,7 @@ def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.Prepar
         _feature_dataset(train_x, codes, tags, cfg, shuffle=True, weights=weights),
         validation_data=_feature_dataset(val_x, prepared.codes("val"), prepared.tags("val"), cfg, shuffle=False),
         epochs=cfg.train.head_epochs, callbacks=_callbacks(cfg, run_dir, "head", checkpoint=False),
-        verbose=cfg.train.verbose)
+        shuffle=False, verbose=cfg.train.verbose)  # the datasets shuffle themselves
     return history.history
 
 
@@ -137,7 +137,7 @@ def _fit_full_model(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir
         _image_dataset(cfg, prepared, "train", training=True),
         validation_data=_image_dataset(cfg, prepared, "val", training=False),
         epochs=epochs, callbacks=_callbacks(cfg, run_dir, phase, checkpoint=phase == "finetune"),
-        verbose=cfg.train.verbose)
+        shuffle=False, verbose=cfg.train.verbose)  # the datasets shuffle themselves
     return history.history
 
 
