@@ -491,8 +491,8 @@ def render_garment(category: str, color: str, tag: str | None, rng: np.random.Ge
     # garment coordinates of every pixel (inverse transform), so patterns follow rotation and scale
     ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     dx, dy = xs - cx, ys - cy
-    u = (dx * cos_a + dy * sin_a) / scale + centre_local[0]
-    v = (-dx * sin_a + dy * cos_a) / scale + centre_local[1]
+    u = (dx * cos_a + dy * sin_a) / scale + float(centre_local[0])  # python floats keep float32
+    v = (-dx * sin_a + dy * cos_a) / scale + float(centre_local[1])
     px = 1.0 / scale
     fabric, base = _fabric_base(color, rng, u, v, px)
     fabric = _pattern(tag or "", rng, u, v, fabric, base, px)

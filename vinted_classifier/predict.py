@@ -16,15 +16,10 @@ import pandas as pd
 
 from . import data, pipeline
 from .config import PROJECT_ROOT, DataConfig
+from .evaluate import top2 as top2_codes  # ties -> lower code, like tf.math.top_k in the SavedModel
 from .runs import RunLabels, predict_probabilities
 
 log = logging.getLogger(__name__)
-
-
-def top2_codes(p_cat: np.ndarray) -> np.ndarray:
-    """Most and second most likely codes; ties go to the lower code (like tf.math.top_k)."""
-    order = np.argsort(-p_cat, axis=1, kind="stable")
-    return order[:, :2].astype(np.int64)
 
 
 def format_predictions(ids: list[str], p_cat: np.ndarray, p_tags: np.ndarray, labels: RunLabels,

@@ -174,7 +174,7 @@ def _jsonable(history: dict) -> dict:
 
 
 def evaluate_splits(model, cfg: RunConfig, prepared: data.PreparedData, labels: RunLabels | None = None,
-                    *, figures_dir: Path | None = None) -> tuple[dict, RunLabels]:
+                    *, figures_dir: Path | None = None, history: dict | None = None) -> tuple[dict, RunLabels]:
     """Tune tag thresholds on validation, then evaluate on the held-out split."""
     from . import evaluate
 
@@ -198,7 +198,7 @@ def evaluate_splits(model, cfg: RunConfig, prepared: data.PreparedData, labels: 
     if figures_dir is not None:
         evaluate.save_figures(prepared.codes("holdout"), probs["holdout"][0],
                               prepared.tags("holdout").astype(np.int64), probs["holdout"][1],
-                              out_dir=figures_dir, **names)
+                              out_dir=figures_dir, history=history, **names)
     return metrics, labels
 
 
@@ -227,13 +227,10 @@ def train(cfg: RunConfig) -> TrainResult:
     history = _run_phases(bundle, cfg, prepared, run_dir)
     train_seconds = time.perf_counter() - started
     bundle.model.save(run_dir / "model.keras")
-    metrics, labels = evaluate_splits(bundle.model, cfg, prepared, figures_dir=run_dir / "figures")
+    metrics, labels = evaluate_splits(bundle.model, cfg, prepared, figures_dir=run_dir / "figures", history=history)
     labels.save(run_dir / "labels.json")
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "history.json", _jsonable(history))
-    from . import evaluate
-
-    evaluate.learning_curves_figure(history).savefig(run_dir / "figures" / "learning_curves.png", dpi=100)
     write_json(run_dir / "run.json", {
         "run_name": cfg.run_name, "seed": cfg.seed, "weights_source": bundle.weights_source,
         "precision_policy": policy, "hardware": hardware, "package_versions": package_versions(),
