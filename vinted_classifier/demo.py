@@ -345,61 +345,68 @@ def _vivid(rng: np.random.Generator, light: bool) -> np.ndarray:
     return np.clip(col * 0.6 + 100, 0, 255) if light else col * 0.8
 
 
-def _cell_table(rng: np.random.Generator, k: int = 3) -> np.ndarray:
-    """Per-cell random values for lattice patterns, looked up with (i mod 16, j mod 16)."""
-    return rng.random((16, 16, k)).astype(np.float32)
+def _cell_values(rng: np.random.Generator, cell: np.ndarray) -> np.ndarray:
+    """A random value per lattice cell (256 distinct, repeating every 16 cells), gathered per pixel."""
+    return np.take(rng.random(256).astype(np.float32), cell)
 
 
 def _lattice(u: np.ndarray, v: np.ndarray, period: float, stagger: bool):
-    j = np.floor(v / period)
-    off = (np.mod(j, 2) * 0.5 * period) if stagger else 0.0
-    i = np.floor((u + off) / period)
-    du = u + off - (i + 0.5) * period
-    dv = v - (j + 0.5) * period
-    return i.astype(np.int64) % 16, j.astype(np.int64) % 16, du, dv
+    """Cell id (0..255) and offset from the cell centre for a square lattice, rows optionally staggered."""
+    inv = 1.0 / period
+    jf = np.floor(v * inv)
+    uf = u * inv + ((jf % 2) * 0.5 if stagger else 0.0)
+    i_f = np.floor(uf)
+    du = (uf - i_f - 0.5) * period
+    dv = (v * inv - jf - 0.5) * period
+    cell = ((i_f.astype(np.int32) & 15) << 4) | (jf.astype(np.int32) & 15)
+    return cell, du, dv
+
+
+def _blend(under: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    return under + (colour - under) * alpha[..., None]
 
 
 def _pattern(tag: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, fabric: np.ndarray,
              base: np.ndarray, px: float) -> np.ndarray:
-    """Draw the tag's pattern onto ``fabric`` in garment coordinates (u, v); ``px`` = one pixel in units."""
-    aa = px * 1.2
+    """Draw the tag's pattern onto ``fabric`` in garment coordinates (u, v); ``px`` = one pixel in units.
+
+    Patterns are evaluated per pixel in garment coordinates, so they follow the garment's rotation and
+    scale and are clipped to it by the caller's mask."""
+    inv_aa = 1.0 / (px * 1.2)  # anti-aliasing ramp of ~1 px
     if tag == "polka dot":
         r = rng.uniform(2.5, 10) * px
-        period = r * rng.uniform(2.4, 4.2)
-        i, j, du, dv = _lattice(u, v, period, stagger=rng.random() < 0.6)
-        rad = r
-        if rng.random() < 0.2:  # irregular dot sizes
-            rad = r * (0.6 + 0.7 * _cell_table(rng, 1)[i, j, 0])
-        alpha = np.clip((rad - np.hypot(du, dv)) / aa + 0.5, 0, 1)[..., None]
-        col = _contrast_colour(rng, base)
-        return fabric * (1 - alpha) + col * alpha
+        cell, du, dv = _lattice(u, v, r * rng.uniform(2.4, 4.2), stagger=rng.random() < 0.6)
+        rad = r * (0.6 + 0.7 * _cell_values(rng, cell)) if rng.random() < 0.2 else r  # irregular sizes
+        alpha = np.clip((rad - np.sqrt(du * du + dv * dv)) * inv_aa + 0.5, 0, 1)
+        return _blend(fabric, _contrast_colour(rng, base), alpha)
     if tag == "floral":
         size = rng.uniform(5, 14) * px
         period = size * rng.uniform(2.2, 3.4)
-        i, j, du, dv = _lattice(u, v, period, stagger=True)
-        tab = _cell_table(rng, 5)
-        cell = tab[i, j]
-        du = du + (cell[..., 0] - 0.5) * period * 0.35
-        dv = dv + (cell[..., 1] - 0.5) * period * 0.35
-        scale = size * (0.7 + 0.5 * cell[..., 2])
+        cell, du, dv = _lattice(u, v, period, stagger=True)
+        du = du + (_cell_values(rng, cell) - 0.5) * (period * 0.35)
+        dv = dv + (_cell_values(rng, cell) - 0.5) * (period * 0.35)
+        kind = _cell_values(rng, cell)
+        scale = size * (0.7 + 0.5 * kind)
         petals = int(rng.integers(4, 7))
-        ang = np.arctan2(dv, du) + cell[..., 3] * 6.283
-        r = np.hypot(du, dv)
-        edge = scale * (0.45 + 0.55 * (0.5 + 0.5 * np.cos(petals * ang)))
-        present = (cell[..., 4] < rng.uniform(0.75, 1.0)).astype(np.float32)
-        petal_a = (np.clip((edge - r) / aa + 0.5, 0, 1) * present)[..., None]
-        centre_a = (np.clip((scale * 0.28 - r) / aa + 0.5, 0, 1) * present)[..., None]
+        ang = np.arctan2(dv, du) + _cell_values(rng, cell) * 6.283
+        r = np.sqrt(du * du + dv * dv)
+        present = _cell_values(rng, cell) < rng.uniform(0.75, 1.0)
+        edge = scale * (0.725 + 0.275 * np.cos(petals * ang))
+        petal_a = np.clip((edge - r) * inv_aa + 0.5, 0, 1) * present
+        centre_a = np.clip((scale * 0.28 - r) * inv_aa + 0.5, 0, 1) * present
         colours = np.stack([_contrast_colour(rng, base) for _ in range(3)])
-        petal_col = colours[np.minimum((cell[..., 2] * 3).astype(int), 2)] if rng.random() < 0.6 else colours[0]
-        out = fabric * (1 - petal_a) + petal_col * petal_a
+        if rng.random() < 0.6:  # flowers in up to three colours
+            petal_col = colours[np.minimum((kind * 3).astype(np.int32), 2)]
+            out = fabric + (petal_col - fabric) * petal_a[..., None]
+        else:
+            out = _blend(fabric, colours[0], petal_a)
         if rng.random() < 0.6:  # leaves beside the flowers
             leaf_col = np.array([60, 120, 55], np.float32) * rng.uniform(0.7, 1.2)
-            lu, lv = du - scale * 1.15, dv + scale * 0.4
-            leaf = (lu / (scale * 0.55)) ** 2 + (lv / (scale * 0.25)) ** 2
-            leaf_a = (np.clip((1 - leaf) * 3, 0, 1) * present * (1 - petal_a[..., 0]))[..., None]
-            out = out * (1 - leaf_a) + leaf_col * leaf_a
+            lu, lv = (du - scale * 1.15) / (scale * 0.55), (dv + scale * 0.4) / (scale * 0.25)
+            leaf_a = np.clip((1 - lu * lu - lv * lv) * 3, 0, 1) * present * (1 - petal_a)
+            out = _blend(out, leaf_col, leaf_a)
         centre_col = np.array([235, 200, 60], np.float32) if rng.random() < 0.6 else base * 0.6
-        return out * (1 - centre_a) + centre_col * centre_a
+        return _blend(out, centre_col, centre_a)
     if tag == "checker":
         period = rng.uniform(8, 32) * px
         col = _contrast_colour(rng, base)
@@ -407,28 +414,35 @@ def _pattern(tag: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, f
         if kind == "buffalo":
             period *= 1.6
         width = period * (0.5 if kind in ("gingham", "buffalo") else rng.uniform(0.12, 0.3))
-        bu = np.clip((width - np.mod(u, period)) / aa + 0.5, 0, 1)
-        bv = np.clip((width - np.mod(v, period)) / aa + 0.5, 0, 1)
-        strength = 0.95 if kind == "buffalo" else rng.uniform(0.55, 0.8)
-        a = (np.maximum(bu, bv) * 0.55 + bu * bv * 0.45) * strength if kind != "buffalo" else np.abs(bu - bv) * strength
-        out = fabric * (1 - a[..., None]) + col * a[..., None]
+        fu, fv = _wrap(u, period), _wrap(v, period)
+        bu = np.clip((width - fu) * inv_aa + 0.5, 0, 1)
+        bv = np.clip((width - fv) * inv_aa + 0.5, 0, 1)
+        if kind == "buffalo":
+            alpha = np.abs(bu - bv) * 0.95
+        else:
+            alpha = (np.maximum(bu, bv) * 0.55 + bu * bv * 0.45) * rng.uniform(0.55, 0.8)
+        out = _blend(fabric, col, alpha)
         if kind == "tartan":  # thin over-check lines in a third colour
-            col2 = _vivid(rng, light=rng.random() < 0.5)
-            off = period * 0.5
-            lu = np.clip((px * 1.5 - np.abs(np.mod(u + off, period) - period * 0.5)) / aa + 0.5, 0, 1)
-            lv = np.clip((px * 1.5 - np.abs(np.mod(v + off, period) - period * 0.5)) / aa + 0.5, 0, 1)
-            la = (np.maximum(lu, lv) * 0.8)[..., None]
-            out = out * (1 - la) + col2 * la
+            half = period * 0.5
+            lu = np.clip((px * 1.5 - np.abs(fu - half)) * inv_aa + 0.5, 0, 1)
+            lv = np.clip((px * 1.5 - np.abs(fv - half)) * inv_aa + 0.5, 0, 1)
+            out = _blend(out, _vivid(rng, light=rng.random() < 0.5), np.maximum(lu, lv) * 0.8)
         return out
-    # untagged: plain, subtle knit texture or (rarely) one-way stripes
+    # untagged: plain, a subtle knit texture or (rarely) one-way stripes, which are not checks
     if rng.random() < 0.08:
         period = rng.uniform(8, 28) * px
-        a = np.clip((period * 0.4 - np.mod(v, period)) / aa + 0.5, 0, 1)[..., None] * rng.uniform(0.4, 0.8)
-        return fabric * (1 - a) + _contrast_colour(rng, base) * a
+        alpha = np.clip((period * 0.4 - _wrap(v, period)) * inv_aa + 0.5, 0, 1) * rng.uniform(0.4, 0.8)
+        return _blend(fabric, _contrast_colour(rng, base), alpha)
     if rng.random() < 0.3:
-        rib = 0.5 + 0.5 * np.sin(u / (px * rng.uniform(1.5, 3)))
-        return fabric * (1 - 0.04 * rib[..., None])
+        rib = 0.5 + 0.5 * np.sin(u * (1.0 / (px * rng.uniform(1.5, 3))))
+        return fabric * (1 - 0.04 * rib)[..., None]
     return fabric
+
+
+def _wrap(x: np.ndarray, period: float) -> np.ndarray:
+    """``x mod period`` (faster than np.mod for floats)."""
+    t = x * (1.0 / period)
+    return (t - np.floor(t)) * period
 
 
 def _fabric_base(color: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, px: float):
@@ -531,9 +545,10 @@ def render_garment(category: str, color: str, tag: str | None, rng: np.random.Ge
     gx = (np.arange(w, dtype=np.float32) / w - 0.5) * math.cos(gdir)
     gy = (np.arange(h, dtype=np.float32) / h - 0.5) * math.sin(gdir)
     contrast, bright, slope = rng.uniform(0.8, 1.15), rng.uniform(0.85, 1.12), rng.uniform(0, 0.3)
-    gain = (contrast * (1 + slope * (gy[:, None] + gx[None, :])))[..., None]
-    img = (img - 128) * gain + 128 * bright * (1 + slope * (gy[:, None] + gx[None, :]))[..., None]
-    img += rng.standard_normal((h, w, 1), dtype=np.float32) * rng.uniform(1, 4)
+    light = 1 + slope * (gy[:, None] + gx[None, :])
+    gain = contrast * light
+    offset = 128 * bright * light - 128 * gain + rng.standard_normal((h, w), dtype=np.float32) * rng.uniform(1, 4)
+    img = img * gain[..., None] + offset[..., None]
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
     if shape["buttons"]:

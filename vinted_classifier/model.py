@@ -116,10 +116,19 @@ def custom_objects() -> dict[str, type]:
         def get_config(self) -> dict[str, Any]:
             return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
-    return {
-        f"{SERIALIZATION_PACKAGE}>{cls.__name__}": cls
-        for cls in (BackbonePreprocess, TagAUC, SparseCategoricalCrossentropySmoothed)
-    } | {cls.__name__: cls for cls in (BackbonePreprocess, TagAUC, SparseCategoricalCrossentropySmoothed)}
+    @register
+    class Augmenter(keras.Sequential):
+        """Random augmentation that is OFF unless Keras says training=True.
+
+        Keras's random image layers default to ``training=True`` (for tf.data use), so a
+        plain ``model(x)`` (and the exported ``serve`` signature) would augment at inference.
+        """
+
+        def call(self, inputs, training=False, mask=None):
+            return super().call(inputs, training=bool(training), mask=mask)
+
+    classes = (BackbonePreprocess, TagAUC, SparseCategoricalCrossentropySmoothed, Augmenter)
+    return {cls.__name__: cls for cls in classes}
 
 
 def load_model(path: str | Path, compile: bool = True):
@@ -164,7 +173,7 @@ def build_augmenter(name: str = "augmenter"):
     import keras
 
     layers = keras.layers
-    return keras.Sequential(
+    return custom_objects()["Augmenter"](
         [
             layers.RandomFlip("horizontal", dtype="float32"),
             layers.RandomRotation(0.04, fill_mode="reflect", dtype="float32"),
