@@ -450,7 +450,7 @@ def _fabric_base(color: str, rng: np.random.Generator, u: np.ndarray, v: np.ndar
     h, w = u.shape
     if color != "VARIOUS":
         base = np.clip(np.array(COLOR_RGB[color], np.float32) * rng.uniform(0.9, 1.08, 3), 0, 255).astype(np.float32)
-        return np.broadcast_to(base, (h, w, 3)).astype(np.float32), base
+        return np.broadcast_to(base, (h, w, 3)), base  # read-only view; patterns make new arrays
     cols = _PALETTE[rng.choice(len(_PALETTE), size=4, replace=False)]
     kind = rng.choice(["blocks", "stripes", "blobs"])
     if kind == "blocks":
@@ -537,7 +537,7 @@ def render_garment(category: str, color: str, tag: str | None, rng: np.random.Ge
         shadow_img.paste(mask_img, off)
         shadow = np.asarray(shadow_img.filter(ImageFilter.GaussianBlur(6)), dtype=np.float32)[..., None] / 255.0
         bg = bg * (1 - rng.uniform(0.15, 0.35) * shadow)
-    img = np.array(bg, dtype=np.float32)
+    img = np.require(bg, dtype=np.float32, requirements=["W", "C", "O"])
     img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - mask) + fabric * mask
 
     # lighting: global brightness/contrast, a directional gradient, sensor noise
@@ -584,8 +584,19 @@ def _render_all(jobs: list[tuple], workers: int) -> int:
         return sum(_render_job(j) for j in jobs)
     import multiprocessing as mp
 
-    # spawn: safe even when the caller has TensorFlow (threads) loaded
-    with mp.get_context("spawn").Pool(workers) as pool:
+    # Workers allocate ~1.5 MB arrays per step; glibc would mmap/unmap each one (a fifth of the run
+    # spent in page faults). Larger malloc thresholds, read by each worker at start, keep them on the heap.
+    tuning = {"MALLOC_MMAP_THRESHOLD_": "16777216", "MALLOC_TRIM_THRESHOLD_": "134217728"}
+    saved = {k: os.environ.get(k) for k in tuning}
+    os.environ.update({k: v for k, v in tuning.items() if saved[k] is None})
+    try:
+        # spawn: safe even when the caller has TensorFlow (threads) loaded
+        pool = mp.get_context("spawn").Pool(workers)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+    with pool:
         return sum(pool.imap_unordered(_render_job, jobs, chunksize=16))
 
 

@@ -49,10 +49,20 @@ def write_json(path: str | Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def write_parquet(frame, path: str | Path) -> None:
-    """Write a DataFrame to parquet atomically (no index column)."""
+def write_parquet(frame, path: str | Path, metadata: dict[bytes, bytes] | None = None) -> None:
+    """Write a DataFrame to parquet atomically, with no index column.
+
+    Text columns are stored as ``string`` (not pandas 3's default ``large_string``) so
+    the files carry exactly the Vinted files' schema.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    schema = pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema],
+                       metadata={**(table.schema.metadata or {}), **(metadata or {})})
     with atomic_path(path, suffix=".parquet") as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table.cast(schema), tmp)
 
 
 def _json_default(value: Any) -> Any:

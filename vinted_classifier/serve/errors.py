@@ -6,6 +6,8 @@ so the REST layer can answer with the same status code TF Serving would.
 
 from __future__ import annotations
 
+import re
+
 HTTP_STATUS = {
     "OK": 200,
     "CANCELLED": 499,
@@ -61,11 +63,27 @@ def from_tf_exception(exc: BaseException) -> ServingError:
         return exc
     if isinstance(exc, tf.errors.OpError):
         name = _TF_CODE_NAMES.get(exc.error_code, "UNKNOWN")
-        return ServingError(name, exc.message)
+        return ServingError(name, clean_tf_message(exc.message))
     if isinstance(exc, (ValueError, TypeError)):
         # Python-side argument checks of a ConcreteFunction (wrong dtype/shape).
         return ServingError("INVALID_ARGUMENT", str(exc))
     return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+
+
+def clean_tf_message(message: str) -> str:
+    """Drop eager-mode decoration ("Graph execution error: Detected at node ...", "[Op:...]").
+
+    TF Serving returns the runtime status message only; so do we.
+    """
+    marker = "<stack traces unavailable>\n"
+    if message.startswith("Graph execution error:"):
+        if marker in message:
+            message = message.split(marker, 1)[1]
+        else:
+            lines = message.splitlines()
+            message = "\n".join(l for l in lines[1:] if l.strip() and not l.startswith(("Detected at node", "  File", "    ")))
+    message = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", message)
+    return message.strip()
 
 
 # tf.errors codes are the canonical gRPC codes (0..16).

@@ -1,0 +1,99 @@
+"""Precision policy: auto follows the hardware, explicit names pass, the global policy is restored."""
+
+from __future__ import annotations
+
+import pytest
+
+from vinted_classifier import precision as P
+
+GPU_AMPERE = {"gpus": [{"name": "/physical_device:GPU:0", "compute_capability": (8, 0)}], "cpu_bf16": True}
+GPU_PASCAL = {"gpus": [{"name": "/physical_device:GPU:0", "compute_capability": (6, 1)}], "cpu_bf16": True}
+CPU_BF16 = {"gpus": [], "cpu_bf16": True, "cpu_flags": ["amx_bf16", "avx512_bf16"]}
+CPU_PLAIN = {"gpus": [], "cpu_bf16": False, "cpu_flags": []}
+
+
+@pytest.fixture(autouse=True)
+def reset_policy():
+    import keras
+
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize(
+    ("hardware", "expected"),
+    [
+        (GPU_AMPERE, "mixed_float16"),
+        (GPU_PASCAL, "float32"),
+        (CPU_BF16, "mixed_bfloat16"),
+        ({"gpus": [], "cpu_flags": ["amx_bf16"]}, "mixed_bfloat16"),
+        (CPU_PLAIN, "float32"),
+        ({}, "float32"),
+    ],
+)
+def test_auto_follows_hardware(hardware, expected):
+    assert P.resolve_precision("auto", hardware) == expected
+
+
+@pytest.mark.parametrize("name", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_explicit_passes_through(name):
+    assert P.resolve_precision(name, CPU_PLAIN) == name
+
+
+def test_bad_name_errors():
+    with pytest.raises(ValueError, match=r"unknown precision 'float16'.*mixed_bfloat16"):
+        P.resolve_precision("float16", CPU_PLAIN)
+    with pytest.raises(ValueError, match="unknown precision policy 'bf16'"):
+        with P.use_precision("bf16"):
+            pass
+
+
+def test_cpu_flags_parsing(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: sse\n")
+    assert P._cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16", "amx_tile", "sse"}
+    assert P._cpu_flags(tmp_path / "absent") == set()
+
+
+def test_detect_hardware_shape():
+    hardware = P.detect_hardware()
+    assert set(hardware) == {"gpus", "cpu_bf16", "cpu_flags"}
+    assert isinstance(hardware["gpus"], list)
+    assert hardware["cpu_bf16"] == bool(hardware["cpu_flags"])
+    assert set(hardware["cpu_flags"]) <= {"avx512_bf16", "amx_bf16"}
+    assert P.resolve_precision("auto", hardware) in P.POLICIES
+
+
+def test_use_precision_restores_even_on_error():
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    with P.use_precision("mixed_bfloat16") as policy:
+        assert policy == "mixed_bfloat16"
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        assert keras.layers.Dense(2).compute_dtype == "bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(RuntimeError, match="boom"):
+        with P.use_precision("mixed_float16"):
+            raise RuntimeError("boom")
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_set_precision_returns_previous():
+    import keras
+
+    assert P.set_precision("mixed_bfloat16") == "float32"
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert P.set_precision("float32") == "mixed_bfloat16"
+
+
+def test_import_sets_no_policy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vinted_classifier.precision, vinted_classifier.model, vinted_classifier.weights;"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"

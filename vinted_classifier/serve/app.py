@@ -1,0 +1,411 @@
+"""The Starlette app: TF Serving's /v1 REST routes plus /predict_image and /healthz.
+
+One ASGI dispatcher takes every method and path so that routing, status codes
+and error bodies follow TF Serving exactly (``Malformed request: <METHOD> <path>``
+under /v1, JSON 404 elsewhere) instead of Starlette's defaults. Model calls run
+in worker threads or the dynamic batcher; the event loop only awaits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import tensor_json as tj
+from .batching import Batcher
+from .errors import ServingError, invalid
+from .versions import DEFAULT_SIGNATURE, LoadedVersion, ModelRegistry, SignatureInfo
+
+log = logging.getLogger("vinted_classifier.serve")
+access_log = logging.getLogger("vinted_classifier.serve.access")
+
+_NAME = r"([^/:]+)"
+_VERSION_OR_LABEL = rf"(?:(?:/versions/(\d+))|(?:/labels/{_NAME}))?"
+PREDICT_RE = re.compile(rf"/v1/models/{_NAME}{_VERSION_OR_LABEL}:(classify|regress|predict)", re.IGNORECASE)
+STATUS_RE = re.compile(rf"/v1/models(?:/{_NAME})?{_VERSION_OR_LABEL}(?:/(metadata))?", re.IGNORECASE)
+V1_RE = re.compile(r"/v1/", re.IGNORECASE)
+UPLOAD_RE = re.compile(rf"/(?:models/{_NAME}/)?predict_image")
+_INT64_MAX = 2**63 - 1
+_INLINE_PARSE_BYTES = 256 * 1024  # bigger bodies are parsed in a worker thread
+
+
+@dataclass
+class ServeOptions:
+    """Limits and defaults of one server instance."""
+
+    default_model: str
+    timeout_s: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_instances: int = 1024
+    model_threads: int = 4
+
+
+class HttpError(Exception):
+    """An error whose HTTP status has no canonical code (413, plain 404 outside /v1)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json_response(body: str, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _parse_version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = int(text)
+    if value > _INT64_MAX:
+        raise invalid(f"Failed to convert version: {text} to numeric.")
+    return value
+
+
+def check_image_bytes(data: bytes, max_pixels: int) -> None:
+    """Refuse images whose header announces more than ``max_pixels`` (decompression bombs).
+
+    Only the header is read. Bytes PIL cannot identify are left to the graph, whose
+    decode error is what TF Serving would answer.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise invalid(f"Image too large: {exc}") from None
+    except Exception:  # noqa: BLE001 - unknown formats are the graph's call
+        return
+    if width * height > max_pixels:
+        raise invalid(f"Image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+
+
+class ServingApp:
+    """Holds the registry, batcher and thread pool; ``self.app`` is the Starlette application."""
+
+    def __init__(self, registry: ModelRegistry, options: ServeOptions, batcher: Batcher | None = None):
+        self.registry = registry
+        self.options = options
+        self.batcher = batcher
+        self.executor = concurrent.futures.ThreadPoolExecutor(options.model_threads, thread_name_prefix="model")
+        self.app = Starlette(routes=[Route("/{path:path}", _Dispatcher(self))], lifespan=self._lifespan)
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette):
+        self.registry.start()
+        try:
+            yield
+        finally:
+            self.registry.stop()
+
+    def close(self) -> None:
+        """Stop the poller, drain the batcher and the model threads (after the server stopped)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.registry.stop()
+        if self.batcher is not None:
+            self.batcher.stop()
+        self.executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        started = time.perf_counter()
+        ctx: dict[str, Any] = {"model": None, "version": None, "bytes_in": 0}
+        try:
+            response = await self._route(request, ctx)
+        except HttpError as exc:
+            response = _json_response(tj.error_json(exc.message), exc.status)
+        except ServingError as exc:
+            response = _json_response(tj.error_json(exc.message), exc.http_status)
+        except Exception as exc:  # noqa: BLE001 - never let a bug kill the connection without JSON
+            log.exception("Unhandled error for %s %s", request.method, scope.get("path"))
+            response = _json_response(tj.error_json(f"Internal error: {type(exc).__name__}"), 500)
+        await response(scope, receive, send)
+        access_log.info(json.dumps({
+            "method": request.method,
+            "path": scope.get("path"),
+            "status": response.status_code,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "bytes_in": ctx["bytes_in"],
+            "bytes_out": len(response.body),
+            "model": ctx["model"],
+            "version": ctx["version"],
+            "client": (scope.get("client") or [None])[0],
+        }))
+
+    async def _read_body(self, request: Request, ctx: dict) -> bytes:
+        limit = self.options.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise HttpError(400, f"Invalid Content-Length header: {declared!r}") from None
+            if size > limit:
+                ctx["bytes_in"] = size
+                raise HttpError(413, f"Request body of {size} bytes exceeds the limit of {limit} bytes")
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                ctx["bytes_in"] = total
+                raise HttpError(413, f"Request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        ctx["bytes_in"] = total
+        return b"".join(chunks)
+
+    async def _maybe_in_thread(self, size: int, fn: Any, *args: Any) -> Any:
+        if size < _INLINE_PARSE_BYTES:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _route(self, request: Request, ctx: dict) -> Response:
+        path = request.scope["path"]
+        method = request.method.upper()
+        if V1_RE.match(path):
+            return await self._v1(request, method, path, ctx)
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            return self._healthz()
+        match = UPLOAD_RE.fullmatch(path)
+        if match and method == "POST":
+            return await self._predict_image(request, match.group(1), ctx)
+        raise HttpError(404, f"Not found: {method} {path}")
+
+    # ------------------------------------------------------------ /v1
+
+    async def _v1(self, request: Request, method: str, path: str, ctx: dict) -> Response:
+        match = PREDICT_RE.fullmatch(path)
+        if method == "POST" and match:
+            name, version_text, label, verb = match.groups()
+            version = _parse_version(version_text)
+            ctx["model"] = name
+            body = await self._read_body(request, ctx)
+            if verb.lower() == "predict":
+                return await self._predict(name, version, label, body, ctx)
+            return self._classify_regress(name, version, label, verb.lower(), body)
+        match = STATUS_RE.fullmatch(path)
+        if method == "GET" and match:
+            name, version_text, label, metadata = match.groups()
+            if not name:
+                raise invalid("Missing model name in request.")
+            ctx["model"] = name
+            version = _parse_version(version_text)
+            if metadata:
+                return self._metadata(name, version, label, ctx)
+            return self._status(name, version, label)
+        raise invalid(f"Malformed request: {method} {path}")
+
+    def _resolve(self, name: str, version: int | None, label: str | None) -> LoadedVersion:
+        manager = self.registry.get(name)
+        if manager is None:
+            spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            raise ServingError("NOT_FOUND", f"Servable not found for request: {spec}")
+        return manager.resolve(version, label)
+
+    def _status(self, name: str, version: int | None, label: str | None) -> Response:
+        manager = self.registry.get(name)
+        if manager is None:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+        entries = manager.status(version, label)
+        return _json_response(json.dumps({"model_version_status": entries}))
+
+    def _metadata(self, name: str, version: int | None, label: str | None, ctx: dict) -> Response:
+        loaded = self._resolve(name, version, label)
+        ctx["version"] = loaded.version
+        signature_defs = {key: loaded.signatures[key].as_json for key in sorted(loaded.signatures)}
+        body = {
+            "model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
+            "metadata": {"signature_def": {"signature_def": signature_defs}},
+        }
+        return _json_response(json.dumps(body))
+
+    def _classify_regress(self, name: str, version: int | None, label: str | None, verb: str,
+                          body: bytes) -> Response:
+        """Our signatures are predict-only: answer what TF Serving answers for them (400)."""
+        doc = tj.parse_json_body(body)
+        signature = tj.signature_name(doc)
+        examples = doc.get("examples")
+        if "examples" not in doc:
+            raise invalid(f"JSON Value: {tj.value_to_string(doc)} When method is classify, key 'examples' "
+                          "is expected and was not found")
+        if not isinstance(examples, list):
+            raise invalid(f"JSON Value: {tj.value_to_string(doc)} Expecting 'examples' value to be an list/array")
+        if not examples:
+            raise invalid(f"JSON Value: {tj.value_to_string(doc)} 'examples' value is an empty array")
+        for example in examples:
+            if not isinstance(example, dict):
+                raise invalid(f"Example must be JSON object but got JSON {tj.json_type_string(example)}")
+        loaded = self._resolve(name, version, label)
+        info = loaded.signature(signature)
+        kind = "classification" if verb == "classify" else "regression"
+        expected = f"tensorflow/serving/{verb}"
+        if info.method_name != expected:
+            raise invalid(f"Expected {kind} signature method_name to be {expected}. Was: {info.method_name}")
+        raise ServingError("UNIMPLEMENTED", f"{verb} signatures are not supported by this server; use :predict")
+
+    def _prepare(self, loaded: LoadedVersion, doc: dict) -> tuple[SignatureInfo, str, dict[str, np.ndarray]]:
+        """Request JSON -> validated input arrays (type, shape, batch cap, image size)."""
+        info = loaded.signature(tj.signature_name(doc))
+        if not info.inputs:
+            raise invalid(f"Failed to get input map for signature: {info.name}")
+        fmt, inputs = tj.parse_predict_inputs(doc, {k: v.dtype for k, v in info.inputs.items()})
+        for alias, array in inputs.items():
+            if array.ndim and array.shape[0] > self.options.max_instances:
+                raise invalid(f"Too many instances for input {alias}: {array.shape[0]} "
+                              f"(the limit is {self.options.max_instances} per request)")
+        loaded.check_inputs(info, inputs)
+        self._check_images(info, inputs)
+        return info, fmt, inputs
+
+    def _check_images(self, info: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
+        for alias, array in inputs.items():
+            if info.inputs[alias].dtype == "DT_STRING" and "image" in alias.lower():
+                for value in array.reshape(-1):
+                    check_image_bytes(value, self.options.max_image_pixels)
+
+    async def _execute(self, loaded: LoadedVersion, info: SignatureInfo,
+                       inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        def run(batch_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return loaded.run(info.name, batch_inputs)
+
+        batchable = self.batcher is not None and all(a.ndim >= 1 for a in inputs.values())
+        if batchable:
+            future = self.batcher.submit((loaded.name, loaded.version, info.name), run, inputs)
+        else:
+            future = self.executor.submit(run, inputs)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()
+            raise ServingError("DEADLINE_EXCEEDED",
+                               f"Deadline Exceeded: no result within {self.options.timeout_s * 1000:.0f} ms") from None
+
+    async def _predict(self, name: str, version: int | None, label: str | None, body: bytes,
+                       ctx: dict) -> Response:
+        doc = await self._maybe_in_thread(len(body), tj.parse_json_body, body)
+        loaded = self._resolve(name, version, label)
+        ctx["version"] = loaded.version
+        info, fmt, inputs = await self._maybe_in_thread(len(body), self._prepare, loaded, doc)
+        outputs = await self._execute(loaded, info, inputs)
+        text = await self._maybe_in_thread(
+            sum(v.size for v in outputs.values()) * 16, tj.predict_response_json, outputs, fmt)
+        return _json_response(text)
+
+    # ------------------------------------------------------------ outside /v1
+
+    def _healthz(self) -> Response:
+        models = {name: m.loaded_versions() for name, m in self.registry.models.items()}
+        ok = all(models.values())
+        body = {"status": "ok" if ok else "unavailable", "models": models}
+        return _json_response(json.dumps(body), 200 if ok else 503)
+
+    async def _predict_image(self, request: Request, name: str | None, ctx: dict) -> Response:
+        """``curl -F file=@photo.jpeg http://localhost:9000/predict_image`` -> top-2 + tags."""
+        body = await self._read_body(request, ctx)
+        data = await self._upload_bytes(request, body)
+        name = name or self.options.default_model
+        ctx["model"] = name
+        params = request.query_params
+        version_text = params.get("version")
+        if version_text is not None and not version_text.isdigit():
+            raise invalid(f"Failed to convert version: {version_text} to numeric.")
+        loaded = self._resolve(name, _parse_version(version_text), params.get("label"))
+        ctx["version"] = loaded.version
+        info = loaded.signature(DEFAULT_SIGNATURE)
+        aliases = [a for a, s in info.inputs.items() if s.dtype == "DT_STRING"]
+        if len(info.inputs) != 1 or not aliases:
+            raise ServingError("FAILED_PRECONDITION",
+                               f"Signature {DEFAULT_SIGNATURE} of {name} does not take one encoded image input")
+        check_image_bytes(data, self.options.max_image_pixels)
+        array = np.empty(1, dtype=object)
+        array[0] = data
+        outputs = await self._execute(loaded, info, {aliases[0]: array})
+        return _json_response(tj.dumps(self._describe(loaded, outputs)))
+
+    async def _upload_bytes(self, request: Request, body: bytes) -> bytes:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            async def replay() -> dict:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            form_request = Request(request.scope, replay)
+            try:
+                form = await form_request.form(max_files=4, max_fields=16)
+            except Exception as exc:  # noqa: BLE001 - malformed multipart is a client error
+                raise invalid(f"Malformed multipart body: {getattr(exc, 'message', exc)}") from None
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise invalid("Missing multipart file field 'file' (curl -F file=@photo.jpeg ...)")
+                data = await upload.read()
+            finally:
+                await form.close()
+        else:
+            data = body
+        if not data:
+            raise invalid("Empty image: send it as multipart field 'file' (curl -F file=@photo.jpeg ...)")
+        return data
+
+    @staticmethod
+    def _describe(loaded: LoadedVersion, outputs: dict[str, np.ndarray]) -> dict:
+        """Top-2 categories and tag decisions for one image, named from labels.json."""
+        labels = loaded.labels or {}
+        category_key = labels.get("category_output", "cc3")
+        probabilities = outputs.get(category_key)
+        if probabilities is None:
+            raise ServingError("FAILED_PRECONDITION", f"Model output {category_key!r} not found")
+        probabilities = np.asarray(probabilities[0], dtype=np.float32)
+        categories = labels.get("categories") or []
+        codes = outputs.get("top2_codes")
+        codes = [int(c) for c in codes[0]] if codes is not None else [int(c) for c in np.argsort(-probabilities)[:2]]
+        names = outputs.get("top2_names")
+        top2 = []
+        for rank, code in enumerate(codes):
+            if names is not None:
+                label = names[0][rank]
+                label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+            else:
+                label = categories[code] if code < len(categories) else str(code)
+            top2.append({"code": code, "name": label, "probability": probabilities[code]})
+        tags: dict[str, Any] = {}
+        tag_probs = outputs.get("tags")
+        if tag_probs is not None:
+            tag_probs = np.asarray(tag_probs[0], dtype=np.float32)
+            tag_names = labels.get("tags") or [f"tag_{i}" for i in range(len(tag_probs))]
+            thresholds = labels.get("thresholds") or [0.5] * len(tag_probs)
+            flags = outputs.get("tag_flags")
+            for i, probability in enumerate(tag_probs):
+                present = bool(flags[0][i]) if flags is not None else bool(probability >= thresholds[i])
+                tags[tag_names[i] if i < len(tag_names) else f"tag_{i}"] = {
+                    "probability": probability, "present": present}
+        return {"model": loaded.name, "version": str(loaded.version), "top2": top2, "tags": tags}
+
+
+class _Dispatcher:
+    """Raw ASGI endpoint: Starlette then routes every method here (no automatic 405)."""
+
+    def __init__(self, owner: ServingApp):
+        self.owner = owner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.owner.handle(scope, receive, send)
