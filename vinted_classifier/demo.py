@@ -190,7 +190,8 @@ def _silhouette(category: str, rng: np.random.Generator) -> dict[str, Any]:
         sleeve = rng.choice(["straps", "none"], p=[0.55, 0.45])
         c *= u(0.8, 0.92)
         p.update(neck_w=u(0.28, 0.45), shoulder_x=u(0.55, 0.75) * c, armpit_y=u(0.95, 1.3), waist_w=u(0.85, 0.98) * c,
-                 hem_y=u(2.3, 3.0), hem_w=u(0.9, 1.1) * c, hem_curve=u(0.0, 0.08), neck=rng.choice(["round", "v", "square"]),
+                 hem_y=u(2.3, 3.0), hem_w=u(0.9, 1.1) * c, hem_curve=u(0.0, 0.08),
+                 neck=rng.choice(["round", "v", "square"]),
                  ruffle=u() < 0.08, folds=1)
     p.setdefault("waist_y", (p["armpit_y"] + p["hem_y"]) / 2)
     p.update(c=c, sleeve=str(sleeve), shoulder_y=u(0.12, 0.28))
@@ -240,7 +241,8 @@ def _outline(p: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     right += _bezier((p["hem_w"], hy), (p["hem_w"] * 0.5, hy + p["hem_curve"] * 1.6), (0.0, hy + p["hem_curve"]))[1:]
     left = [(-x, y) for x, y in reversed(right)]
     back_dip = 0.06
-    body = right + left[1:-1] + [(-p["neck_w"], 0.0)] + _bezier((-p["neck_w"], 0.0), (0.0, back_dip * 2), (p["neck_w"], 0.0))[1:-1]
+    back_neck = _bezier((-p["neck_w"], 0.0), (0.0, back_dip * 2), (p["neck_w"], 0.0))[1:-1]
+    body = right + left[1:-1] + [(-p["neck_w"], 0.0)] + back_neck
     # Inside of the back, seen through the front neckline.
     nw = p["neck_w"]
     depth = {"round": rng.uniform(0.2, 0.4), "v": rng.uniform(0.45, 0.8), "square": rng.uniform(0.25, 0.45)}[p["neck"]]
@@ -265,7 +267,8 @@ def _outline(p: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         p["buttons"] = [(0.0, y) for y in np.arange(top + 0.12, hy + p["hem_curve"] - 0.05, rng.uniform(0.3, 0.42))]
     if p["pocket"]:
         x0, y0 = rng.uniform(0.35, 0.5), rng.uniform(0.55, 0.75)
-        seams.append([(x0, y0), (x0 + 0.35, y0), (x0 + 0.35, y0 + 0.38), (x0 + 0.175, y0 + 0.45), (x0, y0 + 0.38), (x0, y0)])
+        x1, y1 = x0 + 0.35, y0 + 0.38
+        seams.append([(x0, y0), (x1, y0), (x1, y1), ((x0 + x1) / 2, y1 + 0.07), (x0, y1), (x0, y0)])
     if p["belt"]:
         seams.append([(-p["waist_w"], wy - 0.05), (p["waist_w"], wy - 0.05)])
         seams.append([(-p["waist_w"], wy + 0.07), (p["waist_w"], wy + 0.07)])
@@ -656,7 +659,8 @@ def generate_demo_dataset(out_dir: str | Path, *, scale: float = 1.0, seed: int 
         _write_table({"uuid": labels["test_labels"]["uuid"]}, tmp / "test.parquet", meta)
         _write_table(labels["example_predictions"], tmp / "example_predictions.parquet", meta)
         _write_table(labels["data"], tmp / "data.parquet", meta)
-        (tmp / "README.txt").write_text(README_TEXT.format(generator=generator, noise=label_noise, scale=scale, seed=seed))
+        readme = README_TEXT.format(generator=generator, noise=label_noise, scale=scale, seed=seed)
+        (tmp / "README.txt").write_text(readme)
         _check_target(out_dir, force)
         if out_dir.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))

@@ -64,7 +64,8 @@ def _heatmap(ax, matrix: pd.DataFrame, title: str, fmt: str, cmap: str = "coolwa
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
 
 
-def tag_cooccurrence(df: pd.DataFrame, *, tag_columns: Sequence[str] = DEFAULT_TAGS) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+def tag_cooccurrence(df: pd.DataFrame, *,
+                     tag_columns: Sequence[str] = DEFAULT_TAGS) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
     """Rows carrying both tags (diagonal: each tag alone) and the tag–tag Pearson correlation."""
     tags = df[list(tag_columns)].astype(int)
     counts = tags.T @ tags

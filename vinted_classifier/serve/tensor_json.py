@@ -412,10 +412,8 @@ def _parse_instances(instances: list, input_dtypes: dict[str, str]) -> dict[str,
                 ) from None
     result = {}
     for name, arrays in items.items():
-        stacked = np.empty((len(arrays),) + arrays[0].shape, dtype=arrays[0].dtype)
-        for i, array in enumerate(arrays):
-            stacked[i] = array
-        result[name] = stacked
+        flat = np.concatenate([a.reshape(-1) for a in arrays])  # keeps object elements as bytes
+        result[name] = flat.reshape((len(arrays),) + arrays[0].shape)
     return result
 
 
