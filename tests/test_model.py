@@ -82,6 +82,30 @@ def test_pooling_feature_dims(pooling, size, dim):
     assert bundle.feature_extractor.predict(images(2, *size), verbose=0).shape == (2, dim)
 
 
+@pytest.mark.parametrize(
+    ("backbone", "mode", "dim"), [("resnet50", "caffe", 2048), ("efficientnet_b0", "none", 1280)]
+)
+def test_other_backbones_build_with_their_preprocessing(backbone, mode, dim):
+    bundle = M.build_model(cfg(backbone=backbone), CATEGORIES, TAGS)
+    assert bundle.feature_extractor.get_layer("preprocess").mode == mode
+    assert M.feature_dim(bundle) == dim
+    assert bundle.weights_source == "none"
+    assert "image" not in bundle.backbone_layer_names and "preprocess" not in bundle.backbone_layer_names
+
+
+def test_preprocess_layer_matches_keras_preprocess_input():
+    import keras
+
+    layer_cls = M.custom_objects()["BackbonePreprocess"]
+    x = images(2)
+    np.testing.assert_allclose(np.asarray(layer_cls(mode="caffe")(x)),
+                               keras.applications.vgg19.preprocess_input(x.copy()), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(layer_cls(mode="tf")(x)),
+                               keras.applications.mobilenet_v2.preprocess_input(x.copy()), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="mode 'torch' is not one of"):
+        layer_cls(mode="torch")
+
+
 def test_avg_block4_5_uses_both_blocks():
     bundle = M.build_model(cfg(pooling="avg_block4_5", image_height=64, image_width=64), CATEGORIES, TAGS)
     import keras

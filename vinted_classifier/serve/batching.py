@@ -197,6 +197,11 @@ class Batcher:
             self._cond.notify_all()
         return task.future
 
+    def queued_batches(self) -> int:
+        """Batches waiting for a thread (all queues); for metrics and tests."""
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
     def _next_batch(self) -> _Batch | None:
         """Block until some queue has a batch that is full, closed, or timed out."""
         with self._cond:
