@@ -90,8 +90,9 @@ class TrainConfig(_Strict):
     head_learning_rate: float = Field(1e-3, gt=0)
     finetune_epochs: int = Field(0, ge=0)
     finetune_learning_rate: float = Field(1e-5, gt=0)
-    # Layers whose name starts with one of these prefixes are unfrozen in phase 2.
-    finetune_layer_prefixes: list[str] = Field(default_factory=lambda: ["block5_"])
+    # Layers whose name starts with one of these prefixes are unfrozen in phase 2
+    # (null: the backbone's last conv block, e.g. block5_ for VGG, conv5_ for ResNet50).
+    finetune_layer_prefixes: list[str] | None = None
     early_stopping_patience: int = Field(4, ge=0)
     monitor: str = "val_cc3_top1"
     monitor_mode: Literal["min", "max"] = "max"
@@ -126,6 +127,19 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"train.loss_weights has keys {sorted(unknown)} that are not model outputs {sorted(outputs)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _paths_relative_to_project(self) -> "RunConfig":
+        """Relative paths in a config mean the project root, wherever the command runs from."""
+        def rooted(path: Path | None) -> Path | None:
+            return path if path is None or Path(path).is_absolute() else PROJECT_ROOT / path
+
+        for section, key in [(self, "output_dir"), (self.data, "data_dir"), (self.data, "image_dir"),
+                             (self.export, "saved_model_dir")]:
+            value = getattr(section, key)
+            if value is not None and not Path(value).is_absolute():
+                object.__setattr__(section, key, rooted(Path(value)))
         return self
 
     @property

@@ -286,6 +286,13 @@ def _count(variables) -> int:
     return int(sum(int(np.prod(v.shape)) for v in variables))
 
 
+# The last conv block of each backbone: what phase 2 unfreezes when the config names none.
+LAST_BLOCK_PREFIXES: dict[str, list[str]] = {
+    "vgg16": ["block5_"], "vgg19": ["block5_"], "resnet50": ["conv5_"],
+    "mobilenet_v2": ["block_16_", "Conv_1"], "efficientnet_b0": ["block7", "top_"],
+}
+
+
 def set_trainable(
     bundle: ModelBundle, phase: Literal["head", "finetune"], finetune_prefixes: list[str]
 ) -> dict[str, int]:

@@ -112,6 +112,8 @@ def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.Prepar
     plain_val = pipeline.make_dataset(prepared.paths("val"), image_size=cfg.model.image_size,
                                       batch_size=cfg.train.batch_size)
     views = cfg.train.cached_augmented_views if cfg.model.augment else 0
+    log.info("caching backbone features: %d train image(s) x %d view(s), %d val", len(prepared.paths("train")),
+             1 + views, len(prepared.paths("val")))
     train_x = extract_features(bundle, plain_train, augment_views=views)
     val_x = extract_features(bundle, plain_val)
     repeats = len(train_x) // len(prepared.paths("train"))
@@ -142,8 +144,9 @@ def _fit_full_model(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir
 
 
 def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
-    from .model import set_trainable
+    from .model import LAST_BLOCK_PREFIXES, set_trainable
 
+    prefixes = cfg.train.finetune_layer_prefixes or LAST_BLOCK_PREFIXES[cfg.model.backbone]
     history: dict[str, list] = {}
     done_marker, phase1_weights = run_dir / "phase1.done", run_dir / "phase1.weights.h5"
     if done_marker.is_file() and phase1_weights.is_file():
@@ -151,7 +154,7 @@ def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Pa
         bundle.model.load_weights(phase1_weights)
         history = json.loads(done_marker.read_text())
     elif cfg.train.head_epochs > 0:
-        counts = set_trainable(bundle, "head", cfg.train.finetune_layer_prefixes)
+        counts = set_trainable(bundle, "head", prefixes)
         log.info("phase 1 (frozen backbone): %s", counts)
         if cfg.train.cache_features:
             history = _train_head_on_cached_features(bundle, cfg, prepared, run_dir)
@@ -161,8 +164,8 @@ def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Pa
         bundle.model.save_weights(phase1_weights)
         done_marker.write_text(json.dumps(_jsonable(history)))
     if cfg.train.finetune_epochs > 0:
-        counts = set_trainable(bundle, "finetune", cfg.train.finetune_layer_prefixes)
-        log.info("phase 2 (fine-tune %s): %s", cfg.train.finetune_layer_prefixes, counts)
+        counts = set_trainable(bundle, "finetune", prefixes)
+        log.info("phase 2 (fine-tune %s): %s", prefixes, counts)
         tuned = _fit_full_model(bundle, cfg, prepared, run_dir, phase="finetune",
                                 epochs=cfg.train.finetune_epochs, learning_rate=cfg.train.finetune_learning_rate)
         history = {key: history.get(key, []) + tuned.get(key, []) for key in {*history, *tuned}}
@@ -215,7 +218,8 @@ def train(cfg: RunConfig) -> TrainResult:
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     set_seed(cfg.seed)
     hardware = detect_hardware()
-    policy = set_precision(resolve_precision(cfg.train.precision, hardware))
+    policy = resolve_precision(cfg.train.precision, hardware)
+    set_precision(policy)
     log.info("precision policy: %s", policy)
 
     prepared = data.prepare(cfg.data, cfg.seed)

@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -182,12 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     log.info("REST API at http://%s:%d/v1/models/%s", args.host, args.rest_api_port, serving.options.default_model)
+    # uvicorn drains connections on SIGTERM/SIGINT, then re-raises the signal to the handler it
+    # found; a recording handler lets us stop the poller/batcher and exit 0 instead of dying.
+    received: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         uvicorn.run(serving.app, host=args.host, port=args.rest_api_port, access_log=False,
                     log_level="warning", timeout_graceful_shutdown=30, lifespan="on")
     finally:
         serving.close()
-    log.info("Server stopped")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("Server stopped%s", f" (signal {received[0]})" if received else "")
     return 0
 
 

@@ -1,0 +1,133 @@
+"""The real thing: uvicorn in a subprocess on a free loopback port, access logs, SIGTERM, load smoke."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from serve_fixtures import IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
+
+PROJECT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "server exited during start-up"
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become healthy")
+
+
+def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
+    base = tmp_path / "my_model"
+    install_version(template(V1_BIAS), base, 1)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    stdout, stderr = open(tmp_path / "out.log", "wb"), open(tmp_path / "err.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vinted_classifier.serve.server", "--rest_api_port", str(port),
+         "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0.5"],
+        stdout=stdout, stderr=stderr, cwd=PROJECT, env=_env())
+    try:
+        _wait_healthy(url, process)
+        response = requests.post(f"{url}/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())]})
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        assert len(response.json()["predictions"][0]["cc3"]) == 4
+        assert requests.get(f"{url}/v1/models/my_model").json()["model_version_status"][0]["state"] == "AVAILABLE"
+        bad = requests.get(f"{url}/v1/models/my_model/versions/x")
+        assert (bad.status_code, bad.json()) == (400, {"error": "Malformed request: GET /v1/models/my_model/versions/x"})
+        upload = requests.post(f"{url}/predict_image", files={"file": ("p.jpeg", jpeg_bytes(), "image/jpeg")})
+        assert upload.status_code == 200 and upload.json()["version"] == "1"
+
+        # A slow request (about 1,000 pixel images of JSON) is in flight when SIGTERM arrives.
+        pixels = np.random.default_rng(0).random((1000, *IMAGE_SIZE, 3)).round(4).tolist()
+        payload = json.dumps({"signature_name": "serving_pixels", "instances": pixels}).encode()
+        result: dict = {}
+
+        def slow_request():
+            r = requests.post(f"{url}/v1/models/my_model:predict", data=payload, timeout=60)
+            result["status"], result["n"] = r.status_code, len(r.json().get("predictions", []))
+
+        worker = threading.Thread(target=slow_request)
+        worker.start()
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        worker.join(60)
+        assert result == {"status": 200, "n": 1000}  # finished, not cut off
+        assert process.wait(30) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/healthz", timeout=2)  # no longer accepting
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        stdout.close()
+        stderr.close()
+    log_lines = [json.loads(line) for line in (tmp_path / "out.log").read_text().splitlines() if line.strip()]
+    predict_lines = [e for e in log_lines if e["path"] == "/v1/models/my_model:predict"]
+    assert len(predict_lines) == 2
+    first = predict_lines[0]
+    assert set(first) >= {"method", "path", "status", "latency_ms", "bytes_in", "bytes_out", "model", "version"}
+    assert (first["method"], first["status"], first["model"], first["version"]) == ("POST", 200, "my_model", 1)
+    assert first["bytes_in"] > 0 and first["bytes_out"] > 0 and first["latency_ms"] > 0
+    assert any(e["status"] == 400 and e["path"] == "/v1/models/my_model/versions/x" for e in log_lines)
+    errors = (tmp_path / "err.log").read_text()
+    assert "Serving model my_model versions [1]" in errors
+    assert "Server stopped" in errors
+
+
+def test_load_test_smoke_mode(tmp_path):
+    base = tmp_path / "my_model"
+    install_version(template(V1_BIAS), base, 1)
+    report_file = tmp_path / "report.json"
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT / "bench" / "serve_load.py"), "--smoke", "--model_base_path", str(base),
+         "--json", str(report_file)],
+        cwd=PROJECT, env=_env(), capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert time.monotonic() - started < 120
+    report = json.loads(report_file.read_text())
+    assert report["requests_ok"] == 40 and report["errors"] == 0
+    assert report["server_started_here"] is True and report["url"].startswith("http://127.0.0.1:")
+    assert report["throughput_rps"] > 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p90"] <= report["latency_ms"]["p99"]
+    assert report["server_rss_mb_before"] > 0 and report["server_rss_mb_after"] > 0
+
+
+def test_load_test_refuses_non_loopback_targets():
+    completed = subprocess.run(
+        [sys.executable, str(PROJECT / "bench" / "serve_load.py"), "--url", "http://10.1.2.3:9000"],
+        cwd=PROJECT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2
+    assert "must point at 127.0.0.1" in completed.stderr
