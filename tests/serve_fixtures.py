@@ -13,9 +13,14 @@ import base64
 import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+with warnings.catch_warnings():  # Starlette 1.x notes httpx -> httpx2 on import; not our concern here
+    warnings.simplefilter("ignore")
+    import starlette.testclient  # noqa: F401
 
 CATEGORIES = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS", "TOPS"]
 TAGS = ["polka dot", "floral", "checker"]

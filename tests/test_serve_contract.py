@@ -12,14 +12,12 @@ from serve_fixtures import (  # noqa: F401 - fixtures
     IMAGE_SIZE,
     b64,
     client,
-    install_version,
     jpeg_bytes,
     model_base,
     png_bytes,
     png_header_only,
     reference_outputs,
     serving,
-    template,
 )
 
 from vinted_classifier.serve import tensor_json as tj
@@ -433,3 +431,13 @@ def test_timeout_is_504_and_server_recovers(model_base):
             assert c.post(PREDICT, json={"instances": [b64(jpeg_bytes())]}).status_code == 200
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_deeply_nested_json_is_a_clean_400(client, depth):
+    body = '{"signature_name": "serving_pixels", "instances": ' + "[" * depth + "1" + "]" * depth + "}"
+    response = client.post(PREDICT, content=body)
+    assert response.status_code == 400
+    assert "exceeds the maximum tensor rank of 254" in error_of(response) or \
+        error_of(response).startswith("JSON Parse error")
+    assert client.get("/v1/models/my_model").status_code == 200

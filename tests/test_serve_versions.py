@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +222,64 @@ def test_missing_base_path_serves_nothing_but_answers(tmp_path):
             assert c.get("/healthz").status_code == 503
     finally:
         app.close()
+
+
+class _FakeVersion:
+    """Stands in for LoadedVersion so load timing can be controlled without TensorFlow."""
+
+    def __init__(self, name, version, path, gate=None):
+        if gate is not None:
+            gate.wait(10)
+        self.name, self.version, self.path = name, version, path
+
+
+def test_loading_state_is_reported_and_old_version_serves_meanwhile(tmp_path):
+    from vinted_classifier.serve.versions import ModelManager, ModelSpecConfig
+
+    base = tmp_path / "m"
+    for version in (1, 2):
+        (base / str(version)).mkdir(parents=True)
+        (base / str(version) / "saved_model.pb").write_bytes(b"x")
+    gate = threading.Event()
+    gates = {1: None, 2: gate}
+    (base / "2").rename(tmp_path / "hold")
+    manager = ModelManager(ModelSpecConfig("m", base),
+                           loader=lambda name, version, path: _FakeVersion(name, version, path, gates[version]))
+    manager.poll()
+    assert manager.resolve().version == 1
+    (tmp_path / "hold").rename(base / "2")
+    poller = threading.Thread(target=manager.poll)
+    poller.start()
+    try:
+        wait_for(lambda: any(e["version"] == "2" and e["state"] == "LOADING" for e in manager.status()))
+        assert manager.resolve().version == 1  # the old version answers while 2 loads
+        assert [e["state"] for e in manager.status()] == ["LOADING", "AVAILABLE"]
+    finally:
+        gate.set()
+        poller.join(10)
+    assert manager.resolve().version == 2
+    assert [(e["version"], e["state"]) for e in manager.status()] == [("2", "AVAILABLE"), ("1", "END")]
+
+
+def test_broken_newest_version_at_start_falls_back_in_the_same_scan(tmp_path):
+    from vinted_classifier.serve.versions import ModelManager, ModelSpecConfig
+
+    base = tmp_path / "m"
+    for version in (1, 2, 3):
+        (base / str(version)).mkdir(parents=True)
+        (base / str(version) / "saved_model.pb").write_bytes(b"x")
+
+    def loader(name, version, path):
+        if version == 3:
+            raise ValueError("broken export")
+        return _FakeVersion(name, version, path)
+
+    manager = ModelManager(ModelSpecConfig("m", base), loader=loader)
+    manager.poll()  # one scan only
+    assert manager.resolve().version == 2
+    assert manager.status() == [
+        {"version": "3", "state": "END", "status": {"error_code": "INVALID_ARGUMENT", "error_message": "broken export"}},
+        {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+    ]
+    manager.poll()  # the failed version is not retried while its files are unchanged
+    assert manager.status()[0]["state"] == "END" and manager.resolve().version == 2

@@ -241,7 +241,10 @@ def build_model(
     feature_extractor = keras.Model(image, features, name="feature_extractor")
 
     feature_in = keras.Input(shape=(int(features.shape[-1]),), dtype="float32", name="features")
-    x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout_in")(feature_in)
+    # Pooled VGG activations reach the hundreds; unnormalised they saturate the head (dead ReLUs,
+    # constant outputs). BatchNorm puts every feature on a unit scale first.
+    x = keras.layers.BatchNormalization(name="head_norm")(feature_in)
+    x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout_in")(x)
     if model_cfg.dense_units > 0:
         x = keras.layers.Dense(model_cfg.dense_units, activation="relu", name="head_dense")(x)
         x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout")(x)

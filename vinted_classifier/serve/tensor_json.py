@@ -53,6 +53,7 @@ _INT_RANGES = {
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_LOSSLESS_INT = {"DT_FLOAT": 2**24 - 1, "DT_DOUBLE": 2**53 - 1}
 _B64_RE = re.compile(r"^[A-Za-z0-9+/\s]*={0,2}\s*$")
+MAX_RANK = 254  # TensorShape::MaxDimensions()
 _ERROR_VALUE_CHARS = 256  # error messages quote the offending JSON, truncated
 
 
@@ -290,6 +291,8 @@ def json_to_array(value: Any, dtype: str) -> np.ndarray:
     """A dense JSON value (scalar or nested lists) -> numpy array, checking rank and sizes."""
     shape = dense_shape(value)
     rank = len(shape)
+    if rank > MAX_RANK:  # also bounds the recursion below
+        raise invalid(f"JSON Value nested {rank} levels deep exceeds the maximum tensor rank of {MAX_RANK}")
     flat: list = []
 
     def fill(node: Any, level: int) -> None:

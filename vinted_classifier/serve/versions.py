@@ -302,16 +302,19 @@ class ModelManager:
         """One scan: load newly aspired versions, then unload the ones no longer aspired."""
         with self._poll_lock:
             on_disk = self._versions_on_disk()
-            candidates = []
-            for version, path in on_disk.items():
-                failed = self._failed.get(version)
-                if failed is not None and failed == _fingerprint(path):
-                    continue
-                candidates.append(version)
-            aspired = set(self.config.policy.aspired(candidates))
-            for version in sorted(aspired, reverse=True):
-                if version not in self._loaded:
-                    self._load(version, on_disk[version])
+            for _ in range(len(on_disk) + 1):
+                # A failed load drops out of the candidates, so the policy falls back to the
+                # next version in the same scan (e.g. a broken newest export at start-up).
+                candidates = []
+                for version, path in on_disk.items():
+                    failed = self._failed.get(version)
+                    if failed is not None and failed == _fingerprint(path):
+                        continue
+                    candidates.append(version)
+                aspired = set(self.config.policy.aspired(candidates))
+                missing = [v for v in sorted(aspired, reverse=True) if v not in self._loaded]
+                if all([self._load(v, on_disk[v]) for v in missing]):  # list: load every one
+                    break
             with self._lock:
                 serving_aspired = any(v in self._loaded for v in aspired)
                 to_unload = [v for v in self._loaded if v not in aspired] if serving_aspired else []
@@ -322,7 +325,7 @@ class ModelManager:
             for version in to_unload:
                 log.info("Unloaded servable version {name: %s version: %d}", self.name, version)
 
-    def _load(self, version: int, path: Path) -> None:
+    def _load(self, version: int, path: Path) -> bool:
         fingerprint = _fingerprint(path)
         with self._lock:
             self._status[version] = VersionStatus("LOADING")
@@ -336,13 +339,14 @@ class ModelManager:
             self._failed[version] = fingerprint
             log.error("Failed to load servable version {name: %s version: %d}: %s: %s",
                       self.name, version, code, message)
-            return
+            return False
         with self._lock:
             self._loaded[version] = loaded
             self._status[version] = VersionStatus("AVAILABLE")
         self._failed.pop(version, None)
         log.info("Successfully loaded servable version {name: %s version: %d} in %.2fs",
                  self.name, version, time.monotonic() - started)
+        return True
 
     # -- lookups
 

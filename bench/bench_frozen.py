@@ -1,0 +1,88 @@
+"""Frozen backbone: a head-training epoch on cached features vs re-running the backbone each epoch."""
+
+from __future__ import annotations
+
+from bench import harness
+
+TITLE = "3. Frozen backbone: cached features vs backbone every epoch"
+NOTES = """
+Phase 1 (frozen backbone) two ways, on the same `N` training images at the run's policy:
+*cached* is what `train.cache_features=true` does: `train.extract_features` once (clean view plus
+`cached_augmented_views` augmented views, so the cached epoch covers `N x (1 + views)` rows — more work
+than the uncached epoch), then `head.fit` on `train._feature_dataset`; its per-epoch time is the mean
+over `E` epochs in one `fit` call, as in real training (30 epochs in one call). *uncached* is
+`model.fit` over `make_dataset` from the JPEGs with the backbone frozen (what
+`train.cache_features=false` does). Validation is left out of both. The one-time caching cost and
+the number of epochs after which caching has paid for itself are reported too.
+"""
+
+
+def run(ctx: harness.Context) -> list[dict]:
+    from vinted_classifier import data, pipeline, train
+    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
+    from vinted_classifier.precision import use_precision
+
+    import numpy as np
+
+    cfg = harness.bench_config(ctx)
+    prepared = data.prepare(cfg.data, cfg.seed)
+    n = ctx.pick(320, 16)
+    epochs_cached = ctx.pick(5, 2)
+    repeats = ctx.pick(3, 2)
+    paths = prepared.paths("train")[:n]
+    n = len(paths)
+    codes, tags = prepared.codes("train")[:n], prepared.tags("train")[:n]
+    category = cfg.data.category_column
+    batch = cfg.train.batch_size
+    policy = harness.auto_policy()
+    views = cfg.train.cached_augmented_views if cfg.model.augment else 0
+
+    with use_precision(policy):
+        bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
+                             category_output=category)
+        set_trainable(bundle, "head", LAST_BLOCK_PREFIXES[cfg.model.backbone])
+        harness.compile_for(bundle, bundle.model, cfg, cfg.train.head_learning_rate)
+        harness.compile_for(bundle, bundle.head, cfg, cfg.train.head_learning_rate)
+
+    def plain():
+        return pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch)
+
+    train.extract_features(bundle, plain().take(1), augment_views=views)  # trace once, untimed
+    caching_s, features = harness.timed(lambda: train.extract_features(bundle, plain(), augment_views=views))
+    repeat = len(features) // n
+    feat_codes, feat_tags = np.tile(codes, repeat), np.tile(tags, (repeat, 1))
+
+    def cached():
+        ds = train._feature_dataset(features, feat_codes, feat_tags, cfg, shuffle=True)
+        bundle.head.fit(ds, epochs=epochs_cached, verbose=0, shuffle=False)
+
+    def uncached():
+        ds = pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch, codes=codes,
+                                   tags=tags, category_output=category, shuffle=True, seed=cfg.seed)
+        bundle.model.fit(ds, epochs=1, verbose=0, shuffle=False)
+
+    times = harness.interleaved({"cached": cached, "uncached": uncached}, repeats=repeats, warmup=1)
+    per_epoch = {"cached": [t / epochs_cached for t in times["cached"]], "uncached": times["uncached"]}
+    speedups = [u / c for u, c in zip(per_epoch["uncached"], per_epoch["cached"])]
+    cached_s, uncached_s = harness.median(per_epoch["cached"]), harness.median(per_epoch["uncached"])
+    break_even = caching_s / max(uncached_s - cached_s, 1e-9)
+    common = f"{cfg.model.backbone} {policy}, {n} images, batch {batch}"
+    return [
+        harness.row("frozen", "head epoch, backbone re-run (uncached) / cached features", harness.median(speedups),
+                    "x speed-up", baseline_name="cached epoch s / uncached epoch s", ratio=harness.median(speedups),
+                    goal=20.0, samples=speedups,
+                    note=f"{common}; cached epoch = {n} x {repeat} view(s) rows, mean of {epochs_cached} epochs/fit"),
+        harness.row("frozen", "uncached epoch time", uncached_s, "s", samples=per_epoch["uncached"],
+                    note=f"{n / uncached_s:.1f} img/s through the frozen backbone"),
+        harness.row("frozen", "cached epoch time", cached_s, "s", samples=per_epoch["cached"],
+                    note=f"{len(features) / cached_s:,.0f} feature rows/s"),
+        harness.row("frozen", "one-time feature caching", caching_s, "s",
+                    note=f"{n} images x {repeat} view(s) ({len(features)} rows, dim {features.shape[1]}); "
+                         f"pays for itself after {break_even:.2f} epoch(s)"),
+    ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(harness.child_main(sys.modules[__name__]))

@@ -1,0 +1,80 @@
+"""Input pipeline: fit from JPEG files (pipeline.make_dataset) vs the same batches held in memory."""
+
+from __future__ import annotations
+
+from bench import harness
+
+TITLE = "2. Input pipeline: fit from JPEG files vs in-memory batches"
+NOTES = """
+The same compiled model (VGG19 at the run's policy, bundled weights, augmenter on) is fitted for one
+epoch over the same `N` training images, either streamed from JPEG files with
+`pipeline.make_dataset(..., shuffle=True)` (read + decode + aspect-preserving resize in parallel,
+prefetch) or from the decoded arrays held in memory (`Dataset.from_tensor_slices(...).shuffle().batch()
+.prefetch()`). The variants alternate epoch by epoch. *pipeline only* iterates `make_dataset` with no
+model at all; its ratio to the in-memory fit rate is the head-room of the decoder over what the model
+consumes. Both share the same 2 cores, so decoding steals some compute from the model even when the
+pipeline is fast enough.
+"""
+
+
+def run(ctx: harness.Context) -> list[dict]:
+    import numpy as np
+    import tensorflow as tf
+
+    from vinted_classifier import data, pipeline
+    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
+    from vinted_classifier.precision import use_precision
+
+    cfg = harness.bench_config(ctx)
+    prepared = data.prepare(cfg.data, cfg.seed)
+    n = ctx.pick(160, 16)
+    batch = ctx.pick(16, 4)
+    repeats = ctx.pick(3, 2)
+    paths = prepared.paths("train")[:n]
+    n = len(paths)
+    codes, tags = prepared.codes("train")[:n], prepared.tags("train")[:n]
+    category = cfg.data.category_column
+    policy = harness.auto_policy()
+
+    def from_files():
+        return pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch, codes=codes, tags=tags,
+                                     category_output=category, shuffle=True, seed=cfg.seed)
+
+    images = np.concatenate([b for b in pipeline.make_dataset(paths, image_size=cfg.model.image_size,
+                                                               batch_size=batch)])
+
+    def from_memory():
+        ds = tf.data.Dataset.from_tensor_slices((images, {category: codes, "tags": tags}))
+        return ds.shuffle(n, seed=cfg.seed).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+    with use_precision(policy):
+        bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
+                             category_output=category)
+    rows = []
+    for phase in ("finetune", "head"):
+        with use_precision(policy):
+            set_trainable(bundle, phase, LAST_BLOCK_PREFIXES[cfg.model.backbone])
+            harness.compile_for(bundle, bundle.model, cfg, 1e-5)
+        variants = {
+            "files": lambda: bundle.model.fit(from_files(), epochs=1, verbose=0, shuffle=False),
+            "memory": lambda: bundle.model.fit(from_memory(), epochs=1, verbose=0, shuffle=False),
+        }
+        if phase == "finetune":
+            variants["pipeline"] = lambda: sum(int(b[0].shape[0]) for b in from_files())
+        times = harness.interleaved(variants, repeats=repeats, warmup=1)
+        label = "fine-tune" if phase == "finetune" else "head-only, uncached"
+        rows.append(harness.ratio_rows(
+            "pipeline", f"fit {label}: from JPEG files", "same batches in memory", times, n, "files", "memory",
+            goal=0.9, note=f"{cfg.model.backbone} {policy}, {n} images, batch {batch}, {repeats} rounds"))
+        if phase == "finetune":
+            rows.append(harness.ratio_rows(
+                "pipeline", "pipeline only (read+decode+resize, no model)", "fit fine-tune in memory (model "
+                "consumption)", times, n, "pipeline", "memory",
+                note=f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}; ratio > 1: the decoder outruns the model"))
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(harness.child_main(sys.modules[__name__]))
