@@ -34,9 +34,16 @@ WORKDIR_ENV = "VINTED_NOTEBOOK_WORKDIR"
 
 
 def setup(level: int = logging.INFO) -> None:
-    """Logging for the notebook; quiet TensorFlow's C++ start-up chatter."""
+    """Logging for the notebook; quiet TensorFlow's C++ start-up chatter; inline PNGs for matplotlib Figures."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:  # eda returns pyplot-free Figures: register their PNG formatter
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def config(*, data_dir: str | Path | None = None, backbone: str | None = None, image_size=None,
@@ -106,8 +113,9 @@ def prepare(cfg: RunConfig) -> data.PreparedData:
 
 def split_table(prepared: data.PreparedData, category_column: str = "cc3") -> pd.DataFrame:
     """Rows per category and split: shows stratification and the effect of downsampling."""
-    frames = [f.assign(split=name) for name, f in prepared.frames.items()]
-    return pd.crosstab(pd.concat(frames)[category_column], pd.concat(frames)["split"], margins=True)
+    rows = pd.concat([f.assign(split=name) for name, f in prepared.frames.items()], ignore_index=True)
+    table = pd.crosstab(rows[category_column], rows["split"], margins=True)
+    return table[[*prepared.frames, "All"]]  # train, val, holdout order
 
 
 def corrupted_copy_error(labels: pd.DataFrame, cfg: RunConfig) -> str:

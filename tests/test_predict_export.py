@@ -156,3 +156,35 @@ def test_exported_outputs_are_float32_under_every_policy(policy, tmp_path, reset
         assert outputs["top2_codes"].dtype == tf.int64 and outputs["top2_names"].dtype == tf.string
     inputs = loaded.signatures["serving_default"].structured_input_signature[1]
     assert list(inputs) == ["image_bytes"] and inputs["image_bytes"].dtype == tf.string
+
+
+def test_served_exported_model_equals_in_memory_predictions(trained, tmp_path):
+    """End to end: our export, served by our TF-Serving-compatible server, b64 JPEGs and float pixels."""
+    import tensorflow as tf
+    from starlette.testclient import TestClient
+
+    from vinted_classifier.serve.server import build_app
+
+    cfg, run_dir = trained
+    export.export_run(run_dir, tmp_path / "sm", "my_model")
+    _, labels, model = load_run(run_dir)
+    files = data.prepare(cfg.data, cfg.seed).paths("holdout")[:3]
+    p_cat, p_tags = predict_probabilities(
+        model, pipeline.make_dataset(files, image_size=labels.image_size, batch_size=4), "cc3")
+    app = build_app(model_base_path=tmp_path / "sm" / "my_model", file_system_poll_wait_seconds=0)
+    with TestClient(app.app) as client:
+        body = {"instances": [{"b64": base64.b64encode(Path(f).read_bytes()).decode()} for f in files]}
+        response = client.post("/v1/models/my_model:predict", json=body)
+        assert response.status_code == 200, response.text
+        served = response.json()["predictions"]
+        np.testing.assert_allclose([row["cc3"] for row in served], p_cat, atol=1e-5)
+        np.testing.assert_allclose([row["tags"] for row in served], p_tags, atol=1e-5)
+        assert [row["top2_codes"] for row in served] == predict.top2_codes(p_cat).tolist()
+        assert served[0]["top2_names"] == [labels.categories[c] for c in served[0]["top2_codes"]]
+        pixels = [(tf.io.decode_image(Path(f).read_bytes(), channels=3).numpy() / 255.0).tolist() for f in files]
+        response = client.post("/v1/models/my_model:predict",
+                               json={"signature_name": "serving_pixels", "instances": pixels})
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose([row["cc3"] for row in response.json()["predictions"]], p_cat, atol=1e-4)
+        bad = client.post("/v1/models/my_model:predict", json={"instances": [{"b64": "bm90IGFuIGltYWdl"}]})
+        assert bad.status_code == 400 and "error" in bad.json()
