@@ -55,6 +55,7 @@ def _task_main(argv: list[str]) -> int:
 
         frame = predict_test_set(args.work / "run", data_dir=args.data, out_path=args.out.with_suffix(".parquet"))
         info["images"] = len(frame)
+        info["image_size"] = list(ctx.image_size)
     else:
         from vinted_classifier import data, train
         from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
@@ -107,9 +108,9 @@ def _make_run(ctx: harness.Context, data_dir: Path) -> Path:
 
 
 def datasets(ctx: harness.Context) -> dict[str, tuple[Path, float]]:
-    """{label: (folder, scale)}: demo vs 10x (full), 0.05 vs 0.5 (smoke); generated once, cached."""
+    """{label: (folder, scale)}: demo vs 10x (full), 0.02 vs 0.2 (smoke); generated once, cached."""
     if ctx.smoke:
-        small, large = (ctx.cache / "demo_s0.05", 0.05), (ctx.cache / "demo_s0.5", 0.5)
+        small, large = (harness.demo_dir(ctx), 0.02), (ctx.cache / "demo_s0.2", 0.2)
     else:
         small, large = (harness.demo_dir(ctx), 1.0), (ctx.cache / "demo_x10", 10.0)
     return {"1x": small, "10x": large}
@@ -146,9 +147,8 @@ def run(ctx: harness.Context) -> list[dict]:
             "memory", f"{title}: {scales['10x']:g}x set", large["peak_rss_mb"], "MiB",
             baseline_name=f"scale {scales['1x']:g} set", baseline_value=small["peak_rss_mb"], goal=1.10,
             higher_is_better=False,
-            note=f"{size(small)} -> {size(large)}{extra}; image size {small['info'].get('image_size', '160x128')}; "
-                 f"child wall {small['seconds']:.0f} s / {large['seconds']:.0f} s; polled tree peak "
-                 f"{small['polled_peak_mb']:.0f} / {large['polled_peak_mb']:.0f} MiB"))
+            note=f"{size(small)} -> {size(large)}{extra}; image size {'x'.join(map(str, small['info']['image_size']))}; "
+                 f"child wall {small['seconds']:.0f} s / {large['seconds']:.0f} s"))
     return rows
 
 

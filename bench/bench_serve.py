@@ -171,14 +171,12 @@ def run(ctx: harness.Context) -> list[dict]:
     finally:
         stop(process)
 
-    unbatched = None
-    if not ctx.smoke or True:
-        process, url = start(batching=False)
-        try:
-            unbatched = [serve_load.run_load(url, "my_model", jpegs, 16, per_client_16, max_seconds, 1)
-                         for _ in range(max(1, repeats - 1))]
-        finally:
-            stop(process)
+    process, url = start(batching=False)
+    try:
+        unbatched = [serve_load.run_load(url, "my_model", jpegs, 16, per_client_16, max_seconds, 1)
+                     for _ in range(max(1, repeats - 1))]
+    finally:
+        stop(process)
 
     def rate(key):
         return [x["images_per_s"] for x in results[key]]

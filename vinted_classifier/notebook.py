@@ -114,6 +114,10 @@ def _environment(**values: str | None) -> Iterator[None]:
 
 
 _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# TensorFlow's C++ start-up INFO lines (absl format, not silenced by TF_CPP_MIN_LOG_LEVEL) and their preamble.
+_TF_INFO = re.compile(r"^(I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*"
+                      r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR)\n?",
+                      re.MULTILINE)
 
 
 def collapse_terminal(text: str) -> str:
@@ -149,7 +153,7 @@ def _clean_outputs(outputs: list) -> list:
             merged.append(output)
     for output in merged:
         if output.get("output_type") == "stream":
-            output["text"] = collapse_terminal(output["text"])
+            output["text"] = _TF_INFO.sub("", collapse_terminal(output["text"]))
         output.get("metadata", {}).pop("papermill", None)
     return [o for o in merged if not (o.get("output_type") == "stream" and not o["text"].strip())]
 

@@ -205,6 +205,19 @@ def evaluate_splits(model, cfg: RunConfig, prepared: data.PreparedData, labels: 
     return metrics, labels
 
 
+def distribution_scope(hardware: dict):
+    """MirroredStrategy's scope when several GPUs exist (one copy per GPU), else a no-op scope."""
+    import contextlib
+
+    import tensorflow as tf
+
+    if len(hardware.get("gpus", [])) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+        log.info("training on %d GPUs with MirroredStrategy", strategy.num_replicas_in_sync)
+        return strategy.scope()
+    return contextlib.nullcontext()
+
+
 def train(cfg: RunConfig) -> TrainResult:
     """Train, pick the best epoch, tune thresholds, evaluate; write everything to the run folder."""
     import keras
@@ -224,11 +237,11 @@ def train(cfg: RunConfig) -> TrainResult:
 
     prepared = data.prepare(cfg.data, cfg.seed)
     log.info("data: %s; splits %s", prepared.duplicates, {k: len(v) for k, v in prepared.frames.items()})
-    bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
-                         category_output=cfg.data.category_column)
-    log.info("weights source: %s", bundle.weights_source)
-
-    history = _run_phases(bundle, cfg, prepared, run_dir)
+    with distribution_scope(hardware):
+        bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
+                             category_output=cfg.data.category_column)
+        log.info("weights source: %s", bundle.weights_source)
+        history = _run_phases(bundle, cfg, prepared, run_dir)
     train_seconds = time.perf_counter() - started
     bundle.model.save(run_dir / "model.keras")
     metrics, labels = evaluate_splits(bundle.model, cfg, prepared, figures_dir=run_dir / "figures", history=history)

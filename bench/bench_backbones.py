@@ -1,0 +1,104 @@
+"""Model size and speed per backbone: parameters, SavedModel MB, inference img/s, held-out accuracy."""
+
+from __future__ import annotations
+
+from bench import harness
+
+TITLE = "7. Backbones: size, speed and held-out accuracy"
+NOTES = """
+Each backbone is built by `build_model` at the run's precision policy and image size, with the
+default head (dense 256, dropout 0.3). *Parameters* counts the full model; *SavedModel* is the
+version folder `export.export_saved_model` writes (both signatures). *Inference* is
+`model.predict` on preloaded images (batch 32), all backbones alternating round by round; the
+ratio is vs VGG19 (the default). *Accuracy*: backbone features of the train/val/holdout splits are
+computed once (clean views only, no augmentation — a shorter recipe than `make train`), the head
+trains for a few epochs on them, tag thresholds are tuned on val (`evaluate.tune_thresholds`) and
+`evaluate.evaluate_predictions` scores the held-out split; tag F1 is the macro F1 over tags.
+**Only VGG19 has ImageNet weights offline here** (bundled); every other backbone is trained from
+`weights=none` (random) features, so **its accuracy is not representative** of that architecture
+— only its size and speed are. Non-VGG backbones use `pooling=avg` (`avg_block4_5` is VGG-only).
+"""
+
+BACKBONES = ("vgg19", "vgg16", "mobilenet_v2", "efficientnet_b0", "resnet50")
+
+
+def run(ctx: harness.Context) -> list[dict]:
+    import numpy as np
+
+    from vinted_classifier import data, evaluate, train
+    from vinted_classifier.export import export_saved_model
+    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
+    from vinted_classifier.pipeline import load_images
+    from vinted_classifier.precision import use_precision
+    from vinted_classifier.runs import RunLabels
+
+    base_cfg = harness.bench_config(ctx)
+    prepared = data.prepare(base_cfg.data, base_cfg.seed)
+    categories, tags = list(prepared.vocab.categories), list(prepared.vocab.tags)
+    category = base_cfg.data.category_column
+    policy = harness.auto_policy()
+    epochs = ctx.pick(15, 2)
+    backbones = ctx.pick(BACKBONES, ("vgg19", "mobilenet_v2"))
+    images = {split: load_images(prepared.paths(split), base_cfg.model.image_size) for split in ("train", "val", "holdout")}
+    speed_batch = images["holdout"][: ctx.pick(96, 8)]
+
+    bundles, facts = {}, {}
+    for name in backbones:
+        overrides = [f"model.backbone={name}"]
+        if name != "vgg19":
+            overrides += ["model.weights=none", "model.pooling=avg"]
+        cfg = harness.bench_config(ctx, overrides=overrides)
+        with use_precision(policy):
+            bundle = build_model(cfg.model, categories, tags, category_output=category)
+            set_trainable(bundle, "head", LAST_BLOCK_PREFIXES[name])
+            harness.compile_for(bundle, bundle.head, cfg, cfg.train.head_learning_rate)
+        params = int(sum(int(np.prod(v.shape)) for v in bundle.model.weights))
+        feats = {split: bundle.feature_extractor.predict(x, batch_size=32, verbose=0) for split, x in images.items()}
+        ds = train._feature_dataset(feats["train"], prepared.codes("train"), prepared.tags("train"), cfg, shuffle=True)
+        bundle.head.fit(ds, epochs=epochs, verbose=0, shuffle=False)
+        probs = {}
+        for split in ("val", "holdout"):
+            out = bundle.head.predict(feats[split], batch_size=256, verbose=0)
+            probs[split] = (np.asarray(out[category], np.float32), np.asarray(out["tags"], np.float32))
+        thresholds = evaluate.tune_thresholds(prepared.tags("val").astype(np.int64), probs["val"][1])
+        metrics = evaluate.evaluate_predictions(
+            prepared.codes("holdout"), probs["holdout"][0], prepared.tags("holdout").astype(np.int64),
+            probs["holdout"][1], categories=categories, tag_names=tags, thresholds=np.asarray(thresholds))
+        labels = RunLabels(category, categories, tags, [float(t) for t in thresholds], cfg.model.image_size)
+        version = export_saved_model(bundle.model, labels, ctx.work / "saved_model", name, version=1)
+        saved_mb = sum(f.stat().st_size for f in version.rglob("*") if f.is_file()) / 2**20
+        facts[name] = {"params": params, "saved_mb": saved_mb, "weights": bundle.weights_source.split(":")[0],
+                       "top1": metrics["top1_accuracy"], "top2": metrics["top2_accuracy"],
+                       "tag_f1": metrics["tags"]["macro_f1"] or 0.0, "n": metrics["n"],
+                       "feature_dim": int(feats["train"].shape[1])}
+        bundles[name] = bundle
+
+    def infer(name: str):
+        return lambda: bundles[name].model.predict(speed_batch, batch_size=32, verbose=0)
+
+    times = harness.interleaved({name: infer(name) for name in backbones}, repeats=ctx.pick(3, 2), warmup=1)
+    rows = []
+    for name in backbones:
+        f = facts[name]
+        speed = harness.ratio_rows("backbones", f"{name}: inference", "vgg19 inference", times, len(speed_batch),
+                                   name, "vgg19",
+                                   note=f"{policy}, {base_cfg.model.image_size[0]}x{base_cfg.model.image_size[1]}, "
+                                        f"batch 32")
+        representative = name == "vgg19" and f["weights"] != "none"
+        rows += [
+            speed,
+            harness.row("backbones", f"{name}: parameters", f["params"] / 1e6, "M",
+                        note=f"feature dim {f['feature_dim']}"),
+            harness.row("backbones", f"{name}: SavedModel size", f["saved_mb"], "MiB"),
+            harness.row("backbones", f"{name}: held-out top-1 / top-2 / tag F1", f["top1"], "score",
+                        note=f"top-1 {f['top1']:.3f}, top-2 {f['top2']:.3f}, tag macro F1 {f['tag_f1']:.3f} "
+                             f"(n={f['n']}, {epochs} head epochs on cached clean features); weights {f['weights']}"
+                             + ("" if representative else " — NOT representative (no ImageNet weights offline)")),
+        ]
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(harness.child_main(sys.modules[__name__]))
