@@ -100,7 +100,8 @@ def ensure_demo_data(cfg: RunConfig, scale: float = 1.0, *, generate: bool = Tru
     folder = Path(cfg.data.data_dir)
     if not (folder / cfg.data.labels_file).is_file():
         if not generate:
-            raise FileNotFoundError(f"{folder / cfg.data.labels_file} not found: point data_dir at a Vinted-layout folder")
+            raise FileNotFoundError(f"{folder / cfg.data.labels_file} not found: "
+                                    "point data_dir at a Vinted-layout folder")
         from vinted_classifier.demo import generate_demo_dataset
 
         generate_demo_dataset(folder, scale=scale, force=True)
@@ -259,20 +260,31 @@ def export(run_dir: Path, cfg: RunConfig) -> Path:
 # ----------------------------------------------------------------------------- serving
 
 
-def start_server(cfg: RunConfig, port: int = 9000, timeout: float = 120.0) -> subprocess.Popen:
-    """Start the TF-Serving-compatible REST server in the background; wait until it answers."""
+def start_server(cfg: RunConfig, port: int = 9000, timeout: float = 300.0) -> subprocess.Popen:
+    """Start the TF-Serving-compatible REST server in the background; wait until it answers.
+
+    Refuses a port that is already taken, so the notebook never queries somebody else's server.
+    """
+    import socket
+
     import requests
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} is already in use: stop that server or run with -p port=<free port>")
 
     base = Path(cfg.export.saved_model_dir) / cfg.export.model_name
     command = [sys.executable, "-m", "vinted_classifier.cli", "serve", f"--rest_api_port={port}",
                f"--model_name={cfg.export.model_name}", f"--model_base_path={base}"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_file = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
     atexit.register(_kill_quietly, process)  # a failing cell later on must not leave the port taken
     url = f"http://127.0.0.1:{port}/v1/models/{cfg.export.model_name}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode}: {process.stderr.read()[-2000:]}")
+            log_file.seek(0)
+            raise RuntimeError(f"server exited with code {process.returncode}: {log_file.read()[-2000:]}")
         try:
             status = requests.get(url, timeout=2).json()
             if any(v["state"] == "AVAILABLE" for v in status.get("model_version_status", [])):
@@ -338,8 +350,9 @@ def served_vs_local(response: dict, detailed: pd.DataFrame, labels, tol: float =
     """Side by side: the server's top-2 and tag flags vs the notebook's predictions for the same images.
 
     A row matches when top-2 codes and tag flags agree; a disagreement only counts as a match when the
-    probabilities involved lie within ``tol`` of each other (a tie) or of the tag threshold. The b64 path
-    reproduces the local numbers exactly; float pixels rounded to 4 decimals move them by ~1e-3 (bfloat16).
+    probabilities involved lie within ``tol`` of each other (a tie) or of the tag threshold. ``max_prob_diff``
+    shows how far the served probabilities are from the local ones (float pixels rounded to 4 decimals move
+    them by ~1e-3 under bfloat16; anything larger is preprocessing skew worth a look).
     """
     rows = []
     for served, (_, local) in zip(response["predictions"], detailed.iterrows()):

@@ -17,6 +17,8 @@ trains for a few epochs on them, tag thresholds are tuned on val (`evaluate.tune
 **Only VGG19 has ImageNet weights offline here** (bundled); every other backbone is trained from
 `weights=none` (random) features, so **its accuracy is not representative** of that architecture
 — only its size and speed are. Non-VGG backbones use `pooling=avg` (`avg_block4_5` is VGG-only).
+The SavedModel is about twice `parameters x 4 bytes`: the export's checkpoint holds every variable
+twice (keys `variables/N` and `_all_variables/N`), whatever the precision policy.
 """
 
 BACKBONES = ("vgg19", "vgg16", "mobilenet_v2", "efficientnet_b0", "resnet50")
@@ -76,7 +78,7 @@ def run(ctx: harness.Context) -> list[dict]:
     def infer(name: str):
         return lambda: bundles[name].model.predict(speed_batch, batch_size=32, verbose=0)
 
-    times = harness.interleaved({name: infer(name) for name in backbones}, repeats=ctx.pick(3, 2), warmup=1)
+    times = harness.interleaved({name: infer(name) for name in backbones}, repeats=ctx.pick(6, 2), warmup=1)
     rows = []
     for name in backbones:
         f = facts[name]
@@ -96,6 +98,39 @@ def run(ctx: harness.Context) -> list[dict]:
                              + ("" if representative else " — NOT representative (no ImageNet weights offline)")),
         ]
     return rows
+
+
+def table(rows: list[dict]) -> str:
+    """One line per backbone (the report's view of the rows; accuracy figures come from the notes)."""
+    import re
+
+    by: dict[str, dict] = {}
+    for r in rows:
+        backbone, _, what = r["name"].partition(": ")
+        by.setdefault(backbone, {})[what] = r
+    lines = ["| backbone | parameters | SavedModel | inference | vs VGG19 | held-out top-1 | top-2 | tag macro F1 "
+             "| weights |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    detail = ""
+    for backbone, r in by.items():
+        acc = r["held-out top-1 / top-2 / tag F1"]
+        scores = re.search(r"top-1 ([\d.]+), top-2 ([\d.]+), tag macro F1 ([\d.]+)", acc["note"])
+        weights = re.search(r"weights (\S+)", acc["note"])
+        detail = re.search(r"\((n=[^)]*)\)", acc["note"])
+        mark = " \\*" if "NOT representative" in acc["note"] else ""
+        top1, top2, f1 = scores.groups() if scores else ("?", "?", "?")
+        speed = r["inference"]
+        lines.append(
+            f"| {backbone} | {r['parameters']['value']:.1f} M | {r['SavedModel size']['value']:.0f} MiB "
+            f"| {speed['value']:.0f} img/s | {speed['ratio']:.2f}× | {top1}{mark} | {top2}{mark} | {f1}{mark} "
+            f"| {weights.group(1).rstrip(';') if weights else ''} |")
+        detail = detail.group(1) if detail else ""
+    speed_note = next(iter(by.values()))["inference"]["note"] if by else ""
+    lines += ["", f"Inference: `model.predict` on preloaded images, {speed_note}; *vs VGG19* is the median of "
+              "per-round ratios (all backbones interleaved round by round), so it can differ from the ratio of the "
+              f"img/s medians. Accuracy: held-out split ({detail}). "
+              "**\\* Not representative: trained from `weights=none` (random) features — there are no offline "
+              "ImageNet weights for this backbone here; only its size and speed are meaningful.**"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from bench import harness
 
+TIMEOUT_S = 2400  # the 10x children decode-check ~35k images each
 TITLE = "6. Memory: peak RSS, demo set vs 10x demo set"
 NOTES = """
-Each figure is the peak RSS (`ru_maxrss` from `os.wait4`) of a fresh child process that does one job
-on one dataset; the ratio is 10x-set peak / demo-set peak (goal: within 10%, i.e. <= 1.10x).
+Each figure is the peak RSS (kernel high-water mark `VmHWM`, reported by the child at its end) of a
+fresh child process that does one job on one dataset; the ratio is 10x-set peak / demo-set peak (goal: within 10%, i.e. <= 1.10x).
 *predict* is `predict.predict_test_set` (the `vinted predict` path: load the run, check every test
 image, stream, write the parquet files) for every row of `test.parquet`, VGG19 160x128.
 *train, uncached* is phase 1 without feature caching: `data.prepare` (labels, decode-check and hash of
@@ -24,8 +25,11 @@ first steps, so this isolates what depends on dataset size.
 `cache_features=true` phase 1, default 2 augmented views) over the whole training split; it runs at
 32x32 to fit the time budget — the cached feature vectors are 1024 floats per view whatever the image
 size, so the growing part is the same as at 160x128 while the constant part (activations) is smaller;
-the ratio is therefore an upper bound for 160x128. Cached features are O(N) in memory by design
-(`N x (1 + views) x 1024 x 4` bytes, plus a transient copy while concatenating).
+the ratio is therefore an upper bound for 160x128. Cached features are O(N) in memory by design:
+`N x (1 + views) x 1024 x 4` bytes (~0.3 GB for the 10x training split), but the measured growth is
+several times that, because the array exists in several copies at once at the peak (per-batch
+lists, per-view `np.concatenate`, the concatenation of the views, `.astype(np.float32)`'s copy, and
+`Dataset.from_tensor_slices`'s own copy). That, not the streaming pipeline, is what misses the goal.
 """
 
 
@@ -84,6 +88,7 @@ def _task_main(argv: list[str]) -> int:
             info["steps"] = steps
         info["image_size"] = list(size)
     info["seconds"] = round(time.perf_counter() - started, 1)
+    info["own_peak_rss_mb"] = round(harness.own_peak_rss_mb(), 1)
     args.out.write_text(json.dumps(info))
     return 0
 
@@ -120,7 +125,7 @@ def run(ctx: harness.Context) -> list[dict]:
     sets = {label: harness.ensure_demo(folder, scale) for label, (folder, scale) in datasets(ctx).items()}
     scales = {label: scale for label, (_, scale) in datasets(ctx).items()}
     _make_run(ctx, sets["1x"])
-    timeout = ctx.pick(600, 180)
+    timeout = ctx.pick(900, 180)
     results: dict[tuple[str, str], dict] = {}
     for task in ("predict", "train_uncached", "train_cached"):
         for label, folder in sets.items():
@@ -131,6 +136,8 @@ def run(ctx: harness.Context) -> list[dict]:
                 log = (ctx.work / f"{task}-{label}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"memory child {task} on {label} failed ({measured['returncode']}):\n{log}")
             measured["info"] = json.loads(out.read_text())
+            # the child's own VmHWM at its end is exact; the polled value can only be lower
+            measured["peak_rss_mb"] = max(measured["peak_rss_mb"], measured["info"]["own_peak_rss_mb"])
             results[(task, label)] = measured
     names = {"predict": "predict_test_set over test.parquet", "train_uncached": "train phase 1, uncached (streaming)",
              "train_cached": "train phase 1, cached features, 1 epoch"}

@@ -25,8 +25,8 @@ def run(ctx: harness.Context) -> list[dict]:
     cfg = harness.bench_config(ctx)
     categories, tags = harness.vocabulary(cfg)
     batch = ctx.pick(16, 4)
-    steps = ctx.pick(3, 1)
-    repeats = ctx.pick(5, 2)
+    steps = ctx.pick(2, 1)
+    repeats = ctx.pick(4, 2)
     height, width = ctx.image_size
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, height, width, 3)).astype(np.float32)

@@ -25,7 +25,7 @@ def run(ctx: harness.Context) -> list[dict]:
     categories, tags = harness.vocabulary(cfg)
     ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()
     batch = cfg.train.batch_size
-    repeats = ctx.pick(3, 2)
+    repeats = ctx.pick(5, 2)
     policy = harness.auto_policy()
     with use_precision(policy):
         bundle = build_model(cfg.model, categories, tags, category_output=cfg.data.category_column)

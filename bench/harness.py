@@ -8,9 +8,9 @@ Design rules (the machine is shared, so absolute numbers drift between runs):
   of the per-round ratios (each round's pair saw the same machine load);
 * absolute figures go beside every ratio, with the 1-minute load average
   before/after each benchmark as a noise indicator;
-* peak RSS is measured on a child process (``os.wait4`` gives the kernel's exact
-  ``ru_maxrss`` of that child; psutil polling of the process tree is kept as a
-  cross-check).
+* peak RSS is measured on a child process: its kernel high-water mark VmHWM
+  (reported by the child itself at exit, or polled from /proc); ``ru_maxrss`` is not used
+  because on Linux it includes the parent's RSS at fork time.
 
 A benchmark module ``bench/bench_<name>.py`` defines ``TITLE``, ``NOTES`` and
 ``run(ctx) -> list[dict]`` (rows made with :func:`row`); ``python -m bench.bench_<name>``
@@ -113,8 +113,10 @@ def ratio_rows(bench: str, name: str, baseline_name: str, times: dict[str, list[
     rates = [items / t for t in times[variant]]
     base_rates = [baseline_items / t for t in times[baseline]]
     paired = [a / b for a, b in zip(rates, base_rates)]
-    return row(bench, name, median(rates), unit, baseline_name=baseline_name, baseline_value=median(base_rates),
-               ratio=median(paired), goal=goal, samples=rates, note=note)
+    result = row(bench, name, median(rates), unit, baseline_name=baseline_name, baseline_value=median(base_rates),
+                 ratio=median(paired), goal=goal, samples=rates, note=note)
+    result["baseline_samples"] = _clean([float(b) for b in base_rates])
+    return result
 
 
 # --------------------------------------------------------------------------- timing
@@ -149,13 +151,32 @@ def interleaved(variants: dict[str, Callable[[], Any]], *, repeats: int, warmup:
 # --------------------------------------------------------------------------- memory
 
 
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    """``VmHWM`` (peak resident set of the process's current address space) in MiB, or None.
+
+    Unlike ``ru_maxrss``, VmHWM starts afresh at ``exec``: a child's ``ru_maxrss`` on Linux is at
+    least its parent's RSS at fork time (the pre-exec address space counts), which would inflate
+    children of a benchmark process that already holds TensorFlow and a model.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def peak_rss_of(command: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
                 cwd: Path = PROJECT, log_path: Path | None = None, poll_s: float = 0.05) -> dict:
     """Run ``command`` as a child; return its peak RSS (MiB), wall seconds and exit code.
 
-    ``peak_rss_mb`` is the kernel's ``ru_maxrss`` for exactly this child (``os.wait4``);
-    ``polled_peak_mb`` is the largest summed RSS of the child and its descendants seen by
-    polling every ``poll_s`` (a cross-check that catches grandchildren too).
+    ``peak_rss_mb``: the child's VmHWM (kernel high-water mark of its resident set since exec),
+    read every ``poll_s`` while it runs — exact for any peak reached before the last read, so only
+    growth in its final ``poll_s`` could be missed. ``ru_maxrss_mb`` (``os.wait4``) is kept for
+    reference but includes the parent's RSS at fork time (see :func:`vm_hwm_mb`).
+    ``polled_peak_mb`` is the largest summed RSS of the child and its descendants seen by polling.
+    A command that writes its own final VmHWM (see :func:`own_peak_rss_mb`) is more exact still.
     """
     import psutil
 
@@ -166,7 +187,7 @@ def peak_rss_of(command: Sequence[str], *, timeout: float, env: dict[str, str] |
     started = time.perf_counter()
     process = subprocess.Popen(list(command), cwd=cwd, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
                                start_new_session=True)
-    polled = [0]
+    polled, hwm = [0], [0.0]
     done = threading.Event()
 
     def poll() -> None:
@@ -177,6 +198,9 @@ def peak_rss_of(command: Sequence[str], *, timeout: float, env: dict[str, str] |
         while not done.is_set():
             try:
                 total = parent.memory_info().rss
+                peak = vm_hwm_mb(process.pid)
+                if peak is not None:
+                    hwm[0] = max(hwm[0], peak)
                 for child in parent.children(recursive=True):
                     try:
                         total += child.memory_info().rss
@@ -200,7 +224,8 @@ def peak_rss_of(command: Sequence[str], *, timeout: float, env: dict[str, str] |
         if log_path:
             log_file.close()
     process.returncode = os.waitstatus_to_exitcode(status)
-    return {"peak_rss_mb": usage.ru_maxrss / 1024.0, "polled_peak_mb": polled[0] / 2**20,
+    ru_maxrss = usage.ru_maxrss / 1024.0
+    return {"peak_rss_mb": hwm[0] or ru_maxrss, "ru_maxrss_mb": ru_maxrss, "polled_peak_mb": polled[0] / 2**20,
             "seconds": time.perf_counter() - started, "returncode": process.returncode}
 
 
@@ -211,8 +236,10 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def self_peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS since exec (VmHWM; ``ru_maxrss`` where /proc is missing)."""
+    peak = vm_hwm_mb()
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # --------------------------------------------------------------------------- machine
@@ -297,14 +324,17 @@ def rows_table(rows: list[dict]) -> str:
 
 
 def write_markdown(report: dict, path: Path, *, titles: dict[str, str], notes: dict[str, str],
-                   preface: str = "") -> None:
+                   preface: str = "", tables: dict[str, Callable[[list[dict]], str]] | None = None) -> None:
+    """The report. ``tables[name](rows)`` replaces the generic rows table of that benchmark."""
+    tables = tables or {}
     m = report["machine"]
     out = ["# Benchmarks", "",
            "<!-- generated by `python -m bench.run_all` (make bench); edit bench/*.py, not this file -->", ""]
     if preface:
         out += [preface.strip(), ""]
     out += ["## Run", "",
-            f"* **Date:** {report['date']} (UTC); total wall time {report['total_seconds'] / 60:.1f} min",
+            f"* **Date:** {report['date']} (UTC; each benchmark's own date is under its heading); "
+            f"total wall time {report['total_seconds'] / 60:.1f} min",
             f"* **Command:** `{report['command']}`",
             f"* **Machine:** {m['cpu_model']}; {m['usable_cores']} usable of {m['logical_cores']} logical cores; "
             f"{m['ram_gib']} GiB RAM; CPU flags {', '.join(m['cpu_bf16_flags']) or 'none'}; {m['platform']}",
@@ -320,13 +350,14 @@ def write_markdown(report: dict, path: Path, *, titles: dict[str, str], notes: d
     for name, result in report["benchmarks"].items():
         out += [f"## {titles.get(name, name)} (`{name}`)", ""]
         load = result.get("loadavg_1m") or {}
-        out.append(f"*{result.get('seconds', 0):.0f} s; load average {load.get('before', '?')} → "
-                   f"{load.get('after', '?')}*")
+        when = f"{result['date']}, " if result.get("date") else ""
+        out.append(f"*{when}{result.get('mode', 'full')} mode, {result.get('seconds', 0):.0f} s; load average "
+                   f"{load.get('before', '?')} → {load.get('after', '?')}*")
         out.append("")
         if result.get("error"):
             out += ["**Failed:**", "", "```", result["error"].strip()[-2000:], "```", ""]
         if result.get("rows"):
-            out += [rows_table(result["rows"]), ""]
+            out += [(tables[name] if name in tables else rows_table)(result["rows"]), ""]
         if notes.get(name):
             out += [notes[name].strip(), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -428,12 +459,13 @@ def run_benchmark(module, ctx: Context) -> dict:
             raise ValueError(f"row {r.get('name')!r} of {ctx.name} lacks {sorted(missing)}")
     return {"rows": rows, "error": error, "seconds": round(time.perf_counter() - started, 1),
             "loadavg_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
-            "peak_rss_mb": round(self_peak_rss_mb(), 1)}
+            "peak_rss_mb": round(own_peak_rss_mb(), 1)}
 
 
 def child_main(module, argv: list[str] | None = None) -> int:
     """``python -m bench.bench_<name> [--smoke] [--work DIR] [--out FILE]``: run one benchmark."""
-    name = module.__name__.rsplit(".", 1)[-1].removeprefix("bench_")
+    spec = getattr(module, "__spec__", None)  # under ``python -m`` __name__ is "__main__"
+    name = (spec.name if spec else module.__name__).rsplit(".", 1)[-1].removeprefix("bench_")
     parser = argparse.ArgumentParser(description=getattr(module, "TITLE", name))
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a new temp dir)")

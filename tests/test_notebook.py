@@ -90,7 +90,8 @@ def test_notebook_has_parameters_and_the_three_parts():
     assert values == PARAMETERS
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     positions = [markdown.find(heading) for heading in HEADINGS]
-    assert all(p >= 0 for p in positions), f"missing part heading(s): {[h for h, p in zip(HEADINGS, positions) if p < 0]}"
+    missing = [heading for heading, position in zip(HEADINGS, positions) if position < 0]
+    assert not missing, f"missing part heading(s): {missing}"
     assert positions == sorted(positions), "the three parts must appear in order"
 
 

@@ -224,7 +224,8 @@ def execute(output: Path, parameters: dict[str, Any] | None = None, *, source: P
     from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    env = {WORKDIR_ENV: str(workdir) if workdir else None, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    env = {WORKDIR_ENV: str(workdir) if workdir else None,
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     with venv_kernel() as kernel_name, _environment(**env):
         try:
             papermill.execute_notebook(str(source), str(output), parameters=parameters or None,
@@ -251,27 +252,26 @@ def run(*, smoke: bool = False, in_place: bool = False, output: Path | None = No
     if in_place and (smoke or parameters or output):
         raise ValueError("--in-place regenerates the committed notebook with its default parameters; "
                          "it takes no --smoke, -p or --output")
-    scratch = Path(tempfile.mkdtemp(prefix="vinted-notebook-"))
     if smoke:
         parameters = {**SMOKE_PARAMETERS, "port": free_port(), **parameters}
         if output is not None and Path(output).resolve() == Path(source).resolve():
             raise ValueError("--smoke never writes the committed notebook; choose another --output")
-    target = Path(output) if output else (scratch / ("executed.ipynb" if in_place else f"{Path(source).stem}.executed.ipynb"))
+    scratch = Path(tempfile.mkdtemp(prefix="vinted-notebook-"))
+    target = Path(output) if output else scratch / f"{Path(source).stem}.executed.ipynb"
     started = time.perf_counter()
     try:
         nb = execute(target, parameters, source=source, workdir=scratch / "work" if smoke else None, timeout=timeout)
         check_interpreter(nb)
-        if in_place:
-            cleaned = strip_noise(nb)
-            nbformat.validate(cleaned)
-            staged = Path(source).with_name(f".{Path(source).name}.tmp")
-            nbformat.write(nbformat.from_dict(cleaned), str(staged))
-            os.replace(staged, source)
-            target = Path(source)
-    finally:
-        shutil.rmtree(scratch / "work", ignore_errors=True)
-        if in_place or output:
-            shutil.rmtree(scratch, ignore_errors=True)
+    finally:  # the smoke workspace (demo data, runs, SavedModels) goes; a failed copy stays for its traceback
+        shutil.rmtree(scratch if output else scratch / "work", ignore_errors=True)
+    if in_place:
+        cleaned = strip_noise(nb)
+        nbformat.validate(cleaned)
+        staged = Path(source).with_name(f".{Path(source).name}.tmp")
+        nbformat.write(nbformat.from_dict(cleaned), str(staged))
+        os.replace(staged, source)
+        target = Path(source)
+        shutil.rmtree(scratch, ignore_errors=True)
     log.info("notebook executed in %.0fs -> %s", time.perf_counter() - started, target)
     return target
 
