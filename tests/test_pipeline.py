@@ -63,3 +63,14 @@ def test_grey_and_rgba_images_become_rgb():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="2 paths but 1 codes"):
         pipeline.make_dataset(["a", "b"], image_size=(8, 8), batch_size=1, codes=np.array([0]), tags=np.zeros((1, 3)))
+
+
+def test_resize_is_identical_eager_and_traced():
+    """The SavedModel traces this function; its pixels must equal training's (no train/serve skew)."""
+    import tensorflow as tf
+
+    image = tf.random.uniform([441, 319, 3], 0, 255, seed=1)
+    eager = pipeline.resize_pixels(image, (160, 128))
+    traced = tf.function(lambda x: pipeline.resize_pixels(x, (160, 128)),
+                         input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])(image)
+    np.testing.assert_array_equal(eager.numpy(), traced.numpy())

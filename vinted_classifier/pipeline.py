@@ -29,9 +29,17 @@ def resize_pixels(image, image_size: tuple[int, int]):
     """float32 [h, w, 3] (any size) -> [H, W, 3], aspect-preserving resize then pad."""
     import tensorflow as tf
 
+    # Explicit size arithmetic (not tf.image.resize_with_pad, whose rounding differs between
+    # eager mode and a traced graph) so training and the SavedModel give identical pixels.
     height, width = image_size
-    resized = tf.image.resize_with_pad(image, height, width, method="bilinear", antialias=True)
-    return tf.clip_by_value(resized, 0.0, 255.0)
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[-3], tf.float32), tf.cast(shape[-2], tf.float32)
+    scale = tf.minimum(height / h, width / w)
+    new_h = tf.clip_by_value(tf.cast(tf.math.round(h * scale), tf.int32), 1, height)
+    new_w = tf.clip_by_value(tf.cast(tf.math.round(w * scale), tf.int32), 1, width)
+    resized = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear", antialias=True)
+    padded = tf.image.pad_to_bounding_box(resized, (height - new_h) // 2, (width - new_w) // 2, height, width)
+    return tf.clip_by_value(padded, 0.0, 255.0)
 
 
 def make_dataset(
