@@ -17,8 +17,10 @@ trains for a few epochs on them, tag thresholds are tuned on val (`evaluate.tune
 **Only VGG19 has ImageNet weights offline here** (bundled); every other backbone is trained from
 `weights=none` (random) features, so **its accuracy is not representative** of that architecture
 — only its size and speed are. Non-VGG backbones use `pooling=avg` (`avg_block4_5` is VGG-only).
-The SavedModel is about twice `parameters x 4 bytes`: the export's checkpoint holds every variable
-twice (keys `variables/N` and `_all_variables/N`), whatever the precision policy.
+The SavedModel is `parameters x 4 bytes` (float32 variables whatever the policy) plus under 1 MB of
+graph: `export.py` saves a `tf.Module` with `tf.saved_model.save`, which stores each variable once
+(Keras's `ExportArchive` stores each twice, keras-team/keras#23553; `tests/test_predict_export.py`
+checks the count).
 """
 
 BACKBONES = ("vgg19", "vgg16", "mobilenet_v2", "efficientnet_b0", "resnet50")
@@ -27,7 +29,7 @@ BACKBONES = ("vgg19", "vgg16", "mobilenet_v2", "efficientnet_b0", "resnet50")
 def run(ctx: harness.Context) -> list[dict]:
     import numpy as np
 
-    from vinted_classifier import data, evaluate, train
+    from vinted_classifier import data, evaluate
     from vinted_classifier.export import export_saved_model
     from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
     from vinted_classifier.pipeline import load_images
@@ -56,8 +58,8 @@ def run(ctx: harness.Context) -> list[dict]:
             harness.compile_for(bundle, bundle.head, cfg, cfg.train.head_learning_rate)
         params = int(sum(int(np.prod(v.shape)) for v in bundle.model.weights))
         feats = {split: bundle.feature_extractor.predict(x, batch_size=32, verbose=0) for split, x in images.items()}
-        ds = train._feature_dataset(feats["train"], prepared.codes("train"), prepared.tags("train"), cfg, shuffle=True)
-        bundle.head.fit(ds, epochs=epochs, verbose=0, shuffle=False)
+        targets = {category: prepared.codes("train"), "tags": prepared.tags("train")}
+        bundle.head.fit(feats["train"], targets, batch_size=cfg.train.batch_size, epochs=epochs, verbose=0)
         probs = {}
         for split in ("val", "holdout"):
             out = bundle.head.predict(feats[split], batch_size=256, verbose=0)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+
 from bench import harness
 
 TITLE = "3. Frozen backbone: cached features vs backbone every epoch"
 NOTES = """
 Phase 1 (frozen backbone) two ways, on the same `N` training images at the run's policy:
-*cached* is what `train.cache_features=true` does: `train.extract_features` once (clean view plus
-`cached_augmented_views` augmented views, so the cached epoch covers `N x (1 + views)` rows — more work
-than the uncached epoch), then `head.fit` on `train._feature_dataset`; its per-epoch time is the mean
-over `E` epochs in one `fit` call, as in real training (30 epochs in one call). *uncached* is
-`model.fit` over `make_dataset` from the JPEGs with the backbone frozen (what
+*cached* is what `train.cache_features=true` does: `features.write_feature_cache` once (clean view plus
+`cached_augmented_views` augmented views, streamed to a file on disk, so the cached epoch covers
+`N x (1 + views)` rows — more work than the uncached epoch), then `head.fit` on
+`features.feature_dataset` (records read back from the file through a shuffle buffer); its per-epoch
+time is the mean over `E` epochs in one `fit` call, as in real training (30 epochs in one call).
+*uncached* is `model.fit` over `make_dataset` from the JPEGs with the backbone frozen (what
 `train.cache_features=false` does). Validation is left out of both. The one-time caching cost and
 the number of epochs after which caching has paid for itself are reported too.
 Per image *pass*, the cached epoch is faster still by the factor `1 + views`; what bounds it is
@@ -21,11 +24,10 @@ clean view, or a larger batch size for the cached phase, would raise the ratio f
 
 
 def run(ctx: harness.Context) -> list[dict]:
-    from vinted_classifier import data, pipeline, train
+    from vinted_classifier import data, pipeline
+    from vinted_classifier.features import feature_dataset, write_feature_cache
     from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
     from vinted_classifier.precision import use_precision
-
-    import numpy as np
 
     cfg = harness.bench_config(ctx)
     prepared = data.prepare(cfg.data, cfg.seed)
@@ -47,16 +49,22 @@ def run(ctx: harness.Context) -> list[dict]:
         harness.compile_for(bundle, bundle.model, cfg, cfg.train.head_learning_rate)
         harness.compile_for(bundle, bundle.head, cfg, cfg.train.head_learning_rate)
 
-    def plain():
-        return pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch)
+    def labelled():
+        return pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch, codes=codes,
+                                     tags=tags, category_output=category)
 
-    train.extract_features(bundle, plain().take(1), augment_views=views)  # trace once, untimed
-    caching_s, features = harness.timed(lambda: train.extract_features(bundle, plain(), augment_views=views))
-    repeat = len(features) // n
-    feat_codes, feat_tags = np.tile(codes, repeat), np.tile(tags, (repeat, 1))
+    def cache_to(name: str, ds):
+        return write_feature_cache(bundle, ds, ctx.work / "feature_cache" / f"{name}.f32", category_output=category,
+                                   augment_views=views)
+
+    shutil.rmtree(ctx.work / "feature_cache", ignore_errors=True)  # a reused cache would time nothing
+    cache_to("trace", labelled().take(1))  # trace once, untimed
+    caching_s, cache = harness.timed(lambda: cache_to("train", labelled()))
+    repeat = cache.rows // n
 
     def cached():
-        ds = train._feature_dataset(features, feat_codes, feat_tags, cfg, shuffle=True)
+        ds = feature_dataset(cache, batch_size=batch, category_output=category,
+                             shuffle_buffer=cfg.train.feature_shuffle_buffer, seed=cfg.seed)
         bundle.head.fit(ds, epochs=epochs_cached, verbose=0, shuffle=False)
 
     def uncached():
@@ -78,9 +86,9 @@ def run(ctx: harness.Context) -> list[dict]:
         harness.row("frozen", "uncached epoch time", uncached_s, "s", samples=per_epoch["uncached"],
                     note=f"{n / uncached_s:.1f} img/s through the frozen backbone"),
         harness.row("frozen", "cached epoch time", cached_s, "s", samples=per_epoch["cached"],
-                    note=f"{len(features) / cached_s:,.0f} feature rows/s"),
+                    note=f"{cache.rows / cached_s:,.0f} feature rows/s"),
         harness.row("frozen", "one-time feature caching", caching_s, "s",
-                    note=f"{n} images x {repeat} view(s) ({len(features)} rows, dim {features.shape[1]}); "
+                    note=f"{n} images x {repeat} view(s) ({cache.rows} rows, dim {cache.feature_dim}); "
                          f"pays for itself after {break_even:.2f} epoch(s)"),
     ]
 

@@ -24,12 +24,12 @@ first steps, so this isolates what depends on dataset size.
 *train, cached features* is `train._train_head_on_cached_features` with `head_epochs=1` (the
 `cache_features=true` phase 1, default 2 augmented views) over the whole training split; it runs at
 32x32 to fit the time budget — the cached feature vectors are 1024 floats per view whatever the image
-size, so the growing part is the same as at 160x128 while the constant part (activations) is smaller;
-the ratio is therefore an upper bound for 160x128. Cached features are O(N) in memory by design:
-`N x (1 + views) x 1024 x 4` bytes (~0.3 GB for the 10x training split), but the measured growth is
-several times that, because the array exists in several copies at once at the peak (per-batch
-lists, per-view `np.concatenate`, the concatenation of the views, `.astype(np.float32)`'s copy, and
-`Dataset.from_tensor_slices`'s own copy). That, not the streaming pipeline, is what misses the goal.
+size, so the growing part is the same as at 160x128 while the constant part (activations) is smaller.
+The cache is `N x (1 + views) x 1028 x 4` bytes (~0.3 GB for the 10x training split) and lives in a
+file (`features.py`), streamed back through a shuffle buffer of `train.feature_shuffle_buffer` rows
+(16,384 by default, ~64 MiB): the demo set's 7.2k rows fit the buffer, the 10x set's 72k rows fill
+it, and that bounded buffer is all that grows. (Before the cache moved to disk this row was 1.98x:
+the features were held in memory in several copies at once.)
 """
 
 

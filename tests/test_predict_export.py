@@ -74,13 +74,12 @@ def test_export_versions_are_numbered_and_atomic(trained, tmp_path, monkeypatch)
     assert (first.name, second.name) == ("1", "2")
     assert json.loads((second / "assets" / "labels.json").read_text())["categories"] == ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"]
 
-    class CrashingArchive:
-        def write_out(self, path, **kwargs):  # half a version, then the crash
-            Path(path).mkdir(parents=True)
-            (Path(path) / "saved_model.pb").write_bytes(b"partial")
-            raise RuntimeError("disk full")
+    def crash_mid_write(module, path):  # half a version, then the crash
+        Path(path).mkdir(parents=True)
+        (Path(path) / "saved_model.pb").write_bytes(b"partial")
+        raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "build_archive", lambda model, labels: CrashingArchive())
+    monkeypatch.setattr(export, "save_serving_module", crash_mid_write)
     with pytest.raises(RuntimeError, match="disk full"):
         export.export_run(run_dir, base, "my_model")
     assert sorted(p.name for p in (base / "my_model").iterdir()) == ["1", "2"], "no half-written version left"
@@ -124,6 +123,21 @@ def test_skew_fresh_process_signatures_equal_in_memory_model(trained, tmp_path):
     np.testing.assert_array_equal(codes, predict.top2_codes(p_cat))
     assert out["top2_names"][0] == [labels.categories[c] for c in codes[0]]
     np.testing.assert_array_equal(out["tag_flags"], (p_tags >= np.asarray(labels.thresholds)).astype(int))
+
+
+def test_saved_model_stores_each_variable_once(trained, tmp_path):
+    import tensorflow as tf
+
+    _, run_dir = trained
+    version = export.export_run(run_dir, tmp_path / "sm", "my_model")
+    _, _, model = load_run(run_dir)
+    reader = tf.train.load_checkpoint(str(version / "variables" / "variables"))
+    stored = {key: shape for key, shape in reader.get_variable_to_shape_map().items()
+              if key != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert not any(key.startswith("_all_variables/") for key in stored), sorted(stored)[:5]
+    # The weights plus the random layers' 2-element seed states, nothing twice.
+    assert sum(int(np.prod(shape)) for shape in stored.values()) == sum(int(np.prod(v.shape)) for v in model.variables)
+    assert sum(int(np.prod(shape)) for shape in stored.values()) < model.count_params() + 100
 
 
 def test_bad_image_bytes_raise_a_clear_error(trained, tmp_path):

@@ -64,9 +64,14 @@ def _serving_outputs(model, labels: RunLabels, images):
     }
 
 
-def build_archive(model, labels: RunLabels):
-    """A Keras ExportArchive with both serving signatures."""
-    import keras
+def build_serving_module(model, labels: RunLabels):
+    """A ``tf.Module`` holding the model's variables and both serving functions.
+
+    Plain ``tf.saved_model.save`` of this module stores each variable once. (Keras's
+    ``ExportArchive`` in 3.15 stores every variable twice, under ``variables/N`` and
+    ``_all_variables/N``, doubling the file and the RAM of every server that loads it:
+    keras-team/keras#23553.)
+    """
     import tensorflow as tf
 
     if len(labels.categories) < 2:
@@ -82,13 +87,22 @@ def build_archive(model, labels: RunLabels):
         images = resize_pixels(tf.cast(input_image, tf.float32) * 255.0, (height, width))
         return _serving_outputs(model, labels, images)
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(DEFAULT_SIGNATURE, from_bytes,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint(PIXELS_SIGNATURE, from_pixels,
-                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="input_image")])
-    return archive
+    module = tf.Module()
+    # Track what the functions capture, and only that: the weights plus the random layers' seed
+    # states. (Tracking the model itself would also save its optimizer and metric variables.)
+    module.model_variables = list(model.variables)
+    module.serve_bytes = tf.function(
+        from_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    module.serve_pixels = tf.function(
+        from_pixels, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="input_image")])
+    return module
+
+
+def save_serving_module(module, path: Path) -> None:
+    import tensorflow as tf
+
+    tf.saved_model.save(module, str(path), signatures={DEFAULT_SIGNATURE: module.serve_bytes,
+                                                       PIXELS_SIGNATURE: module.serve_pixels})
 
 
 def export_saved_model(model, labels: RunLabels, base_dir: str | Path, model_name: str = "my_model",
@@ -102,8 +116,7 @@ def export_saved_model(model, labels: RunLabels, base_dir: str | Path, model_nam
         raise FileExistsError(f"version {version} already exists at {final}; versions are immutable")
     staging = model_root / f".export-{version}-{uuid.uuid4().hex[:8]}"  # not numeric: servers skip it
     try:
-        archive = build_archive(model, labels)
-        archive.write_out(str(staging), verbose=False)
+        save_serving_module(build_serving_module(model, labels), staging)
         assets = staging / "assets"
         assets.mkdir(exist_ok=True)
         labels.save(assets / "labels.json")

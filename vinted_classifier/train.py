@@ -1,9 +1,9 @@
 """Two-phase training of the multi-task model, with feature caching, resume and evaluation.
 
 Phase 1 trains the heads on a frozen backbone. When ``train.cache_features`` is on,
-backbone features are computed once (plus a fixed number of augmented views) and the
-head trains on those arrays: the same result as re-running the frozen backbone every
-epoch, many times faster. Phase 2 unfreezes the last conv block at a low learning rate.
+backbone features are computed once (plus a fixed number of augmented views) into an
+on-disk cache (``features.py``) and the head trains on those vectors: the same result as
+re-running the frozen backbone every epoch, many times faster, in flat memory. Phase 2 unfreezes the last conv block at a low learning rate.
 
 Interrupted runs resume: phase 1 leaves a marker and weights when done; Keras
 BackupAndRestore restores mid-phase state on the next run with the same run name.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,38 +65,6 @@ def _image_dataset(cfg: RunConfig, prepared: data.PreparedData, split: str, *, t
         sample_weights=weights, shuffle=training, seed=cfg.seed)
 
 
-def extract_features(bundle, dataset, *, augment_views: int = 0) -> np.ndarray:
-    """Backbone features for every image, once clean and ``augment_views`` times augmented.
-
-    Returns [views * N, D], clean view first; row ``v * N + i`` is image ``i`` in view ``v``.
-    """
-    import tensorflow as tf
-
-    extractor = tf.function(lambda x: bundle.feature_extractor(x, training=False), reduce_retracing=True)
-    augment = None
-    if augment_views and bundle.augmenter is not None:
-        augment = tf.function(lambda x: bundle.augmenter(x, training=True), reduce_retracing=True)
-    views = [[] for _ in range(1 + (augment_views if augment is not None else 0))]
-    for batch in dataset:
-        images = batch[0] if isinstance(batch, tuple) else batch
-        views[0].append(extractor(images).numpy())
-        for view in views[1:]:
-            view.append(extractor(augment(images)).numpy())
-    return np.concatenate([np.concatenate(v) for v in views]).astype(np.float32)
-
-
-def _feature_dataset(features, codes, tags, cfg: RunConfig, *, shuffle: bool, weights=None):
-    import tensorflow as tf
-
-    targets = {cfg.data.category_column: codes, "tags": tags}
-    parts = (features, targets) if weights is None else (
-        features, targets, {cfg.data.category_column: weights, "tags": np.ones_like(weights)})
-    ds = tf.data.Dataset.from_tensor_slices(parts)
-    if shuffle:
-        ds = ds.shuffle(len(features), seed=cfg.seed, reshuffle_each_iteration=True)
-    return ds.batch(cfg.train.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def _compile(bundle_model, cfg: RunConfig, prepared: data.PreparedData, learning_rate: float) -> None:
     from .model import compile_model
 
@@ -106,27 +75,40 @@ def _compile(bundle_model, cfg: RunConfig, prepared: data.PreparedData, learning
 
 def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
     """Phase 1 with cached features: the backbone runs once per (view of an) image, not per epoch."""
+    from .features import feature_dataset, write_feature_cache
+
     started = time.perf_counter()
-    plain_train = pipeline.make_dataset(prepared.paths("train"), image_size=cfg.model.image_size,
-                                        batch_size=cfg.train.batch_size)
-    plain_val = pipeline.make_dataset(prepared.paths("val"), image_size=cfg.model.image_size,
-                                      batch_size=cfg.train.batch_size)
+    category = cfg.data.category_column
+    key = {"backbone": cfg.model.backbone, "weights": bundle.weights_source, "pooling": cfg.model.pooling,
+           "image_size": list(cfg.model.image_size), "seed": cfg.seed}
     views = cfg.train.cached_augmented_views if cfg.model.augment else 0
     log.info("caching backbone features: %d train image(s) x %d view(s), %d val", len(prepared.paths("train")),
              1 + views, len(prepared.paths("val")))
-    train_x = extract_features(bundle, plain_train, augment_views=views)
-    val_x = extract_features(bundle, plain_val)
-    repeats = len(train_x) // len(prepared.paths("train"))
-    codes, tags = np.tile(prepared.codes("train"), repeats), np.tile(prepared.tags("train"), (repeats, 1))
-    weights = None
+    caches = {}
+    for split, split_views in (("train", views), ("val", 0)):
+        n_images = len(prepared.paths(split))
+        # When the rows fit the reader's shuffle buffer, every epoch is an exact full shuffle (the
+        # same batches as the uncached path). When they do not, the extraction pass shuffles the
+        # images once, so that the bounded buffer draws from rows already in random order.
+        shuffle = split == "train" and n_images * (1 + split_views) > cfg.train.feature_shuffle_buffer
+        images = pipeline.make_dataset(
+            prepared.paths(split), image_size=cfg.model.image_size, batch_size=cfg.train.batch_size,
+            codes=prepared.codes(split), tags=prepared.tags(split), category_output=category,
+            shuffle=shuffle, seed=cfg.seed)
+        caches[split] = write_feature_cache(
+            bundle, images, run_dir / "feature_cache" / f"{split}.f32", category_output=category,
+            augment_views=split_views, key=dict(key, split=split, images=n_images, shuffled=shuffle))
+    log.info("cached features: train %d rows, val %d rows, dim %d in %.1fs", caches["train"].rows,
+             caches["val"].rows, caches["train"].feature_dim, time.perf_counter() - started)
+    class_weights = None
     if cfg.data.class_weights:
-        weights = data.class_weights(codes, len(prepared.vocab.categories))[codes].astype(np.float32)
-    log.info("cached features: train %s (%d view(s)), val %s in %.1fs", train_x.shape, repeats, val_x.shape,
-             time.perf_counter() - started)
+        class_weights = data.class_weights(prepared.codes("train"), len(prepared.vocab.categories))
+    common = dict(batch_size=cfg.train.batch_size, category_output=category)
     _compile(bundle.head, cfg, prepared, cfg.train.head_learning_rate)
     history = bundle.head.fit(
-        _feature_dataset(train_x, codes, tags, cfg, shuffle=True, weights=weights),
-        validation_data=_feature_dataset(val_x, prepared.codes("val"), prepared.tags("val"), cfg, shuffle=False),
+        feature_dataset(caches["train"], shuffle_buffer=cfg.train.feature_shuffle_buffer, seed=cfg.seed,
+                        class_weights=class_weights, **common),
+        validation_data=feature_dataset(caches["val"], **common),
         epochs=cfg.train.head_epochs, callbacks=_callbacks(cfg, run_dir, "head", checkpoint=False),
         shuffle=False, verbose=cfg.train.verbose)  # the datasets shuffle themselves
     return history.history
@@ -163,6 +145,8 @@ def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Pa
                                       epochs=cfg.train.head_epochs, learning_rate=cfg.train.head_learning_rate)
         bundle.model.save_weights(phase1_weights)
         done_marker.write_text(json.dumps(_jsonable(history)))
+        # Only a resumed phase 1 reuses the cache; once it is done the files are just disk.
+        shutil.rmtree(run_dir / "feature_cache", ignore_errors=True)
     if cfg.train.finetune_epochs > 0:
         counts = set_trainable(bundle, "finetune", prefixes)
         log.info("phase 2 (fine-tune %s): %s", prefixes, counts)
