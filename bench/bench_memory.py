@@ -27,8 +27,9 @@ first steps, so this isolates what depends on dataset size.
 size, so the growing part is the same as at 160x128 while the constant part (activations) is smaller.
 The cache is `N x (1 + views) x 1028 x 4` bytes (~0.3 GB for the 10x training split) and lives in a
 file (`features.py`), streamed back through a shuffle buffer of `train.feature_shuffle_buffer` rows
-(16,384 by default, ~64 MiB): the demo set's 7.2k rows fit the buffer, the 10x set's 72k rows fill
-it, and that bounded buffer is all that grows. (Before the cache moved to disk this row was 1.98x:
+(8,192 by default, ~32 MiB): the demo set's 7.2k rows fit the buffer (and are kept in memory
+between epochs), the 10x set's 72k rows fill it, and that bounded buffer is all that grows besides
+`data.prepare`'s label tables (the *uncached* row's growth). (Before the cache moved to disk this row was 1.98x:
 the features were held in memory in several copies at once.)
 """
 

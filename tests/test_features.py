@@ -66,11 +66,12 @@ def test_rows_equal_the_extractor_and_carry_labels(bundle, examples, tmp_path):
     assert not np.allclose(features[2 * N:], features[N:2 * N])
 
 
-def test_shuffle_is_a_seeded_permutation(bundle, examples, tmp_path):
+@pytest.mark.parametrize("buffer", [100, 4], ids=["rows-fit-the-buffer", "windowed"])
+def test_shuffle_is_a_seeded_permutation(bundle, examples, tmp_path, buffer):
     cache = write_feature_cache(bundle, image_dataset(examples), tmp_path / "f.f32", category_output="cc3")
     plain, plain_codes, _, _ = read_all(cache)
-    shuffled, shuffled_codes, _, _ = read_all(cache, shuffle_buffer=100, seed=3)
-    again, _, _, _ = read_all(cache, shuffle_buffer=100, seed=3)
+    shuffled, shuffled_codes, _, _ = read_all(cache, shuffle_buffer=buffer, seed=3)
+    again, _, _, _ = read_all(cache, shuffle_buffer=buffer, seed=3)
     np.testing.assert_array_equal(shuffled, again)
     assert not np.array_equal(shuffled, plain)
     order = [int(np.flatnonzero((plain == row).all(axis=1))[0]) for row in shuffled]

@@ -101,9 +101,9 @@ class TrainConfig(_Strict):
     cache_features: bool = True
     # With cache_features and augment: number of augmented views of each training image to cache.
     cached_augmented_views: int = Field(2, ge=0)
-    # Rows of cached features held in the shuffle buffer (x dim x 4 bytes: 16384 rows ~ 64 MiB at dim 1024).
+    # Rows of cached features held in the shuffle buffer (x dim x 4 bytes: 8192 rows ~ 32 MiB at dim 1024).
     # The cache itself lives on disk, so this, not the dataset size, bounds phase 1's memory.
-    feature_shuffle_buffer: int = Field(16384, ge=1)
+    feature_shuffle_buffer: int = Field(8192, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     verbose: int = 1
 
