@@ -32,6 +32,7 @@ def test_run_writes_its_artefacts(tiny_dataset, tmp_path):
     labels = RunLabels.load(run / "labels.json")
     assert labels.categories == ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"] and labels.image_size == (40, 32)
     assert not (run / "phase1.done").exists(), "resume markers are cleaned after a finished run"
+    assert not (run / "backup").exists() and not (run / "feature_cache").exists()
     _, _, model = load_run(run)
     assert set(model.output_names) == {"cc3", "tags"} if hasattr(model, "output_names") else True
 

@@ -242,6 +242,8 @@ def train(cfg: RunConfig) -> TrainResult:
     })
     for stale in ("phase1.done", "phase1.weights.h5", "best_checkpoint.keras"):
         (run_dir / stale).unlink(missing_ok=True)
+    for stale in ("backup", "feature_cache"):  # resume state, empty or useless once the run is done
+        shutil.rmtree(run_dir / stale, ignore_errors=True)
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, seconds=time.perf_counter() - started)
 
 
