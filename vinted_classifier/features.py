@@ -41,23 +41,22 @@ class FeatureCache:
     key: dict
 
     @property
-    def record_floats(self) -> int:
-        return self.feature_dim + 1 + self.n_tags
+    def record_bytes(self) -> int:
+        """One row: the features, the category code, the tags."""
+        return (self.feature_dim + 1 + self.n_tags) * np.dtype(RECORD_DTYPE).itemsize
 
-    @property
-    def meta_path(self) -> Path:
-        return self.path.with_suffix(".json")
+
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
 
 
 def load_feature_cache(path: Path, key: dict) -> FeatureCache | None:
     """The cache at ``path`` if it is complete and was made with the same ``key``; else None."""
-    meta_path = path.with_suffix(".json")
-    if not (path.is_file() and meta_path.is_file()):
+    if not (path.is_file() and _meta_path(path).is_file()):
         return None
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(_meta_path(path).read_text())
     cache = FeatureCache(path, meta["rows"], meta["feature_dim"], meta["n_tags"], meta["key"])
-    expected_bytes = cache.rows * cache.record_floats * np.dtype(RECORD_DTYPE).itemsize
-    if cache.key != key or path.stat().st_size != expected_bytes:
+    if cache.key != key or path.stat().st_size != cache.rows * cache.record_bytes:
         return None
     return cache
 
@@ -110,7 +109,7 @@ def write_feature_cache(bundle, dataset, path: Path, *, category_output: str, au
         for part in parts:
             part.unlink(missing_ok=True)
     cache = FeatureCache(path, rows * len(views), int(feature_dim), int(n_tags), key)
-    write_json(cache.meta_path, {k: v for k, v in asdict(cache).items() if k != "path"})
+    write_json(_meta_path(path), {k: v for k, v in asdict(cache).items() if k != "path"})
     log.info("feature cache %s: %d rows (%d image(s) x %d view(s)), dim %d, %.1f MiB", path, cache.rows, rows,
              len(views), cache.feature_dim, path.stat().st_size / 2**20)
     return cache
@@ -122,8 +121,7 @@ def feature_dataset(cache: FeatureCache, *, batch_size: int, category_output: st
     import tensorflow as tf
 
     dim = cache.feature_dim
-    ds = tf.data.FixedLengthRecordDataset(
-        str(cache.path), record_bytes=cache.record_floats * np.dtype(RECORD_DTYPE).itemsize, buffer_size=1 << 20)
+    ds = tf.data.FixedLengthRecordDataset(str(cache.path), record_bytes=cache.record_bytes, buffer_size=1 << 20)
     # A known length lets Keras count the steps of an epoch instead of probing for the end.
     ds = ds.apply(tf.data.experimental.assert_cardinality(cache.rows))
     if shuffle_buffer > 0:

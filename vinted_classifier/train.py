@@ -3,7 +3,8 @@
 Phase 1 trains the heads on a frozen backbone. When ``train.cache_features`` is on,
 backbone features are computed once (plus a fixed number of augmented views) into an
 on-disk cache (``features.py``) and the head trains on those vectors: the same result as
-re-running the frozen backbone every epoch, many times faster, in flat memory. Phase 2 unfreezes the last conv block at a low learning rate.
+re-running the frozen backbone every epoch, many times faster, in flat memory. Phase 2
+unfreezes the last conv block at a low learning rate.
 
 Interrupted runs resume: phase 1 leaves a marker and weights when done; Keras
 BackupAndRestore restores mid-phase state on the next run with the same run name.
@@ -242,8 +243,7 @@ def train(cfg: RunConfig) -> TrainResult:
     })
     for stale in ("phase1.done", "phase1.weights.h5", "best_checkpoint.keras"):
         (run_dir / stale).unlink(missing_ok=True)
-    for stale in ("backup", "feature_cache"):  # resume state, empty or useless once the run is done
-        shutil.rmtree(run_dir / stale, ignore_errors=True)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore leaves its folder, empty
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, seconds=time.perf_counter() - started)
 
 
