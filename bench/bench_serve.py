@@ -12,7 +12,7 @@ from bench import harness
 TITLE = "5. Serving: REST server vs in-process SavedModel"
 NOTES = """
 The model (VGG19 at the run's policy, untrained head) is exported with `export.export_saved_model`
-and served by `python -m vinted_classifier.serve.server` (what `vinted serve` runs) on a free
+and served by `python -m tf_serving_compat.server` (what `vinted serve` runs) on a free
 127.0.0.1 port, started and stopped by `bench/serve_load.py`'s helpers; the load is
 `serve_load.run_load` (N client threads, one image per request, b64 JPEG, `serving_default`).
 Payloads are real demo test JPEGs. The in-process baseline calls the same SavedModel's

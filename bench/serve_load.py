@@ -70,7 +70,7 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = No
 
 def start_server(args: argparse.Namespace, log_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "vinted_classifier.serve.server", "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "tf_serving_compat.server", "--host", "127.0.0.1",
                "--rest_api_port", str(port), "--model_name", args.model_name,
                "--model_base_path", str(args.model_base_path), "--file_system_poll_wait_seconds", "0"]
     if args.enable_batching:

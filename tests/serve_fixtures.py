@@ -174,7 +174,7 @@ def model_base(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def serving(model_base: Path):
-    from vinted_classifier.serve.server import build_app
+    from tf_serving_compat.server import build_app
 
     app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0.2, rest_api_timeout_in_ms=20000)
     yield app

@@ -10,9 +10,9 @@ import pytest
 from serve_fixtures import b64, jpeg_bytes, model_base, png_bytes, reference_outputs  # noqa: F401
 from starlette.testclient import TestClient
 
-from vinted_classifier.serve.batching import Batcher, BatchingParameters, parse_batching_parameters
-from vinted_classifier.serve.errors import ServingError
-from vinted_classifier.serve.server import build_app
+from tf_serving_compat.batching import Batcher, BatchingParameters, parse_batching_parameters
+from tf_serving_compat.errors import ServingError
+from tf_serving_compat.server import build_app
 
 PREDICT = "/v1/models/my_model:predict"
 

@@ -20,8 +20,8 @@ from serve_fixtures import (  # noqa: F401 - fixtures
     serving,
 )
 
-from vinted_classifier.serve import tensor_json as tj
-from vinted_classifier.serve.errors import ServingError
+from tf_serving_compat import tensor_json as tj
+from tf_serving_compat.errors import ServingError
 
 PREDICT = "/v1/models/my_model:predict"
 
@@ -381,7 +381,7 @@ def test_healthz(client):
 def test_body_limit_413(model_base):
     from starlette.testclient import TestClient
 
-    from vinted_classifier.serve.server import build_app
+    from tf_serving_compat.server import build_app
 
     app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, max_body_bytes=2000)
     try:
@@ -408,7 +408,7 @@ def test_body_limit_413(model_base):
 def test_timeout_is_504_and_server_recovers(model_base):
     from starlette.testclient import TestClient
 
-    from vinted_classifier.serve.server import build_app
+    from tf_serving_compat.server import build_app
 
     app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, rest_api_timeout_in_ms=200)
     loaded = app.registry.get("my_model").resolve()

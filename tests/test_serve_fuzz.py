@@ -59,7 +59,7 @@ content_type = st.sampled_from(["application/json", "text/plain", "multipart/for
 def fuzz_client(tmp_path_factory):
     from starlette.testclient import TestClient
 
-    from vinted_classifier.serve.server import build_app
+    from tf_serving_compat.server import build_app
 
     base = tmp_path_factory.mktemp("fuzz") / "my_model"
     install_version(template(V1_BIAS), base, 1)

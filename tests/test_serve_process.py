@@ -54,7 +54,7 @@ def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
     url = f"http://127.0.0.1:{port}"
     stdout, stderr = open(tmp_path / "out.log", "wb"), open(tmp_path / "err.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "vinted_classifier.serve.server", "--rest_api_port", str(port),
+        [sys.executable, "-m", "tf_serving_compat.server", "--rest_api_port", str(port),
          "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0.5"],
         stdout=stdout, stderr=stderr, cwd=PROJECT, env=_env())
     try:

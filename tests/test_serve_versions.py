@@ -22,8 +22,8 @@ from serve_fixtures import (  # noqa: F401 - fixtures
 )
 from starlette.testclient import TestClient
 
-from vinted_classifier.serve.server import build_app
-from vinted_classifier.serve.versions import VersionPolicy, parse_model_config_file
+from tf_serving_compat.server import build_app
+from tf_serving_compat.versions import VersionPolicy, parse_model_config_file
 
 IMAGE = jpeg_bytes((120, 60, 200), noise=20)
 BODY = {"instances": [b64(IMAGE)]}
@@ -234,7 +234,7 @@ class _FakeVersion:
 
 
 def test_loading_state_is_reported_and_old_version_serves_meanwhile(tmp_path):
-    from vinted_classifier.serve.versions import ModelManager, ModelSpecConfig
+    from tf_serving_compat.versions import ModelManager, ModelSpecConfig
 
     base = tmp_path / "m"
     for version in (1, 2):
@@ -262,7 +262,7 @@ def test_loading_state_is_reported_and_old_version_serves_meanwhile(tmp_path):
 
 
 def test_broken_newest_version_at_start_falls_back_in_the_same_scan(tmp_path):
-    from vinted_classifier.serve.versions import ModelManager, ModelSpecConfig
+    from tf_serving_compat.versions import ModelManager, ModelSpecConfig
 
     base = tmp_path / "m"
     for version in (1, 2, 3):

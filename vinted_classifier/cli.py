@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         # The server takes tensorflow_model_server's own flag names; hand them over untouched.
-        from .serve.server import main as serve_main
+        import os
+
+        from tf_serving_compat.server import main as serve_main
+
+        os.environ.setdefault("TF_SERVING_COMPAT_MODEL_BASE_PATH",
+                              str(PROJECT_ROOT / "model_training" / "saved_model" / "my_model"))
 
         return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="vinted", description=__doc__,

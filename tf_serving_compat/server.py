@@ -20,7 +20,7 @@ from pathlib import Path
 from .app import ServeOptions, ServingApp
 from .versions import ModelRegistry, ModelSpecConfig, VersionPolicy, parse_model_config_file
 
-log = logging.getLogger("vinted_classifier.serve")
+log = logging.getLogger("tf_serving_compat")
 
 
 def find_real_server() -> str | None:
@@ -29,9 +29,8 @@ def find_real_server() -> str | None:
 
 
 def default_model_base_path() -> Path:
-    from ..config import PROJECT_ROOT
-
-    return PROJECT_ROOT / "model_training" / "saved_model" / "my_model"
+    """``$TF_SERVING_COMPAT_MODEL_BASE_PATH`` or ``./model_training/saved_model/my_model``."""
+    return Path(os.environ.get("TF_SERVING_COMPAT_MODEL_BASE_PATH", "model_training/saved_model/my_model")).resolve()
 
 
 def _bool_flag(text: str) -> bool:
@@ -132,13 +131,13 @@ def _configure_tensorflow(intra: int, inter: int) -> None:
 
 
 def _configure_logging(level: str) -> None:
-    root = logging.getLogger("vinted_classifier.serve")
+    root = logging.getLogger("tf_serving_compat")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level.upper())
-    access = logging.getLogger("vinted_classifier.serve.access")
+    access = logging.getLogger("tf_serving_compat.access")
     if not access.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))  # one JSON object per line

@@ -30,8 +30,8 @@ from .batching import Batcher
 from .errors import ServingError, invalid
 from .versions import DEFAULT_SIGNATURE, LoadedVersion, ModelRegistry, SignatureInfo
 
-log = logging.getLogger("vinted_classifier.serve")
-access_log = logging.getLogger("vinted_classifier.serve.access")
+log = logging.getLogger("tf_serving_compat")
+access_log = logging.getLogger("tf_serving_compat.access")
 
 _NAME = r"([^/:]+)"
 _VERSION_OR_LABEL = rf"(?:(?:/versions/(\d+))|(?:/labels/{_NAME}))?"

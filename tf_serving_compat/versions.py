@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ServingError, invalid, not_found
 
-log = logging.getLogger("vinted_classifier.serve")
+log = logging.getLogger("tf_serving_compat")
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import ServingError, invalid
 
-log = logging.getLogger("vinted_classifier.serve")
+log = logging.getLogger("tf_serving_compat")
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -72,7 +72,7 @@ def _batching_message_class() -> Any:
     except ImportError:
         pass
     proto = descriptor_pb2.FileDescriptorProto(
-        name="vinted_classifier/serve/batching_parameters.proto",
+        name="tf_serving_compat/batching_parameters.proto",
         package="tensorflow.serving",
         syntax="proto3",
         dependency=["google/protobuf/wrappers.proto"],
