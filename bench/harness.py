@@ -392,7 +392,7 @@ def demo_dir(ctx: Context) -> Path:
 
 
 def bench_config(ctx: Context, data_dir: Path | None = None, overrides: Sequence[str] = ()):
-    """``configs/default.yaml`` pointed at the bench data, with smoke-size models in smoke mode."""
+    """The default run pointed at the bench data; smoke mode stacks the ``smoke`` preset, without weights."""
     from vinted_classifier.config import load_config
 
     height, width = ctx.image_size
@@ -400,8 +400,8 @@ def bench_config(ctx: Context, data_dir: Path | None = None, overrides: Sequence
             f"model.image_width={width}", "train.verbose=0", f"output_dir={ctx.work / 'runs'}",
             f"export.saved_model_dir={ctx.work / 'saved_model'}"]
     if ctx.smoke:
-        sets += ["model.weights=none", "model.dense_units=16"]
-    return load_config(PROJECT / "configs" / "default.yaml", [*sets, *overrides])
+        sets.append("model.weights=none")
+    return load_config(None, [*sets, *overrides], presets=["smoke"] if ctx.smoke else ())
 
 
 def vocabulary(cfg) -> tuple[list[str], list[str]]:

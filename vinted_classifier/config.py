@@ -1,12 +1,15 @@
 """Typed run configuration, loadable from YAML and overridable from the command line.
 
-One ``RunConfig`` describes a whole run (data, model, training, export). It is
-written next to every run's outputs (``config.yaml``) so that the run can be
-reproduced exactly. Overrides use dotted keys: ``train.head_epochs=3``.
+One ``RunConfig`` describes a whole run (data, model, training, export). Its defaults
+here ARE the default run; ``configs/default.yaml`` shows them (a test keeps the two equal)
+and ``configs/<preset>.yaml`` files (smoke, tiny) hold only the keys they change. The
+resolved config is written next to every run's outputs (``config.yaml``) so that the run
+can be reproduced exactly. Overrides use dotted keys: ``train.head_epochs=3``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = PROJECT_ROOT / "configs"
 
 Backbone = Literal["vgg16", "vgg19", "mobilenet_v2", "efficientnet_b0", "resnet50"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
@@ -86,14 +90,14 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     precision: Precision = "auto"
-    head_epochs: int = Field(12, ge=0)
+    head_epochs: int = Field(30, ge=0)  # an upper bound: early stopping ends phase 1
     head_learning_rate: float = Field(1e-3, gt=0)
-    finetune_epochs: int = Field(0, ge=0)
+    finetune_epochs: int = Field(2, ge=0)
     finetune_learning_rate: float = Field(1e-5, gt=0)
     # Layers whose name starts with one of these prefixes are unfrozen in phase 2
     # (null: the backbone's last conv block, e.g. block5_ for VGG, conv5_ for ResNet50).
     finetune_layer_prefixes: list[str] | None = None
-    early_stopping_patience: int = Field(4, ge=0)
+    early_stopping_patience: int = Field(6, ge=0)
     # Early stopping and the best checkpoint follow the validation loss of both heads: on a few
     # hundred validation images top-1 moves in steps of 0.2 points and stops runs by chance.
     monitor: str = "val_loss"
@@ -107,12 +111,36 @@ class TrainConfig(_Strict):
     # The cache itself lives on disk, so this, not the dataset size, bounds phase 1's memory.
     feature_shuffle_buffer: int = Field(8192, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    verbose: int = 1
+    # Phase 2's learning rate rises linearly from a tenth of finetune_learning_rate over this many
+    # epochs (fresh Adam moments jolt the unfrozen block least that way); 0: no warm-up.
+    finetune_warmup_epochs: float = Field(0.0, ge=0)
+    # Bit-identical weights and metrics for two runs on the same machine (op determinism, seeded
+    # data order); slower, see docs/experiments.md.
+    deterministic: bool = False
+    # Plan head and fine-tune epochs from step times measured at the start so the run fits this
+    # many minutes (null: no budget; the epoch counts above are then used as they are).
+    time_budget_minutes: float | None = Field(None, gt=0)
+    # 0: silent; 1: one short line per epoch (loss, top-1, top-2, tag F1) and progress bars on a terminal;
+    # 2: also Keras's own per-batch progress bar with every metric.
+    verbose: int = Field(1, ge=0, le=2)
 
 
 class ExportConfig(_Strict):
     model_name: str = "my_model"
     saved_model_dir: Path = PROJECT_ROOT / "model_training" / "saved_model"
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking of runs, searches and CV (local SQLite store unless a URI is given)."""
+
+    enabled: bool = True
+    # null: sqlite:///<output_dir>/mlruns/mlflow.db with artefacts under <output_dir>/mlruns/artifacts.
+    tracking_uri: str | None = None
+    experiment: str = "vinted"
+    # Log model.keras and each exported SavedModel as artefacts (tens of MiB per run).
+    log_models: bool = True
+    # Register exported SavedModels under this name in the MLflow model registry (null: do not register).
+    registered_model_name: str | None = None
 
 
 class RunConfig(_Strict):
@@ -123,6 +151,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _loss_weights_match_outputs(self) -> "RunConfig":
@@ -176,15 +205,46 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a ``RunConfig`` from an optional YAML file plus dotted overrides."""
+def preset_path(name: str) -> Path:
+    """``configs/<name>.yaml``: a preset (e.g. ``smoke``, ``tiny``) to stack on the defaults."""
+    path = CONFIGS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no preset {name!r}: {path} does not exist (presets: {', '.join(known)})")
+    return path
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merge key by key; any other value in ``update`` replaces the base's."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {path} must contain a mapping at top level")
+    return raw
+
+
+def load_config(paths: str | Path | Sequence[str | Path] | None = None, overrides: list[str] | None = None,
+                *, presets: Sequence[str] = ()) -> RunConfig:
+    """A ``RunConfig``: the defaults, then each YAML file in order, then each preset, then dotted overrides.
+
+    Later files win key by key, so a preset (``configs/smoke.yaml``) stacks on any base file.
+    """
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
     raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"config file {path} must contain a mapping at top level")
+    for path in [*map(Path, paths), *map(preset_path, presets)]:
+        _merge(raw, _read_yaml(path))
     raw = apply_overrides(raw, overrides or [])
     return RunConfig.model_validate(raw)
