@@ -26,7 +26,8 @@ def reset_policy():
         (GPU_AMPERE, "mixed_float16"),
         (GPU_PASCAL, "float32"),
         (CPU_BF16, "mixed_bfloat16"),
-        ({"gpus": [], "cpu_flags": ["amx_bf16"]}, "mixed_bfloat16"),
+        # bf16 units present but oneDNN capped below them (ONEDNN_MAX_CPU_ISA=AVX2): no bf16 training
+        ({"gpus": [], "cpu_bf16": False, "cpu_flags": ["amx_bf16"]}, "float32"),
         (CPU_PLAIN, "float32"),
         ({}, "float32"),
     ],
@@ -48,20 +49,17 @@ def test_bad_name_errors():
             pass
 
 
-def test_cpu_flags_parsing(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: sse\n")
-    assert P._cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16", "amx_tile", "sse"}
-    assert P._cpu_flags(tmp_path / "absent") == set()
+def test_detect_hardware_honours_the_onednn_isa_cap():
+    import subprocess
+    import sys
 
-
-def test_detect_hardware_shape():
-    hardware = P.detect_hardware()
-    assert set(hardware) == {"gpus", "cpu_bf16", "cpu_flags"}
-    assert isinstance(hardware["gpus"], list)
-    assert hardware["cpu_bf16"] == bool(hardware["cpu_flags"])
-    assert set(hardware["cpu_flags"]) <= {"avx512_bf16", "amx_bf16"}
-    assert P.resolve_precision("auto", hardware) in P.POLICIES
+    code = ("import json; from vinted_classifier.precision import detect_hardware as d, resolve_precision as r;"
+            "h = d(); print(json.dumps([h['cpu_bf16'], h['cpu_bf16_reason'], r('auto', h)]))")
+    env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    capable, reason, policy = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert capable is False and policy == "float32"
+    assert "AVX2" in reason or "no AVX512_BF16" in reason
 
 
 def test_use_precision_restores_even_on_error():

@@ -1,4 +1,4 @@
-"""Versioned SavedModel export that TensorFlow Serving (real or ours) loads unchanged.
+"""Versioned SavedModel export that TensorFlow Serving (real or ours) loads unchanged, on any host.
 
 Signatures (all outputs batch-first, float32/int64/string — never float16):
 
@@ -13,17 +13,33 @@ Outputs: ``<category_output>`` (e.g. ``cc3``) probabilities, ``tags`` probabilit
 at the tuned thresholds. Vocabulary and thresholds are graph constants, and also
 ``assets/labels.json``.
 
+Precision: the graph computes in ``export.precision`` (float32 by default), whatever policy
+trained the model. A float32 graph runs on every CPU and GPU; the host's fast low-precision
+units are used at load time by the auto-mixed-precision rewrite (``tf_serving_compat.host``,
+and the session config files of ``serving_files``). A bfloat16 graph fails on AVX2-only CPUs and
+crawls on AVX-512 without bf16, so it is only for fleets known to have AVX512_BF16/AMX.
+
+A version folder holds, besides the SavedModel:
+
+``assets/labels.json``, ``assets/export.json``   vocabulary/thresholds; precision and provenance
+``assets.extra/tf_serving_warmup_requests``        PredictionLog records replayed before AVAILABLE
+``assets.extra/{config.yaml,run.json,metrics.json}``  the run it came from
+
 A version is written to a hidden temporary folder and renamed into place in one step,
 so a server polling the base path never sees a half-written version.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import io
 import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
+
+import numpy as np
 
 from .pipeline import decode_and_resize, resize_pixels
 from .runs import RunLabels
@@ -32,6 +48,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "serving_pixels"
+WARMUP_FILE = "tf_serving_warmup_requests"
+PROVENANCE_FILES = ("config.yaml", "run.json", "metrics.json")
+# Keras policy that makes a graph compute in each export precision (variables stay float32).
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# Batch sizes replayed at warm-up for the bytes signature: one request, and a full batch of the
+# batching config (each distinct batch shape is a separate oneDNN primitive to create).
+WARMUP_BATCH_SIZES = (1, 32)
+WARMUP_IMAGES = 8
 
 
 def existing_versions(model_root: Path) -> list[int]:
@@ -44,6 +68,62 @@ def existing_versions(model_root: Path) -> list[int]:
 def next_version(model_root: Path) -> int:
     versions = existing_versions(model_root)
     return versions[-1] + 1 if versions else 1
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def compute_precision(model) -> str:
+    """The low-precision dtype a Keras model computes in (``bfloat16``/``float16``), else ``float32``."""
+    dtypes = {layer.compute_dtype for layer in model._flatten_layers(include_self=False, recursive=True)}
+    for name in ("bfloat16", "float16"):
+        if name in dtypes:
+            return name
+    return "float32"
+
+
+def copy_weights(source, target) -> None:
+    """Copy weights layer by layer, matched by name (names are unique inside one model).
+
+    Every target layer that has weights must find its source; source layers without a
+    counterpart (the training-only augmenter's seed states) are left behind.
+    """
+    import keras
+
+    by_name = {layer.name: layer for layer in source._flatten_layers(include_self=False, recursive=True)}
+    for layer in target._flatten_layers(include_self=False, recursive=True):
+        if not layer.weights or isinstance(layer, keras.Model):  # nested models: their layers are visited
+            continue
+        if layer.name not in by_name:
+            raise ValueError(f"layer {layer.name!r} of the rebuilt model has no counterpart in the trained model")
+        layer.set_weights(by_name[layer.name].get_weights())
+
+
+def model_in_precision(model, model_cfg, labels: RunLabels, precision: str):
+    """The same weights in a graph computing in ``precision`` (float32, bfloat16 or float16).
+
+    The model is rebuilt from its config under the matching Keras policy (layers that the
+    architecture pins to float32, like the outputs, stay float32), then its weights are copied.
+    A model that already computes in ``precision`` is returned as it is.
+    """
+    if precision not in PRECISION_POLICIES:
+        raise ValueError(f"export precision {precision!r}: expected one of {', '.join(PRECISION_POLICIES)}")
+    if compute_precision(model) == precision:
+        return model
+    if model_cfg is None:
+        raise ValueError(f"the model computes in {compute_precision(model)}; exporting it as {precision} "
+                         "needs its ModelConfig to rebuild it (pass model_cfg)")
+    from .model import build_model
+    from .precision import use_precision
+
+    inference_cfg = model_cfg.model_copy(update={"weights": "none", "augment": False})
+    with use_precision(PRECISION_POLICIES[precision]):
+        rebuilt = build_model(inference_cfg, labels.categories, labels.tags, labels.category_output).model
+    copy_weights(model, rebuilt)
+    return rebuilt
+
+
+# --------------------------------------------------------------------------- serving module
 
 
 def _serving_outputs(model, labels: RunLabels, images):
@@ -105,33 +185,167 @@ def save_serving_module(module, path: Path) -> None:
                                                        PIXELS_SIGNATURE: module.serve_pixels})
 
 
+# --------------------------------------------------------------------------- warm-up
+
+
+def synthetic_jpeg(image_size: tuple[int, int], seed: int = 0) -> bytes:
+    """A small garment-free JPEG (colour gradient + noise) for warm-up when no real photo is at hand."""
+    from PIL import Image
+
+    height, width = image_size
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    pixels = np.broadcast_to(ramp, (height, width, 3)) + rng.normal(0, 20, (height, width, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def warmup_records(model_name: str, labels: RunLabels, images: list[bytes]) -> list[bytes]:
+    """Serialized ``PredictionLog`` records: each signature at the batch sizes servers will see.
+
+    The format of TF Serving's SavedModel warm-up (``assets.extra/tf_serving_warmup_requests``):
+    the real server and ours replay them before a version reports AVAILABLE, so the first user
+    request does not pay for graph optimisation and kernel selection.
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    if not images:
+        raise ValueError("warm-up needs at least one encoded image")
+    records = []
+
+    def add(signature: str, name: str, value) -> None:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log_record.SerializeToString())
+
+    for batch_size in WARMUP_BATCH_SIZES:
+        batch = [images[i % len(images)] for i in range(batch_size)]
+        add(DEFAULT_SIGNATURE, "image_bytes", np.array(batch, dtype=object))
+    pixels = tf.io.decode_image(images[0], channels=3, expand_animations=False).numpy()
+    height, width = labels.image_size
+    pixels = tf.image.resize(pixels[None].astype(np.float32) / 255.0, (height, width)).numpy()
+    add(PIXELS_SIGNATURE, "input_image", pixels.astype(np.float32))
+    return records
+
+
+def write_warmup_file(path: Path, records: list[bytes]) -> None:
+    import tensorflow as tf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def read_warmup_file(path: str | Path) -> list:
+    """The ``PredictionLog`` messages of a warm-up file (for tests and our server's replay)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    return [prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+            for raw in tf.data.TFRecordDataset(str(path))]
+
+
+def run_images(cfg, limit: int = WARMUP_IMAGES) -> list[bytes]:
+    """Up to ``limit`` real photos of the run's test set for warm-up requests (none if unavailable)."""
+    from . import data
+
+    try:
+        ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()
+    except (OSError, ValueError) as error:
+        log.debug("no test images for warm-up: %s", error)
+        return []
+    images = []
+    for uuid_ in ids:
+        for extension in cfg.data.image_extensions:
+            path = Path(cfg.data.images) / f"{uuid_}{extension}"
+            if path.is_file():
+                images.append(path.read_bytes())
+                break
+        if len(images) >= limit:
+            break
+    return images
+
+
+# --------------------------------------------------------------------------- export
+
+
 def export_saved_model(model, labels: RunLabels, base_dir: str | Path, model_name: str = "my_model",
-                       version: int | None = None) -> Path:
-    """Write ``<base_dir>/<model_name>/<version>/`` atomically; return its path."""
+                       version: int | None = None, *, precision: str = "float32", model_cfg=None,
+                       warmup_images: list[bytes] | None = None,
+                       extra_files: dict[str, Path] | None = None, provenance: dict | None = None) -> Path:
+    """Write ``<base_dir>/<model_name>/<version>/`` atomically; return its path.
+
+    ``precision``: the dtype the graph computes in (see the module docstring); ``model_cfg`` lets a
+    model trained under another policy be rebuilt in it. ``warmup_images``: encoded photos for the
+    warm-up records (a synthetic one when empty). ``extra_files``: copied into ``assets.extra/``.
+    """
+    from .utils import write_json
+
     model_root = Path(base_dir) / model_name
     model_root.mkdir(parents=True, exist_ok=True)
     version = next_version(model_root) if version is None else int(version)
     final = model_root / str(version)
     if final.exists():
         raise FileExistsError(f"version {version} already exists at {final}; versions are immutable")
+    trained_in = compute_precision(model)
+    serving_model = model_in_precision(model, model_cfg, labels, precision)
     staging = model_root / f".export-{version}-{uuid.uuid4().hex[:8]}"  # not numeric: servers skip it
     try:
-        save_serving_module(build_serving_module(model, labels), staging)
+        save_serving_module(build_serving_module(serving_model, labels), staging)
         assets = staging / "assets"
         assets.mkdir(exist_ok=True)
         labels.save(assets / "labels.json")
+        write_json(assets / "export.json", {
+            "precision": precision, "trained_compute_dtype": trained_in, "model_name": model_name,
+            "version": version, "signatures": [DEFAULT_SIGNATURE, PIXELS_SIGNATURE],
+            "exported_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **(provenance or {})})
+        extra = staging / "assets.extra"
+        images = list(warmup_images or []) or [synthetic_jpeg(labels.image_size)]
+        write_warmup_file(extra / WARMUP_FILE, warmup_records(model_name, labels, images))
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, extra / name)
         os.rename(staging, final)  # one atomic step on the same filesystem
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("exported %s version %d to %s", model_name, version, final)
+    log.info("exported %s version %d (%s graph) to %s", model_name, version, precision, final)
     return final
 
 
-def export_run(run_dir: str | Path, base_dir: str | Path | None = None, model_name: str | None = None) -> Path:
-    """Export a finished run's best model with its labels and thresholds."""
-    from .runs import load_run
+def export_run(run_dir: str | Path, base_dir: str | Path | None = None, model_name: str | None = None,
+               precision: str | None = None) -> Path:
+    """Export a finished run's best model with its labels, thresholds, warm-up and provenance.
 
+    Also (re)writes ``<base_dir>/serving_config/`` for the real ``tensorflow_model_server``.
+    """
+    from .runs import load_run
+    from .serving_files import write_serving_config
+    from .utils import package_versions
+
+    run_dir = Path(run_dir)
     cfg, labels, model = load_run(run_dir)
-    return export_saved_model(model, labels, base_dir or cfg.export.saved_model_dir,
-                              model_name or cfg.export.model_name)
+    base_dir = Path(base_dir or cfg.export.saved_model_dir)
+    model_name = model_name or cfg.export.model_name
+    extra = {name: run_dir / name for name in PROVENANCE_FILES if (run_dir / name).is_file()}
+    path = export_saved_model(
+        model, labels, base_dir, model_name, precision=precision or cfg.export.precision, model_cfg=cfg.model,
+        warmup_images=run_images(cfg), extra_files=extra,
+        provenance={"run_name": cfg.run_name, "run_dir": str(run_dir.resolve()),
+                    "package_versions": package_versions(("tensorflow", "keras"))})
+    write_serving_config(base_dir, model_name)
+    return path
+
+
+def read_export_info(version_dir: str | Path) -> dict:
+    """``assets/export.json`` of a version (precision, provenance); {} for exports that predate it."""
+    import json
+
+    path = Path(version_dir) / "assets" / "export.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

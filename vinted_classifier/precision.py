@@ -9,52 +9,28 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
-_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return set()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags.update(value.split())
-    return flags
-
-
-def _gpu_compute_capability(device: Any) -> tuple[int, int] | None:
-    import tensorflow as tf
-
-    try:
-        details = tf.config.experimental.get_device_details(device)
-    except Exception:  # noqa: BLE001 - details are best effort, a missing one means "unknown"
-        return None
-    capability = details.get("compute_capability")
-    return tuple(capability) if capability else None
 
 
 def detect_hardware() -> dict[str, Any]:
     """Describe the accelerators relevant to the precision choice.
 
-    Returns ``{"gpus": [{"name", "compute_capability"}], "cpu_bf16": bool, "cpu_flags": [...]}``.
+    Returns ``{"gpus": [{"name", "compute_capability"}], "cpu_bf16": bool, "cpu_flags": [...],
+    "cpu_bf16_reason": str}``. ``cpu_bf16`` honours oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``), so a
+    host simulated as AVX2-only never trains in bf16.
     """
     import tensorflow as tf
 
-    gpus = [
-        {"name": device.name, "compute_capability": _gpu_compute_capability(device)}
-        for device in tf.config.list_physical_devices("GPU")
-    ]
-    flags = _cpu_flags()
-    relevant = sorted(flag for flag in flags if flag in _CPU_BF16_FLAGS)
-    return {"gpus": gpus, "cpu_bf16": bool(relevant), "cpu_flags": relevant}
+    from tf_serving_compat.host import CPU_BF16_FLAGS, cpu_bf16_reason, cpu_flags, gpu_compute_capabilities
+
+    gpus = [{"name": device.name, "compute_capability": capability}
+            for device, capability in zip(tf.config.list_physical_devices("GPU"), gpu_compute_capabilities())]
+    flags = cpu_flags()
+    capable, reason = cpu_bf16_reason(flags)
+    return {"gpus": gpus, "cpu_bf16": capable, "cpu_flags": sorted(f for f in flags if f in CPU_BF16_FLAGS),
+            "cpu_bf16_reason": reason}
 
 
 def resolve_precision(requested: str, hardware: dict[str, Any] | None = None) -> str:
@@ -70,7 +46,7 @@ def resolve_precision(requested: str, hardware: dict[str, Any] | None = None) ->
             return "mixed_float16"
     if hardware.get("gpus"):
         return "float32"  # an older GPU does the work; bf16 CPU flags are irrelevant then
-    if hardware.get("cpu_bf16") or any(f in _CPU_BF16_FLAGS for f in hardware.get("cpu_flags", [])):
+    if hardware.get("cpu_bf16"):
         return "mixed_bfloat16"
     return "float32"
 
@@ -102,3 +78,13 @@ def use_precision(policy: str) -> Iterator[str]:
         yield policy
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def configure_inference(request: str = "auto"):
+    """Switch on the host's auto-mixed-precision rewrite for in-process inference; returns the decision.
+
+    Call before the first model call of the process: graphs already optimised keep their precision.
+    """
+    from tf_serving_compat.host import configure_rewrite
+
+    return configure_rewrite(request)
