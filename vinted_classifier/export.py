@@ -83,20 +83,24 @@ def compute_precision(model) -> str:
 
 
 def copy_weights(source, target) -> None:
-    """Copy weights layer by layer, matched by name (names are unique inside one model).
+    """Copy weights layer by layer, matched by name within each (nested) model.
 
-    Every target layer that has weights must find its source; source layers without a
-    counterpart (the training-only augmenter's seed states) are left behind.
+    Names are unique inside one model but not across nesting (the outer ``tags`` Identity and
+    the head's ``tags`` Dense). Every target layer that has weights must find its source;
+    source layers without a counterpart (the training-only augmenter) are left behind.
     """
     import keras
 
-    by_name = {layer.name: layer for layer in source._flatten_layers(include_self=False, recursive=True)}
-    for layer in target._flatten_layers(include_self=False, recursive=True):
-        if not layer.weights or isinstance(layer, keras.Model):  # nested models: their layers are visited
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        if not layer.weights:
             continue
         if layer.name not in by_name:
             raise ValueError(f"layer {layer.name!r} of the rebuilt model has no counterpart in the trained model")
-        layer.set_weights(by_name[layer.name].get_weights())
+        if isinstance(layer, keras.Model):
+            copy_weights(by_name[layer.name], layer)
+        else:
+            layer.set_weights(by_name[layer.name].get_weights())
 
 
 def model_in_precision(model, model_cfg, labels: RunLabels, precision: str):
@@ -349,3 +353,27 @@ def read_export_info(version_dir: str | Path) -> dict:
 
     path = Path(version_dir) / "assets" / "export.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+COMPUTE_OPS = ("Conv2D", "MatMul", "BatchMatMulV2", "DepthwiseConv2dNative", "_FusedConv2D", "_FusedMatMul")
+
+
+def compute_op_dtypes(version_dir: str | Path) -> dict[str, set[str]]:
+    """Dtypes of the convolutions and matrix products in a SavedModel's graph, by op type.
+
+    Reads ``saved_model.pb`` (graph and function library), no TensorFlow session: a float32
+    export shows only ``float32``, a bfloat16 export shows ``bfloat16``.
+    """
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((Path(version_dir) / "saved_model.pb").read_bytes())
+    found: dict[str, set[str]] = {}
+    for meta_graph in proto.meta_graphs:
+        graph = meta_graph.graph_def
+        nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+        for node in nodes:
+            if node.op in COMPUTE_OPS and "T" in node.attr:
+                name = types_pb2.DataType.Name(node.attr["T"].type).removeprefix("DT_").lower()
+                found.setdefault(node.op, set()).add({"half": "float16", "float": "float32"}.get(name, name))
+    return found
