@@ -1,0 +1,73 @@
+"""Best model across phases and deterministic training, on the tiny run (VGG16, 40x32, random weights)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from run_fixtures import tiny_config
+from vinted_classifier import train as train_module
+from vinted_classifier.runs import load_run
+
+
+def _weights(run_dir):
+    _, _, model = load_run(run_dir)
+    return model.get_weights()
+
+
+def test_fine_tuning_that_only_hurts_leaves_the_phase1_model(tiny_dataset, tmp_path):
+    common = ["train.head_epochs=2", "tracking.enabled=false"]
+    head_only = train_module.train(tiny_config(tiny_dataset, tmp_path / "a", *common))
+    # An absurd fine-tune learning rate: every phase-2 epoch is worse than phase 1 (or diverges).
+    hurt = train_module.train(tiny_config(tiny_dataset, tmp_path / "b", *common, "train.finetune_epochs=2",
+                                          "train.finetune_learning_rate=50.0"))
+    best = json.loads((hurt.run_dir / "run.json").read_text())["best_model"]
+    assert best["kept_phase"] == "head" and best["finetune_best_epoch"] is None
+    assert len(best["finetune_values"]) == 2 and best["monitor"] == "val_loss"
+    assert not any(v < best["head_value"] for v in best["finetune_values"])
+    # The phase-1 value is measured on the full model: the same val_loss as phase 1's kept (last) epoch.
+    assert best["head_value"] == pytest.approx(head_only.history["val_loss"][-1], rel=1e-4)
+    assert len(hurt.history["val_loss"]) == 4, "both phases stay in the history"
+    for a, b in zip(_weights(head_only.run_dir), _weights(hurt.run_dir), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert head_only.metrics["holdout"] == hurt.metrics["holdout"]
+    assert json.loads((head_only.run_dir / "run.json").read_text())["best_model"]["kept_phase"] == "head"
+
+
+def test_fine_tuning_with_warmup_is_kept_when_it_beats_phase_1(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path / "c", "train.head_epochs=1", "train.head_learning_rate=0.0001",
+                      "train.finetune_epochs=2", "train.finetune_learning_rate=0.001",
+                      "train.finetune_warmup_epochs=1", "tracking.enabled=false")
+    result = train_module.train(cfg)
+    best = json.loads((result.run_dir / "run.json").read_text())["best_model"]
+    # One head epoch at a tiny learning rate leaves plenty for phase 2 to improve on.
+    assert best["kept_phase"] == "finetune", best
+    assert best["finetune_best_value"] == min(best["finetune_values"]) < best["head_value"]
+
+
+@pytest.fixture()
+def op_determinism_off_afterwards():
+    yield
+    from vinted_classifier.utils import set_seed
+
+    set_seed(0, deterministic=False)
+
+
+def test_deterministic_runs_give_bit_identical_weights(tiny_dataset, tmp_path, op_determinism_off_afterwards):
+    # Augmentation, cached augmented views, dropout and a fine-tune epoch: every random source in play.
+    extra = ["train.deterministic=true", "model.augment=true", "train.cached_augmented_views=1",
+             "model.dropout=0.3", "train.head_epochs=2", "train.finetune_epochs=1", "tracking.enabled=false"]
+    first = train_module.train(tiny_config(tiny_dataset, tmp_path / "a", *extra))
+    second = train_module.train(tiny_config(tiny_dataset, tmp_path / "b", *extra))
+    from tensorflow.python.framework import config as tf_config
+
+    assert tf_config.is_op_determinism_enabled()
+    weights_a, weights_b = _weights(first.run_dir), _weights(second.run_dir)
+    assert len(weights_a) == len(weights_b) > 30
+    for a, b in zip(weights_a, weights_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first.history == second.history
+    assert first.metrics == second.metrics
+    assert json.loads((first.run_dir / "run.json").read_text())["deterministic"] is True
