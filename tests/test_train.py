@@ -80,9 +80,9 @@ def test_resume_after_interruption(tiny_dataset, tmp_path, monkeypatch):
             if self.epoch == 1 and batch == 1:
                 raise _Interrupt("killed mid-epoch")
 
-    def with_killer(cfg_, run_dir, phase, *, checkpoint):
+    def with_killer(cfg_, run_dir, phase, *, checkpoint, **kwargs):
         extra = [KillMidEpoch()] if phase == "finetune" else []
-        return original(cfg_, run_dir, phase, checkpoint=checkpoint) + extra
+        return original(cfg_, run_dir, phase, checkpoint=checkpoint, **kwargs) + extra
 
     monkeypatch.setattr(train_module, "_callbacks", with_killer)
     with pytest.raises(_Interrupt):

@@ -120,6 +120,15 @@ class TrainConfig(_Strict):
     # Plan head and fine-tune epochs from step times measured at the start so the run fits this
     # many minutes (null: no budget; the epoch counts above are then used as they are).
     time_budget_minutes: float | None = Field(None, gt=0)
+    # Phase 2's learning rate rises linearly from a tenth of finetune_learning_rate over this many
+    # epochs (fresh Adam moments jolt the unfrozen block least that way); 0: no warm-up.
+    finetune_warmup_epochs: float = Field(0.0, ge=0)
+    # Bit-identical weights and metrics for two runs on the same machine (op determinism, seeded
+    # data order); slower, see docs/experiments.md.
+    deterministic: bool = False
+    # Plan head and fine-tune epochs from step times measured at the start so the run fits this
+    # many minutes (null: no budget; the epoch counts above are then used as they are).
+    time_budget_minutes: float | None = Field(None, gt=0)
     # 0: silent; 1: one short line per epoch (loss, top-1, top-2, tag F1) and progress bars on a terminal;
     # 2: also Keras's own per-batch progress bar with every metric.
     verbose: int = Field(1, ge=0, le=2)
@@ -128,6 +137,19 @@ class TrainConfig(_Strict):
 class ExportConfig(_Strict):
     model_name: str = "my_model"
     saved_model_dir: Path = PROJECT_ROOT / "model_training" / "saved_model"
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking of runs, searches and CV (local SQLite store unless a URI is given)."""
+
+    enabled: bool = True
+    # null: sqlite:///<output_dir>/mlruns/mlflow.db with artefacts under <output_dir>/mlruns/artifacts.
+    tracking_uri: str | None = None
+    experiment: str = "vinted"
+    # Log model.keras and each exported SavedModel as artefacts (tens of MiB per run).
+    log_models: bool = True
+    # Register exported SavedModels under this name in the MLflow model registry (null: do not register).
+    registered_model_name: str | None = None
 
 
 class TrackingConfig(_Strict):

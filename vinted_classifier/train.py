@@ -37,7 +37,8 @@ class TrainResult:
     seconds: float
 
 
-def _callbacks(cfg: RunConfig, run_dir: Path, phase: str, *, checkpoint: bool):
+def _callbacks(cfg: RunConfig, run_dir: Path, phase: str, *, checkpoint: bool, baseline: float | None = None):
+    """``baseline``: the value to beat (phase 1's, in phase 2), for early stopping and the checkpoint."""
     import keras
 
     monitor, mode = cfg.train.monitor, cfg.train.monitor_mode
@@ -48,10 +49,12 @@ def _callbacks(cfg: RunConfig, run_dir: Path, phase: str, *, checkpoint: bool):
     ]
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience, restore_best_weights=True))
+            monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience, restore_best_weights=True,
+            baseline=baseline))
     if checkpoint:
         callbacks.append(keras.callbacks.ModelCheckpoint(
-            str(run_dir / "best_checkpoint.keras"), monitor=monitor, mode=mode, save_best_only=True))
+            str(run_dir / "best_checkpoint.keras"), monitor=monitor, mode=mode, save_best_only=True,
+            initial_value_threshold=baseline))
     return callbacks
 
 
@@ -116,17 +119,31 @@ def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.Prepar
 
 
 def _fit_full_model(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path, *, phase: str,
-                    epochs: int, learning_rate: float) -> dict:
+                    epochs: int, learning_rate, baseline: float | None = None) -> dict:
     _compile(bundle.model, cfg, prepared, learning_rate)
     history = bundle.model.fit(
         _image_dataset(cfg, prepared, "train", training=True),
         validation_data=_image_dataset(cfg, prepared, "val", training=False),
-        epochs=epochs, callbacks=_callbacks(cfg, run_dir, phase, checkpoint=phase == "finetune"),
+        epochs=epochs, callbacks=_callbacks(cfg, run_dir, phase, checkpoint=phase == "finetune", baseline=baseline),
         shuffle=False, verbose=cfg.train.verbose)  # the datasets shuffle themselves
     return history.history
 
 
-def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
+def _phase1_value(bundle, cfg: RunConfig, prepared: data.PreparedData) -> float:
+    """Phase 1's monitored value, measured on the full model exactly as phase 2 will measure its epochs."""
+    monitor = cfg.train.monitor
+    if not monitor.startswith("val_"):
+        raise ValueError(f"train.monitor={monitor!r}: phase 2 compares validation metrics (val_...) with phase 1")
+    _compile(bundle.model, cfg, prepared, cfg.train.finetune_learning_rate)
+    scores = bundle.model.evaluate(_image_dataset(cfg, prepared, "val", training=False), return_dict=True, verbose=0)
+    if monitor[4:] not in scores:
+        raise ValueError(f"train.monitor={monitor!r} is not a model metric; metrics: {sorted('val_' + k for k in scores)}")
+    return float(scores[monitor[4:]])
+
+
+def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path):
+    """Train both phases; return the merged history and which phase's weights the model holds."""
+    from .experiments.phases import choose_phase, kept_epoch, warmup_learning_rate, warmup_steps
     from .model import LAST_BLOCK_PREFIXES, set_trainable
 
     prefixes = cfg.train.finetune_layer_prefixes or LAST_BLOCK_PREFIXES[cfg.model.backbone]
@@ -148,13 +165,32 @@ def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Pa
         done_marker.write_text(json.dumps(_jsonable(history)))
         # Only a resumed phase 1 reuses the cache; once it is done the files are just disk.
         shutil.rmtree(run_dir / "feature_cache", ignore_errors=True)
+    monitor, mode = cfg.train.monitor, cfg.train.monitor_mode
+    head_value = None
+    if phase1_weights.is_file() and cfg.train.finetune_epochs == 0:
+        restored = cfg.train.early_stopping_patience > 0
+        head_value = kept_epoch(history.get(monitor, []), mode, restored_best=restored)[1]
+    elif phase1_weights.is_file():
+        head_value = _phase1_value(bundle, cfg, prepared)
     if cfg.train.finetune_epochs > 0:
         counts = set_trainable(bundle, "finetune", prefixes)
-        log.info("phase 2 (fine-tune %s): %s", prefixes, counts)
-        tuned = _fit_full_model(bundle, cfg, prepared, run_dir, phase="finetune",
-                                epochs=cfg.train.finetune_epochs, learning_rate=cfg.train.finetune_learning_rate)
+        log.info("phase 2 (fine-tune %s): %s; to beat: phase 1's %s=%s", prefixes, counts, monitor, head_value)
+        steps = warmup_steps(cfg.train.finetune_warmup_epochs, len(prepared.paths("train")), cfg.train.batch_size)
+        tuned = _fit_full_model(bundle, cfg, prepared, run_dir, phase="finetune", epochs=cfg.train.finetune_epochs,
+                                learning_rate=warmup_learning_rate(cfg.train.finetune_learning_rate, steps),
+                                baseline=head_value)
         history = {key: history.get(key, []) + tuned.get(key, []) for key in {*history, *tuned}}
-    return history
+        choice = choose_phase(monitor, mode, head_value, tuned.get(monitor, []))
+        # The checkpoint holds the best fine-tune epoch that beat phase 1 (it starts from phase 1's value).
+        checkpoint = run_dir / "best_checkpoint.keras"
+        if choice.kept_phase == "finetune" and checkpoint.is_file():
+            bundle.model.load_weights(checkpoint)
+        elif choice.kept_phase == "head":
+            bundle.model.load_weights(phase1_weights)
+    else:
+        choice = choose_phase(monitor, mode, head_value, [])
+    log.info("best model: %s", choice.describe())
+    return history, choice
 
 
 def _jsonable(history: dict) -> dict:
@@ -214,7 +250,7 @@ def train(cfg: RunConfig) -> TrainResult:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, deterministic=cfg.train.deterministic)
     hardware = detect_hardware()
     policy = resolve_precision(cfg.train.precision, hardware)
     set_precision(policy)
@@ -226,7 +262,7 @@ def train(cfg: RunConfig) -> TrainResult:
         bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
                              category_output=cfg.data.category_column)
         log.info("weights source: %s", bundle.weights_source)
-        history = _run_phases(bundle, cfg, prepared, run_dir)
+        history, phase_choice = _run_phases(bundle, cfg, prepared, run_dir)
     train_seconds = time.perf_counter() - started
     bundle.model.save(run_dir / "model.keras")
     metrics, labels = evaluate_splits(bundle.model, cfg, prepared, figures_dir=run_dir / "figures", history=history)
@@ -239,7 +275,8 @@ def train(cfg: RunConfig) -> TrainResult:
         "keras_backend": keras.backend.backend(), "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1), "duplicates": prepared.duplicates,
         "split_sizes": {k: len(v) for k, v in prepared.frames.items()}, "splits_file": str(prepared.splits_file),
-        "image_report": prepared.image_report.describe(),
+        "image_report": prepared.image_report.describe(), "best_model": phase_choice.to_dict(),
+        "deterministic": cfg.train.deterministic,
     })
     for stale in ("phase1.done", "phase1.weights.h5", "best_checkpoint.keras"):
         (run_dir / stale).unlink(missing_ok=True)

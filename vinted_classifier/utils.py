@@ -15,14 +15,26 @@ from typing import Any
 import numpy as np
 
 
-def set_seed(seed: int) -> None:
-    """The one seed helper: Python, NumPy and (if imported) TensorFlow/Keras."""
+def set_seed(seed: int, *, deterministic: bool | None = None) -> None:
+    """The one seed helper: Python, NumPy and (if imported) TensorFlow/Keras.
+
+    ``deterministic=True`` also turns on TensorFlow op determinism (process-wide: every later op
+    picks a deterministic kernel or raises), so two runs on the same machine give bit-identical
+    weights; ``False`` turns it off again; ``None`` leaves it as it is.
+    """
     random.seed(seed)
     np.random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
     import keras
 
     keras.utils.set_random_seed(seed)
+    if deterministic is not None:
+        from tensorflow.python.framework import config as tf_config  # disable_op_determinism is not public
+
+        if deterministic:
+            tf_config.enable_op_determinism()
+        else:
+            tf_config.disable_op_determinism()
 
 
 @contextlib.contextmanager
