@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench import harness
 
-BENCHMARKS = ("precision", "pipeline", "frozen", "predict", "serve", "memory", "backbones")
+BENCHMARKS = ("precision", "pipeline", "frozen", "predict", "serve", "memory", "backbones", "export_precision")
 DOCS = harness.PROJECT / "docs" / "benchmarks.md"
 RESULTS = harness.BENCH_DIR / "results" / "latest.json"
 
