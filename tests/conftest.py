@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["VINTED_OFFLINE"] = "1"  # weights=auto never tries a download in tests (the notebook kernel inherits it)
 
+# The real Vinted label files, beside the repository (not committed); tests that need them skip without.
 REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "vinted"
 TAGS = ["polka dot", "floral", "checker"]
 CATEGORIES = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"]
@@ -67,9 +69,10 @@ def tiny_dataset(tmp_path) -> Path:
 
 @pytest.fixture()
 def reset_policy():
-    """Restore the global Keras precision policy after a test that changes it."""
+    """Start from the float32 policy and restore the previous global Keras policy afterwards."""
     import keras
 
     before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("float32")
     yield
     keras.mixed_precision.set_global_policy(before)

@@ -24,7 +24,6 @@ def test_interleaved_alternates_order_and_counts_rounds():
                                 repeats=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-    assert all(t >= 0 for v in times.values() for t in v)
 
 
 def test_row_ratio_and_goal_direction():

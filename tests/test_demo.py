@@ -13,9 +13,6 @@ from PIL import Image
 
 from vinted_classifier import demo
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vinted"
-needs_real = pytest.mark.skipif(not (REAL / "data.parquet").exists(),
-                                reason=f"real Vinted label files not present at {REAL}")
 TAGS = ["polka dot", "floral", "checker"]
 UUID_RE = r"^[0-9a-f]{5}_[A-Za-z0-9]{24}$"
 PARQUETS = ("data", "test", "test_labels", "example_predictions")
@@ -38,10 +35,8 @@ def labels03(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def real() -> pd.DataFrame:
-    if not (REAL / "data.parquet").exists():
-        pytest.skip(f"real Vinted label files not present at {REAL}")
-    return pd.read_parquet(REAL / "data.parquet")
+def real(reference_dir) -> pd.DataFrame:
+    return pd.read_parquet(reference_dir / "data.parquet")
 
 
 def test_layout_and_summary(tiny):
@@ -58,12 +53,11 @@ def test_layout_and_summary(tiny):
     assert [p.name for p in out.parent.iterdir()] == ["demo"]
 
 
-@needs_real
 @pytest.mark.parametrize("name, real_name", [("data", "data"), ("test", "test"), ("test_labels", "data"),
                                              ("example_predictions", "example_predictions")])
-def test_schema_matches_real_files(tiny, name, real_name):
+def test_schema_matches_real_files(tiny, name, real_name, reference_dir):
     ours = pq.read_schema(Path(tiny["out_dir"]) / f"{name}.parquet").remove_metadata()
-    theirs = pq.read_schema(REAL / f"{real_name}.parquet").remove_metadata()
+    theirs = pq.read_schema(reference_dir / f"{real_name}.parquet").remove_metadata()
     assert ours.equals(theirs), f"{name}: {ours} != {theirs}"
 
 

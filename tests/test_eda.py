@@ -11,15 +11,12 @@ from matplotlib.figure import Figure
 
 from vinted_classifier import demo, eda
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vinted"
 TAGS = ["polka dot", "floral", "checker"]
 
 
 @pytest.fixture(scope="module")
-def real() -> pd.DataFrame:
-    if not (REAL / "data.parquet").exists():
-        pytest.skip(f"real Vinted label files not present at {REAL}")
-    return pd.read_parquet(REAL / "data.parquet")
+def real(reference_dir) -> pd.DataFrame:
+    return pd.read_parquet(reference_dir / "data.parquet")
 
 
 @pytest.fixture(scope="module")

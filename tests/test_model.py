@@ -13,13 +13,7 @@ CATEGORIES = ["BLOUSES", "DRESSES", "JEANS"]
 TAGS = ["polka dot", "floral", "checker"]
 
 
-@pytest.fixture(autouse=True)
-def reset_policy():
-    import keras
-
-    keras.mixed_precision.set_global_policy("float32")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("reset_policy")  # tests/conftest.py
 
 
 def cfg(**overrides) -> ModelConfig:

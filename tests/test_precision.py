@@ -12,12 +12,7 @@ CPU_BF16 = {"gpus": [], "cpu_bf16": True, "cpu_flags": ["amx_bf16", "avx512_bf16
 CPU_PLAIN = {"gpus": [], "cpu_bf16": False, "cpu_flags": []}
 
 
-@pytest.fixture(autouse=True)
-def reset_policy():
-    import keras
-
-    yield
-    keras.mixed_precision.set_global_policy("float32")
+pytestmark = pytest.mark.usefixtures("reset_policy")  # tests/conftest.py
 
 
 @pytest.mark.parametrize(

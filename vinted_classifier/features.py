@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import progress
 from .utils import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ def write_feature_cache(bundle, dataset, path: Path, *, category_output: str, au
     try:
         files = [open(part, "wb") for part in parts]
         try:
-            for images, targets in dataset:
+            batches = int(dataset.cardinality())
+            for images, targets in progress.bar(dataset, total=batches if batches >= 0 else None,
+                                                desc=f"caching features ({path.stem}, {len(views)} view(s))",
+                                                unit="batch"):
                 labels = np.concatenate([
                     np.asarray(targets[category_output], RECORD_DTYPE)[:, None],
                     np.asarray(targets["tags"], RECORD_DTYPE)], axis=1)

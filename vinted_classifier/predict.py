@@ -16,7 +16,8 @@ import pandas as pd
 
 from . import data, pipeline
 from .config import PROJECT_ROOT, DataConfig
-from .evaluate import top2 as top2_codes  # ties -> lower code, like tf.math.top_k in the SavedModel
+from .evaluate.metrics import binarize_tags
+from .evaluate.metrics import top2 as top2_codes  # ties -> lower code, like tf.math.top_k in the SavedModel
 from .runs import RunLabels, predict_probabilities
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def format_predictions(ids: list[str], p_cat: np.ndarray, p_tags: np.ndarray, la
     if not (len(ids) == len(p_cat) == len(p_tags)):
         raise ValueError(f"{len(ids)} ids but {len(p_cat)} category and {len(p_tags)} tag predictions")
     top2 = top2_codes(p_cat)
-    flags = (p_tags >= np.asarray(labels.thresholds, np.float32)).astype(np.int64)
+    flags = binarize_tags(np.asarray(p_tags, np.float32), labels.thresholds)  # float32, like the SavedModel
     frame = pd.DataFrame({id_column: pd.array(ids, dtype="string[pyarrow]"),
                           "category1": top2[:, 0], "category2": top2[:, 1]})
     for index, tag in enumerate(labels.tags):

@@ -57,10 +57,6 @@ class RunLabels:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def run_dir_for(cfg: RunConfig) -> Path:
-    return cfg.run_dir
-
-
 def load_run(run_dir: str | Path) -> tuple[RunConfig, RunLabels, "object"]:
     """Load a finished run: its config, labels and best model (compile=False, for inference)."""
     from .model import load_model
@@ -75,7 +71,14 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, RunLabels, "object"]:
     return cfg, labels, model
 
 
-def predict_probabilities(model, dataset, category_output: str) -> tuple[np.ndarray, np.ndarray]:
-    """Run a model over a dataset of images; return (category probs [N,C], tag probs [N,T])."""
-    out = model.predict(dataset, verbose=0)
+def predict_probabilities(model, dataset, category_output: str, *, description: str = "predicting"
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Run a model over a dataset of images; return (category probs [N,C], tag probs [N,T]).
+
+    A progress bar per batch shows on a terminal (see ``progress``).
+    """
+    from .progress import keras_callback
+
+    batches = int(dataset.cardinality()) if hasattr(dataset, "cardinality") else -1
+    out = model.predict(dataset, verbose=0, callbacks=[keras_callback(batches if batches >= 0 else None, description)])
     return np.asarray(out[category_output], np.float32), np.asarray(out["tags"], np.float32)

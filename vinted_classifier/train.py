@@ -19,11 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from . import data, pipeline
+from . import data, pipeline, progress
 from .config import RunConfig
-from .runs import RunLabels, predict_probabilities
 from .utils import package_versions, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -47,6 +44,8 @@ def _callbacks(cfg: RunConfig, run_dir: Path, phase: str, *, checkpoint: bool, b
         keras.callbacks.CSVLogger(str(run_dir / f"history_{phase}.csv"), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "tensorboard" / phase), write_graph=False, profile_batch=0),
     ]
+    if cfg.train.verbose >= 1:
+        callbacks.append(progress.epoch_line_callback(phase, cfg.data.category_column))
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience, restore_best_weights=True,
@@ -56,6 +55,11 @@ def _callbacks(cfg: RunConfig, run_dir: Path, phase: str, *, checkpoint: bool, b
             str(run_dir / "best_checkpoint.keras"), monitor=monitor, mode=mode, save_best_only=True,
             initial_value_threshold=baseline))
     return callbacks
+
+
+def _keras_verbose(cfg: RunConfig) -> int:
+    """Keras's own per-batch bar only at train.verbose=2; at 1 the epoch-line callback speaks."""
+    return 1 if cfg.train.verbose >= 2 else 0
 
 
 def _image_dataset(cfg: RunConfig, prepared: data.PreparedData, split: str, *, training: bool):
@@ -114,7 +118,7 @@ def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.Prepar
                         class_weights=class_weights, **common),
         validation_data=feature_dataset(caches["val"], **common),
         epochs=cfg.train.head_epochs, callbacks=_callbacks(cfg, run_dir, "head", checkpoint=False),
-        shuffle=False, verbose=cfg.train.verbose)  # the datasets shuffle themselves
+        shuffle=False, verbose=_keras_verbose(cfg))  # the datasets shuffle themselves
     return history.history
 
 
@@ -125,7 +129,7 @@ def _fit_full_model(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir
         _image_dataset(cfg, prepared, "train", training=True),
         validation_data=_image_dataset(cfg, prepared, "val", training=False),
         epochs=epochs, callbacks=_callbacks(cfg, run_dir, phase, checkpoint=phase == "finetune", baseline=baseline),
-        shuffle=False, verbose=cfg.train.verbose)  # the datasets shuffle themselves
+        shuffle=False, verbose=_keras_verbose(cfg))  # the datasets shuffle themselves
     return history.history
 
 
@@ -197,35 +201,6 @@ def _jsonable(history: dict) -> dict:
     return {key: [float(v) for v in values] for key, values in history.items()}
 
 
-def evaluate_splits(model, cfg: RunConfig, prepared: data.PreparedData, labels: RunLabels | None = None,
-                    *, figures_dir: Path | None = None, history: dict | None = None) -> tuple[dict, RunLabels]:
-    """Tune tag thresholds on validation, then evaluate on the held-out split."""
-    from . import evaluate
-
-    probs = {}
-    for split in ("val", "holdout"):
-        ds = pipeline.make_dataset(prepared.paths(split), image_size=cfg.model.image_size,
-                                   batch_size=cfg.train.batch_size)
-        probs[split] = predict_probabilities(model, ds, cfg.data.category_column)
-    if labels is None:
-        thresholds = evaluate.tune_thresholds(prepared.tags("val").astype(np.int64), probs["val"][1])
-        labels = RunLabels(cfg.data.category_column, list(prepared.vocab.categories), list(prepared.vocab.tags),
-                           [float(t) for t in thresholds], cfg.model.image_size)
-    metrics = {}
-    names = dict(categories=labels.categories, tag_names=labels.tags, thresholds=np.asarray(labels.thresholds))
-    for split in ("val", "holdout"):
-        frame = prepared.frames[split]
-        slices = frame[cfg.data.slice_column] if cfg.data.slice_column else None
-        metrics[split] = evaluate.evaluate_predictions(
-            prepared.codes(split), probs[split][0], prepared.tags(split).astype(np.int64), probs[split][1],
-            slices=slices, **names)
-    if figures_dir is not None:
-        evaluate.save_figures(prepared.codes("holdout"), probs["holdout"][0],
-                              prepared.tags("holdout").astype(np.int64), probs["holdout"][1],
-                              out_dir=figures_dir, history=history, **names)
-    return metrics, labels
-
-
 def distribution_scope(hardware: dict):
     """MirroredStrategy's scope when several GPUs exist (one copy per GPU), else a no-op scope."""
     import contextlib
@@ -239,10 +214,12 @@ def distribution_scope(hardware: dict):
     return contextlib.nullcontext()
 
 
+@progress.quiet_when_not_verbose
 def train(cfg: RunConfig) -> TrainResult:
     """Train, pick the best epoch, tune thresholds, evaluate; write everything to the run folder."""
     import keras
 
+    from .evaluate.run import evaluate_splits
     from .model import build_model
     from .precision import detect_hardware, resolve_precision, set_precision
 
@@ -282,14 +259,3 @@ def train(cfg: RunConfig) -> TrainResult:
         (run_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore leaves its folder, empty
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, seconds=time.perf_counter() - started)
-
-
-def evaluate_run(cfg: RunConfig) -> dict:
-    """Re-evaluate a finished run on its own splits with its saved thresholds."""
-    from .runs import load_run
-
-    saved_cfg, labels, model = load_run(cfg.run_dir)
-    prepared = data.prepare(saved_cfg.data, saved_cfg.seed)
-    metrics, _ = evaluate_splits(model, saved_cfg, prepared, labels, figures_dir=cfg.run_dir / "figures")
-    write_json(cfg.run_dir / "metrics.json", metrics)
-    return metrics

