@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-VINTED := $(PY) -m vinted_classifier.cli
+VINTED := $(PY) -m vinted_classifier
+# Several files stack, later ones win: CONFIG="configs/default.yaml configs/smoke.yaml"
 CONFIG ?= configs/default.yaml
 SET ?=
 DEMO_DIR ?= data/demo
@@ -30,25 +31,19 @@ demo-data: venv ## Generate the synthetic demo dataset into data/demo (skips if 
 	$(VINTED) demo $(DEMO_DIR)
 
 train: demo-data ## Train + evaluate a run (CONFIG=..., SET="train.head_epochs=3 ...")
-	$(VINTED) train --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+	$(VINTED) train $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
 
 evaluate: venv ## Re-evaluate the run on its held-out split
-	$(VINTED) evaluate --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+	$(VINTED) evaluate $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
 
 predict: venv ## Write predictions.parquet for test.parquet
-	$(VINTED) predict --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+	$(VINTED) predict $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
 
 export: venv ## Export the run as the next SavedModel version
-	$(VINTED) export --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+	$(VINTED) export $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
 
-serve: venv ## REST server on :9000 (real tensorflow_model_server if on PATH, else ours)
-	@if command -v tensorflow_model_server >/dev/null; then \
-	  echo "using the real tensorflow_model_server"; \
-	  tensorflow_model_server --rest_api_port=9000 --model_name=my_model --model_base_path=$(abspath model_training/saved_model/my_model) $(SERVE_ARGS); \
-	else \
-	  echo "tensorflow_model_server not on PATH: using vinted_classifier's TF-Serving-compatible server"; \
-	  $(VINTED) serve --rest_api_port=9000 $(SERVE_ARGS); \
-	fi
+serve: venv ## REST :9000 + gRPC :8500 (real tensorflow_model_server if on PATH, else ours; SERVE_ARGS=...)
+	$(VINTED) serve --rest_api_port=9000 $(SERVE_ARGS)
 
 all: train predict export ## The main job: demo data -> train -> evaluate -> predictions.parquet -> SavedModel
 
@@ -59,10 +54,10 @@ test-fast: venv ## Tests without the slow/notebook markers
 	$(PY) -m pytest -q -m "not slow and not notebook"
 
 notebook: venv ## Re-run Vinted_exercise.ipynb in place with default parameters (commits its outputs)
-	$(PY) -m vinted_classifier.notebook run --in-place
+	$(PY) -m tools.notebook run --in-place
 
 notebook-smoke: venv ## Execute the notebook with smoke parameters into a temp file
-	$(PY) -m vinted_classifier.notebook run --smoke
+	$(PY) -m tools.notebook run --smoke
 
 bench: venv ## Full benchmarks -> docs/benchmarks.md
 	$(PY) -m bench.run_all

@@ -72,7 +72,8 @@ def start_server(args: argparse.Namespace, log_dir: Path) -> tuple[subprocess.Po
     port = free_port()
     command = [sys.executable, "-m", "tf_serving_compat.server", "--host", "127.0.0.1",
                "--rest_api_port", str(port), "--model_name", args.model_name,
-               "--model_base_path", str(args.model_base_path), "--file_system_poll_wait_seconds", "0"]
+               "--model_base_path", str(args.model_base_path), "--file_system_poll_wait_seconds", "0",
+               "--port", str(getattr(args, "grpc_port", 0) or 0)]  # gRPC off unless asked for
     if args.enable_batching:
         command.append("--enable_batching")
         if args.batching_parameters_file:

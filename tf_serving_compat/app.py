@@ -1,4 +1,4 @@
-"""The Starlette app: TF Serving's /v1 REST routes plus /predict_image and /healthz.
+"""The Starlette app: TF Serving's /v1 REST routes, /healthz, and routes plugged in by extensions.
 
 One ASGI dispatcher takes every method and path so that routing, status codes
 and error bodies follow TF Serving exactly (``Malformed request: <METHOD> <path>``
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -34,11 +34,11 @@ log = logging.getLogger("tf_serving_compat")
 access_log = logging.getLogger("tf_serving_compat.access")
 
 _NAME = r"([^/:]+)"
-_VERSION_OR_LABEL = rf"(?:(?:/versions/(\d+))|(?:/labels/{_NAME}))?"
+# [0-9], not \d: Python's \d also matches full-width and other Unicode digits ("１１").
+_VERSION_OR_LABEL = rf"(?:(?:/versions/([0-9]+))|(?:/labels/{_NAME}))?"
 PREDICT_RE = re.compile(rf"/v1/models/{_NAME}{_VERSION_OR_LABEL}:(classify|regress|predict)", re.IGNORECASE)
 STATUS_RE = re.compile(rf"/v1/models(?:/{_NAME})?{_VERSION_OR_LABEL}(?:/(metadata))?", re.IGNORECASE)
 V1_RE = re.compile(r"/v1/", re.IGNORECASE)
-UPLOAD_RE = re.compile(rf"/(?:models/{_NAME}/)?predict_image")
 _INT64_MAX = 2**63 - 1
 _INLINE_PARSE_BYTES = 256 * 1024  # bigger bodies are parsed in a worker thread
 
@@ -64,17 +64,33 @@ class HttpError(Exception):
         self.message = message
 
 
-def _json_response(body: str, status: int = 200) -> Response:
+def json_response(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def _parse_version(text: str | None) -> int | None:
+def parse_version(text: str | None) -> int | None:
+    """A version from a URL or query string: ASCII digits that fit int64, else TF Serving's 400."""
     if text is None:
         return None
-    value = int(text)
-    if value > _INT64_MAX:
-        raise invalid(f"Failed to convert version: {text} to numeric.")
-    return value
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > _INT64_MAX:
+        shown = text if len(text) <= 64 else text[:64] + "..."
+        raise invalid(f"Failed to convert version: {shown} to numeric.")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class ExtraRoute:
+    """A route outside /v1 plugged in by a project (``build_app(extra_routes=[...])``).
+
+    ``pattern`` must fullmatch the path; ``endpoint(serving, request, match, ctx)`` is awaited
+    and returns a Response. It may use ``serving.read_body``, ``serving.resolve``,
+    ``serving.execute`` and ``serving.check_image_bytes`` and raise ``ServingError``/``HttpError``,
+    which are answered in TF Serving's error shape.
+    """
+
+    pattern: re.Pattern
+    methods: frozenset[str]
+    endpoint: Any
 
 
 def check_image_bytes(data: bytes, max_pixels: int) -> None:
@@ -99,10 +115,13 @@ def check_image_bytes(data: bytes, max_pixels: int) -> None:
 class ServingApp:
     """Holds the registry, batcher and thread pool; ``self.app`` is the Starlette application."""
 
-    def __init__(self, registry: ModelRegistry, options: ServeOptions, batcher: Batcher | None = None):
+    def __init__(self, registry: ModelRegistry, options: ServeOptions, batcher: Batcher | None = None,
+                 extra_routes: list[ExtraRoute] | tuple = (), metrics: Any = None):
         self.registry = registry
         self.options = options
         self.batcher = batcher
+        self.extra_routes = list(extra_routes)
+        self.metrics = metrics
         self.executor = concurrent.futures.ThreadPoolExecutor(options.model_threads, thread_name_prefix="model")
         self.app = Starlette(routes=[Route("/{path:path}", _Dispatcher(self))], lifespan=self._lifespan)
         self._closed = False
@@ -133,14 +152,25 @@ class ServingApp:
         ctx: dict[str, Any] = {"model": None, "version": None, "bytes_in": 0}
         try:
             response = await self._route(request, ctx)
+        except ClientDisconnect:
+            # The client went away mid-request: nobody to answer; an abort, not a server error.
+            log.info("Client aborted %s %s", request.method, scope.get("path"))
+            access_log.info(json.dumps({"method": request.method, "path": scope.get("path"), "status": 499,
+                                        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                                        "bytes_in": ctx["bytes_in"], "aborted": True}))
+            return
         except HttpError as exc:
-            response = _json_response(tj.error_json(exc.message), exc.status)
+            response = json_response(tj.error_json(exc.message), exc.status)
         except ServingError as exc:
-            response = _json_response(tj.error_json(exc.message), exc.http_status)
+            ctx["code"] = exc.code
+            response = json_response(tj.error_json(exc.message), exc.http_status)
         except Exception as exc:  # noqa: BLE001 - never let a bug kill the connection without JSON
             log.exception("Unhandled error for %s %s", request.method, scope.get("path"))
-            response = _json_response(tj.error_json(f"Internal error: {type(exc).__name__}"), 500)
+            response = json_response(tj.error_json(f"Internal error: {type(exc).__name__}"), 500)
         await response(scope, receive, send)
+        if self.metrics is not None and ctx.get("api"):
+            code = "OK" if response.status_code == 200 else ctx.get("code", response.status_code)
+            self.metrics.observe_request(ctx["api"], ctx["model"], code, time.perf_counter() - started)
         access_log.info(json.dumps({
             "method": request.method,
             "path": scope.get("path"),
@@ -153,7 +183,7 @@ class ServingApp:
             "client": (scope.get("client") or [None])[0],
         }))
 
-    async def _read_body(self, request: Request, ctx: dict) -> bytes:
+    async def read_body(self, request: Request, ctx: dict) -> bytes:
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -186,9 +216,12 @@ class ServingApp:
             return await self._v1(request, method, path, ctx)
         if path == "/healthz" and method in ("GET", "HEAD"):
             return self._healthz()
-        match = UPLOAD_RE.fullmatch(path)
-        if match and method == "POST":
-            return await self._predict_image(request, match.group(1), ctx)
+        if self.metrics is not None and path == self.metrics.path and method in ("GET", "HEAD"):
+            return Response(self.metrics.exposition(), media_type=self.metrics.content_type)
+        for route in self.extra_routes:
+            match = route.pattern.fullmatch(path)
+            if match and method in route.methods:
+                return await route.endpoint(self, request, match, ctx)
         raise HttpError(404, f"Not found: {method} {path}")
 
     # ------------------------------------------------------------ /v1
@@ -197,9 +230,10 @@ class ServingApp:
         match = PREDICT_RE.fullmatch(path)
         if method == "POST" and match:
             name, version_text, label, verb = match.groups()
-            version = _parse_version(version_text)
             ctx["model"] = name
-            body = await self._read_body(request, ctx)
+            ctx["api"] = verb.lower()
+            version = parse_version(version_text)
+            body = await self.read_body(request, ctx)
             if verb.lower() == "predict":
                 return await self._predict(name, version, label, body, ctx)
             return self._classify_regress(name, version, label, verb.lower(), body)
@@ -209,13 +243,14 @@ class ServingApp:
             if not name:
                 raise invalid("Missing model name in request.")
             ctx["model"] = name
-            version = _parse_version(version_text)
+            ctx["api"] = "metadata" if metadata else "status"
+            version = parse_version(version_text)
             if metadata:
                 return self._metadata(name, version, label, ctx)
             return self._status(name, version, label)
         raise invalid(f"Malformed request: {method} {path}")
 
-    def _resolve(self, name: str, version: int | None, label: str | None) -> LoadedVersion:
+    def resolve(self, name: str, version: int | None, label: str | None) -> LoadedVersion:
         manager = self.registry.get(name)
         if manager is None:
             spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
@@ -227,17 +262,17 @@ class ServingApp:
         if manager is None:
             raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
         entries = manager.status(version, label)
-        return _json_response(json.dumps({"model_version_status": entries}))
+        return json_response(json.dumps({"model_version_status": entries}))
 
     def _metadata(self, name: str, version: int | None, label: str | None, ctx: dict) -> Response:
-        loaded = self._resolve(name, version, label)
+        loaded = self.resolve(name, version, label)
         ctx["version"] = loaded.version
         signature_defs = {key: loaded.signatures[key].as_json for key in sorted(loaded.signatures)}
         body = {
             "model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
             "metadata": {"signature_def": {"signature_def": signature_defs}},
         }
-        return _json_response(json.dumps(body))
+        return json_response(json.dumps(body))
 
     def _classify_regress(self, name: str, version: int | None, label: str | None, verb: str,
                           body: bytes) -> Response:
@@ -255,7 +290,7 @@ class ServingApp:
         for example in examples:
             if not isinstance(example, dict):
                 raise invalid(f"Example must be JSON object but got JSON {tj.json_type_string(example)}")
-        loaded = self._resolve(name, version, label)
+        loaded = self.resolve(name, version, label)
         info = loaded.signature(signature)
         kind = "classification" if verb == "classify" else "regression"
         expected = f"tensorflow/serving/{verb}"
@@ -269,30 +304,49 @@ class ServingApp:
         if not info.inputs:
             raise invalid(f"Failed to get input map for signature: {info.name}")
         fmt, inputs = tj.parse_predict_inputs(doc, {k: v.dtype for k, v in info.inputs.items()})
+        self.validate_inputs(loaded, info, inputs)
+        return info, fmt, inputs
+
+    def validate_inputs(self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
+        """Checks shared by REST and gRPC: batch cap, signature shapes, image header sizes."""
         for alias, array in inputs.items():
             if array.ndim and array.shape[0] > self.options.max_instances:
                 raise invalid(f"Too many instances for input {alias}: {array.shape[0]} "
                               f"(the limit is {self.options.max_instances} per request)")
         loaded.check_inputs(info, inputs)
         self._check_images(info, inputs)
-        return info, fmt, inputs
 
     def _check_images(self, info: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
         for alias, array in inputs.items():
             if info.inputs[alias].dtype == "DT_STRING" and "image" in alias.lower():
                 for value in array.reshape(-1):
-                    check_image_bytes(value, self.options.max_image_pixels)
+                    self.check_image_bytes(value)
 
-    async def _execute(self, loaded: LoadedVersion, info: SignatureInfo,
-                       inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def check_image_bytes(self, data: bytes) -> None:
+        """Refuse images announcing more than ``--max_image_pixels`` (header only)."""
+        check_image_bytes(data, self.options.max_image_pixels)
+
+    def submit(self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray],
+               api: str = "predict") -> concurrent.futures.Future:
+        """Queue a model call on the batcher (when on) or the model threads; REST and gRPC share it."""
+        metrics = self.metrics
+
         def run(batch_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return loaded.run(info.name, batch_inputs)
+            started = time.perf_counter()
+            try:
+                return loaded.run(info.name, batch_inputs)
+            finally:
+                if metrics is not None:
+                    metrics.observe_runtime(loaded.name, api, time.perf_counter() - started)
 
         batchable = self.batcher is not None and all(a.ndim >= 1 for a in inputs.values())
         if batchable:
-            future = self.batcher.submit((loaded.name, loaded.version, info.name), run, inputs)
-        else:
-            future = self.executor.submit(run, inputs)
+            return self.batcher.submit((loaded.name, loaded.version, info.name), run, inputs)
+        return self.executor.submit(run, inputs)
+
+    async def execute(self, loaded: LoadedVersion, info: SignatureInfo,
+                      inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        future = self.submit(loaded, info, inputs)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
         except asyncio.TimeoutError:
@@ -303,13 +357,13 @@ class ServingApp:
     async def _predict(self, name: str, version: int | None, label: str | None, body: bytes,
                        ctx: dict) -> Response:
         doc = await self._maybe_in_thread(len(body), tj.parse_json_body, body)
-        loaded = self._resolve(name, version, label)
+        loaded = self.resolve(name, version, label)
         ctx["version"] = loaded.version
         info, fmt, inputs = await self._maybe_in_thread(len(body), self._prepare, loaded, doc)
-        outputs = await self._execute(loaded, info, inputs)
+        outputs = await self.execute(loaded, info, inputs)
         text = await self._maybe_in_thread(
             sum(v.size for v in outputs.values()) * 16, tj.predict_response_json, outputs, fmt)
-        return _json_response(text)
+        return json_response(text)
 
     # ------------------------------------------------------------ outside /v1
 
@@ -317,88 +371,7 @@ class ServingApp:
         models = {name: m.loaded_versions() for name, m in self.registry.models.items()}
         ok = all(models.values())
         body = {"status": "ok" if ok else "unavailable", "models": models}
-        return _json_response(json.dumps(body), 200 if ok else 503)
-
-    async def _predict_image(self, request: Request, name: str | None, ctx: dict) -> Response:
-        """``curl -F file=@photo.jpeg http://localhost:9000/predict_image`` -> top-2 + tags."""
-        body = await self._read_body(request, ctx)
-        data = await self._upload_bytes(request, body)
-        name = name or self.options.default_model
-        ctx["model"] = name
-        params = request.query_params
-        version_text = params.get("version")
-        if version_text is not None and not version_text.isdigit():
-            raise invalid(f"Failed to convert version: {version_text} to numeric.")
-        loaded = self._resolve(name, _parse_version(version_text), params.get("label"))
-        ctx["version"] = loaded.version
-        info = loaded.signature(DEFAULT_SIGNATURE)
-        aliases = [a for a, s in info.inputs.items() if s.dtype == "DT_STRING"]
-        if len(info.inputs) != 1 or not aliases:
-            raise ServingError("FAILED_PRECONDITION",
-                               f"Signature {DEFAULT_SIGNATURE} of {name} does not take one encoded image input")
-        check_image_bytes(data, self.options.max_image_pixels)
-        array = np.empty(1, dtype=object)
-        array[0] = data
-        outputs = await self._execute(loaded, info, {aliases[0]: array})
-        return _json_response(tj.dumps(self._describe(loaded, outputs)))
-
-    async def _upload_bytes(self, request: Request, body: bytes) -> bytes:
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
-            async def replay() -> dict:
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            form_request = Request(request.scope, replay)
-            try:
-                form = await form_request.form(max_files=4, max_fields=16)
-            except Exception as exc:  # noqa: BLE001 - malformed multipart is a client error
-                raise invalid(f"Malformed multipart body: {getattr(exc, 'message', exc)}") from None
-            try:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise invalid("Missing multipart file field 'file' (curl -F file=@photo.jpeg ...)")
-                data = await upload.read()
-            finally:
-                await form.close()
-        else:
-            data = body
-        if not data:
-            raise invalid("Empty image: send it as multipart field 'file' (curl -F file=@photo.jpeg ...)")
-        return data
-
-    @staticmethod
-    def _describe(loaded: LoadedVersion, outputs: dict[str, np.ndarray]) -> dict:
-        """Top-2 categories and tag decisions for one image, named from labels.json."""
-        labels = loaded.labels or {}
-        category_key = labels.get("category_output", "cc3")
-        probabilities = outputs.get(category_key)
-        if probabilities is None:
-            raise ServingError("FAILED_PRECONDITION", f"Model output {category_key!r} not found")
-        probabilities = np.asarray(probabilities[0], dtype=np.float32)
-        categories = labels.get("categories") or []
-        codes = outputs.get("top2_codes")
-        codes = [int(c) for c in codes[0]] if codes is not None else [int(c) for c in np.argsort(-probabilities)[:2]]
-        names = outputs.get("top2_names")
-        top2 = []
-        for rank, code in enumerate(codes):
-            if names is not None:
-                label = names[0][rank]
-                label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-            else:
-                label = categories[code] if code < len(categories) else str(code)
-            top2.append({"code": code, "name": label, "probability": probabilities[code]})
-        tags: dict[str, Any] = {}
-        tag_probs = outputs.get("tags")
-        if tag_probs is not None:
-            tag_probs = np.asarray(tag_probs[0], dtype=np.float32)
-            tag_names = labels.get("tags") or [f"tag_{i}" for i in range(len(tag_probs))]
-            thresholds = labels.get("thresholds") or [0.5] * len(tag_probs)
-            flags = outputs.get("tag_flags")
-            for i, probability in enumerate(tag_probs):
-                present = bool(flags[0][i]) if flags is not None else bool(probability >= thresholds[i])
-                tags[tag_names[i] if i < len(tag_names) else f"tag_{i}"] = {
-                    "probability": probability, "present": present}
-        return {"model": loaded.name, "version": str(loaded.version), "top2": top2, "tags": tags}
+        return json_response(json.dumps(body), 200 if ok else 503)
 
 
 class _Dispatcher:

@@ -145,6 +145,7 @@ class _Task:
 class _Batch:
     run_fn: RunFn
     created: float
+    key: Hashable = None
     tasks: list[_Task] = field(default_factory=list)
     size: int = 0
 
@@ -152,9 +153,10 @@ class _Batch:
 class Batcher:
     """Shared batch scheduler over many queues (one per model/version/signature/shape)."""
 
-    def __init__(self, params: BatchingParameters):
+    def __init__(self, params: BatchingParameters, metrics: Any = None):
         params.validate()
         self.params = params
+        self.metrics = metrics  # monitoring.Metrics: batch-size and queue-depth histograms
         self._cond = threading.Condition()
         self._queues: dict[Hashable, collections.deque[_Batch]] = {}
         self._stopping = False
@@ -184,13 +186,15 @@ class Batcher:
             if self._stopping:
                 raise ServingError("UNAVAILABLE", "Batch scheduler is shutting down")
             queue = self._queues.setdefault((key, shapes), collections.deque())
+            if self.metrics is not None:
+                self.metrics.observe_queue(str(key[0]) if isinstance(key, tuple) else str(key), len(queue))
             if queue and queue[-1].size + size <= self.params.max_batch_size:
                 batch = queue[-1]
             else:
                 if len(queue) >= self.params.max_enqueued_batches:
                     raise ServingError("UNAVAILABLE",
                                        "The batch scheduling queue to which this task was submitted is full")
-                batch = _Batch(run_fn, time.monotonic())
+                batch = _Batch(run_fn, time.monotonic(), key=key)
                 queue.append(batch)
             batch.tasks.append(task)
             batch.size += size
@@ -233,6 +237,9 @@ class Batcher:
         tasks = [t for t in batch.tasks if t.future.set_running_or_notify_cancel()]
         if not tasks:
             return
+        if self.metrics is not None:
+            key = batch.key
+            self.metrics.observe_batch(str(key[0]) if isinstance(key, tuple) else str(key), sum(t.size for t in tasks))
         try:
             outputs = self._call(batch.run_fn, tasks)
         except Exception as exc:  # noqa: BLE001

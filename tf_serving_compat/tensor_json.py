@@ -53,6 +53,7 @@ _INT_RANGES = {
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_LOSSLESS_INT = {"DT_FLOAT": 2**24 - 1, "DT_DOUBLE": 2**53 - 1}
 _B64_RE = re.compile(r"^[A-Za-z0-9+/\s]*={0,2}\s*$")
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 MAX_RANK = 254  # TensorShape::MaxDimensions()
 _ERROR_VALUE_CHARS = 256  # error messages quote the offending JSON, truncated
 
@@ -194,9 +195,23 @@ def parse_json_body(body: bytes) -> dict:
         raise invalid(f"JSON Parse error: {exc.msg}. at offset: {exc.pos}") from None
     except RecursionError:
         raise invalid("JSON Parse error: document nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's 4,300-digit limit
+        raise invalid(f"JSON Parse error: Number too big to be stored: {str(exc)[:120]}") from None
+    if _SURROGATE_ESCAPE_RE.search(text):
+        _reject_lone_surrogates(doc)
     if not isinstance(doc, dict):
         raise invalid(f"JSON Value: {value_to_string(doc)} Is not object")
     return doc
+
+
+def _reject_lone_surrogates(doc: Any) -> None:
+    """RapidJSON (TF Serving) refuses ``"\\ud800"`` without its pair; Python's json accepts it."""
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid("JSON Parse error: The surrogate pair in string is invalid.") from None
+    except (RecursionError, ValueError):
+        raise invalid("JSON Parse error: document nested too deeply") from None
 
 
 def signature_name(doc: dict) -> str:
@@ -434,6 +449,10 @@ def _parse_inputs(value: Any, input_dtypes: dict[str, str]) -> dict[str, np.ndar
         if name not in value:
             raise invalid(f"Missing named input: {name} in 'inputs' object.")
         result[name] = json_to_array(value[name], input_dtypes[name])
+    extra = sorted(set(value) - set(names))
+    if extra:
+        shown = ",".join(extra)[:_ERROR_VALUE_CHARS]
+        raise invalid(f"Extra inputs in 'inputs' object: {shown} (signature inputs: {','.join(names)})")
     return result
 
 

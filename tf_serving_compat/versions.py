@@ -6,10 +6,13 @@ picks the aspired ones (latest N by default); a new version is fully loaded
 before an old one is unloaded, so at least one version keeps serving; a version
 that fails to load is reported (state END + error) and never replaces a working
 one. The config file is parsed with the real ``model_server_config_pb2`` protos.
+A version with ``assets.extra/tf_serving_warmup_requests`` replays those requests
+before it becomes AVAILABLE (TF Serving's SavedModel warmup).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,7 +29,8 @@ from .errors import ServingError, invalid, not_found
 log = logging.getLogger("tf_serving_compat")
 
 DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # TF Serving refuses files with more records
 
 
 # ---------------------------------------------------------------- configuration
@@ -68,6 +72,12 @@ def parse_model_config_file(path: str | os.PathLike) -> list[ModelSpecConfig]:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
         raise ValueError(f"Invalid model config file {path}: {exc}") from None
+    return model_specs_from_proto(message, str(path))
+
+
+def model_specs_from_proto(message: Any, source: str = "config") -> list[ModelSpecConfig]:
+    """``ModelServerConfig`` proto -> our specs (also used by the HandleReloadConfigRequest RPC)."""
+    path = source
     if message.WhichOneof("config") != "model_config_list":
         raise ValueError(f"{path}: only model_config_list is supported (no custom_model_config)")
     models = []
@@ -146,6 +156,7 @@ class LoadedVersion:
         if meta_graph is None:
             raise ServingError("NOT_FOUND", f"Could not find meta graph def matching supplied tags: {{ serve }} in {self.path}")
         self.signatures: dict[str, SignatureInfo] = {}
+        self.signature_defs = meta_graph.signature_def  # protos, for gRPC GetModelMetadata
         for sig_name, sig in meta_graph.signature_def.items():
             as_json = json_format.MessageToDict(
                 sig, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
@@ -199,6 +210,82 @@ class LoadedVersion:
         except Exception as exc:  # noqa: BLE001 - every graph error becomes a canonical error
             raise from_tf_exception(exc) from None
         return {key: value.numpy() for key, value in result.items()}
+
+
+    def warmup(self, iterations: int = 1) -> int:
+        """Replay ``assets.extra/tf_serving_warmup_requests`` (if present); returns the records run.
+
+        Any unreadable record or failing request fails the load, as in TF Serving.
+        """
+        path = self.path / WARMUP_FILE
+        if not path.is_file():
+            return 0
+        records = read_warmup_requests(path)
+        for _ in range(max(1, iterations)):
+            for index, (signature_name, inputs) in enumerate(records):
+                try:
+                    info = self.signature(signature_name)
+                    missing = sorted(set(info.inputs) - set(inputs))
+                    extra = sorted(set(inputs) - set(info.inputs))
+                    if missing or extra:
+                        raise invalid(f"inputs {sorted(inputs)} do not match signature {info.name} "
+                                      f"inputs {sorted(info.inputs)}")
+                    self.run(info.name, inputs)
+                except ServingError as exc:
+                    raise ServingError(exc.code, f"Failed to warm up model {self.name} version {self.version} "
+                                                 f"with {path} record {index}: {exc.message}") from None
+        return len(records)
+
+
+def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Parse a warmup TFRecord of ``PredictionLog`` (predict_log only) into (signature, inputs) pairs."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    requests: list[tuple[str, dict[str, np.ndarray]]] = []
+    try:
+        for index, raw in enumerate(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()):
+            if index >= MAX_WARMUP_RECORDS:
+                raise invalid(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+            record = prediction_log_pb2.PredictionLog()
+            try:
+                record.ParseFromString(raw)
+            except DecodeError as exc:
+                raise ServingError("DATA_LOSS", f"Failed to parse warmup record {index} in {path} as "
+                                                f"PredictionLog: {exc}") from None
+            kind = record.WhichOneof("log_type")
+            if kind != "predict_log":
+                raise invalid(f"Unsupported log_type for warmup: {kind} (record {index} in {path}); this "
+                              "server serves predict signatures only")
+            request = record.predict_log.request
+            try:
+                inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
+            except Exception as exc:  # noqa: BLE001 - a malformed TensorProto
+                raise invalid(f"Warmup record {index} in {path} holds an invalid TensorProto: {exc}") from None
+            requests.append((request.model_spec.signature_name, inputs))
+    except tf.errors.OpError as exc:  # truncated or corrupt TFRecord framing
+        raise ServingError("DATA_LOSS", f"Failed to read warmup file {path}: {exc.message}") from None
+    if not requests:
+        raise invalid(f"Warmup file {path} holds no records")
+    return requests
+
+
+def load_version(name: str, version: int, path: Path, *, enable_warmup: bool = True,
+                 warmup_iterations: int = 1) -> LoadedVersion:
+    """Load a version and replay its warmup requests (``--enable_model_warmup``) before it serves."""
+    loaded = LoadedVersion(name, version, path)
+    if enable_warmup:
+        started = time.monotonic()
+        count = loaded.warmup(warmup_iterations)
+        if count:
+            log.info("Finished reading warmup data for model %s version %d: %d warmup records, %d iteration(s) "
+                     "in %.2fs", name, version, count, max(1, warmup_iterations), time.monotonic() - started)
+    return loaded
+
+
+def version_loader(enable_warmup: bool = True, warmup_iterations: int = 1) -> Callable[[str, int, Path], LoadedVersion]:
+    return functools.partial(load_version, enable_warmup=enable_warmup, warmup_iterations=warmup_iterations)
 
 
 _TF_DTYPES = {
@@ -260,16 +347,24 @@ class ModelManager:
     """Keeps the aspired versions of one model loaded; ``poll()`` re-scans the base path."""
 
     def __init__(self, config: ModelSpecConfig,
-                 loader: Callable[[str, int, Path], LoadedVersion] = LoadedVersion):
+                 loader: Callable[[str, int, Path], LoadedVersion] = load_version,
+                 on_state: Callable[[str, int, str], None] | None = None):
         self.config = config
         self.name = config.name
         self._loader = loader
+        self._on_state = on_state
         self._lock = threading.Lock()  # guards _loaded/_status (short critical sections)
         self._poll_lock = threading.Lock()  # one scan at a time
         self._loaded: dict[int, LoadedVersion] = {}
         self._status: dict[int, VersionStatus] = {}
         self._failed: dict[int, tuple] = {}
         self._warned_missing = False
+
+    def _set_status(self, version: int, state: str, error_code: str = "OK", error_message: str = "") -> None:
+        """Record a state change (caller holds ``_lock``) and report it to the metrics hook."""
+        self._status[version] = VersionStatus(state, error_code, error_message)
+        if self._on_state is not None:
+            self._on_state(self.name, version, state)
 
     # -- disk scan
 
@@ -319,30 +414,30 @@ class ModelManager:
                 serving_aspired = any(v in self._loaded for v in aspired)
                 to_unload = [v for v in self._loaded if v not in aspired] if serving_aspired else []
                 for version in to_unload:
-                    self._status[version] = VersionStatus("UNLOADING")
+                    self._set_status(version, "UNLOADING")
                     del self._loaded[version]
-                    self._status[version] = VersionStatus("END")
+                    self._set_status(version, "END")
             for version in to_unload:
                 log.info("Unloaded servable version {name: %s version: %d}", self.name, version)
 
     def _load(self, version: int, path: Path) -> bool:
         fingerprint = _fingerprint(path)
         with self._lock:
-            self._status[version] = VersionStatus("LOADING")
+            self._set_status(version, "LOADING")
         started = time.monotonic()
         try:
             loaded = self._loader(self.name, version, path)
         except Exception as exc:  # noqa: BLE001 - any load failure is reported, never raised
             code, message = _load_error(exc)
             with self._lock:
-                self._status[version] = VersionStatus("END", code, message)
+                self._set_status(version, "END", code, message)
             self._failed[version] = fingerprint
             log.error("Failed to load servable version {name: %s version: %d}: %s: %s",
                       self.name, version, code, message)
             return False
         with self._lock:
             self._loaded[version] = loaded
-            self._status[version] = VersionStatus("AVAILABLE")
+            self._set_status(version, "AVAILABLE")
         self._failed.pop(version, None)
         log.info("Successfully loaded servable version {name: %s version: %d} in %.2fs",
                  self.name, version, time.monotonic() - started)
@@ -392,21 +487,56 @@ class ModelManager:
             ]
 
 
+    def unload_all(self) -> None:
+        """The model left the config: every version ends (TF Serving unloads it)."""
+        with self._poll_lock, self._lock:
+            for version in list(self._loaded):
+                del self._loaded[version]
+                self._set_status(version, "END")
+
+
 class ModelRegistry:
     """All served models plus the background poller thread."""
 
     def __init__(self, configs: list[ModelSpecConfig], poll_wait_seconds: float = 1.0,
-                 loader: Callable[[str, int, Path], LoadedVersion] = LoadedVersion):
-        self.models = {c.name: ModelManager(c, loader) for c in configs}
+                 loader: Callable[[str, int, Path], LoadedVersion] = load_version,
+                 on_state: Callable[[str, int, str], None] | None = None):
+        self._loader = loader
+        self._on_state = on_state
+        self.models = {c.name: ModelManager(c, loader, on_state) for c in configs}
         self.poll_wait_seconds = poll_wait_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reconfigure_lock = threading.Lock()
 
     def get(self, name: str) -> ModelManager | None:
         return self.models.get(name)
 
+    def reconfigure(self, configs: list[ModelSpecConfig]) -> None:
+        """Apply a new model list (config-file poll or HandleReloadConfigRequest) without a restart.
+
+        New models are loaded, dropped ones unloaded, changed base paths/policies/labels applied.
+        Loads run in the caller's thread: when this returns, the new config is serving.
+        """
+        with self._reconfigure_lock:
+            wanted = {c.name: c for c in configs}
+            models = dict(self.models)
+            for name in [n for n in models if n not in wanted]:
+                models.pop(name).unload_all()
+                log.info("Model %s removed from the config: unloaded", name)
+            for name, config in wanted.items():
+                manager = models.get(name)
+                if manager is None:
+                    models[name] = ModelManager(config, self._loader, self._on_state)
+                elif manager.config != config:
+                    if manager.config.base_path != config.base_path:
+                        manager.unload_all()
+                    manager.config = config
+            self.models = models  # one assignment: readers see the old or the new dict
+            self.poll_all()
+
     def poll_all(self) -> None:
-        for manager in self.models.values():
+        for manager in list(self.models.values()):
             try:
                 manager.poll()
             except Exception:  # noqa: BLE001 - the poller must survive anything on disk

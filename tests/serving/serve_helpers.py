@@ -1,4 +1,4 @@
-"""Tiny SavedModels with the exported model's exact signatures, for the serving tests.
+"""Helpers for the serving tests: tiny SavedModels with the export's exact signatures, images, oracles.
 
 Same names, dtypes and shapes as the lead's export (``serving_default`` taking
 ``image_bytes``; ``serving_pixels`` taking ``input_image``; outputs cc3, tags,
@@ -9,10 +9,12 @@ swap is observable in the outputs.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import io
 import json
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -139,13 +141,6 @@ def reference_outputs(version_dir: Path, signature: str, **inputs) -> dict[str, 
     return {k: v.numpy() for k, v in result.items()}
 
 
-# ---------------------------------------------------------------- pytest fixtures (import them into a test module)
-
-import atexit  # noqa: E402
-import tempfile  # noqa: E402
-
-import pytest  # noqa: E402
-
 _TEMPLATES: dict[float, Path] = {}
 _TEMPLATE_ROOT: list[Path] = []
 
@@ -162,28 +157,3 @@ def template(bias: float = 0.0) -> Path:
 
 
 V1_BIAS, V2_BIAS = 0.0, 3.0
-
-
-@pytest.fixture
-def model_base(tmp_path: Path) -> Path:
-    """``<tmp>/models/my_model`` holding version 1."""
-    base = tmp_path / "models" / "my_model"
-    install_version(template(V1_BIAS), base, 1)
-    return base
-
-
-@pytest.fixture
-def serving(model_base: Path):
-    from tf_serving_compat.server import build_app
-
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0.2, rest_api_timeout_in_ms=20000)
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def client(serving):
-    from starlette.testclient import TestClient
-
-    with TestClient(serving.app) as test_client:
-        yield test_client

@@ -8,17 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_fixtures import (  # noqa: F401 - fixtures
-    IMAGE_SIZE,
-    b64,
-    client,
-    jpeg_bytes,
-    model_base,
-    png_bytes,
-    png_header_only,
-    reference_outputs,
-    serving,
-)
+from serve_helpers import IMAGE_SIZE, b64, jpeg_bytes, png_bytes, png_header_only, reference_outputs
 
 from tf_serving_compat import tensor_json as tj
 from tf_serving_compat.errors import ServingError
@@ -225,8 +215,12 @@ def test_predict_bytes_row_and_columnar_equal_saved_model(client, model_base):
     _assert_outputs_equal(columnar.json()["outputs"], expected)
     named = client.post(PREDICT, json={"instances": [{"image_bytes": b64(i)} for i in images]})
     assert named.json() == row.json()
+    # A 1-row request is compared with a 1-row call: oneDNN picks batch-size-dependent kernels, so
+    # row 0 of a 3-row call may differ from a 1-row call in the last float32 bit.
+    expected_one = reference_outputs(model_base / "1", "serving_default", image_bytes=images[:1])
     explicit = client.post("/v1/models/my_model/versions/1:predict", json={"inputs": {"image_bytes": [b64(images[0])]}})
-    _assert_outputs_equal(explicit.json()["outputs"], {k: v[:1] for k, v in expected.items()})
+    assert explicit.status_code == 200
+    _assert_outputs_equal(explicit.json()["outputs"], expected_one)
 
 
 def test_predict_pixels_row_and_columnar_equal_saved_model(client, model_base):
@@ -331,45 +325,7 @@ def test_classify_and_regress_on_predict_signature(client, verb, kind):
     assert client.post(f"/v1/models/nope:{verb}", json={"examples": [{}]}).status_code == 404
 
 
-# ---------------------------------------------------------------- upload endpoint, healthz, limits
-
-
-def test_predict_image_upload(client, model_base):
-    image = jpeg_bytes((30, 30, 220), noise=10)
-    expected = reference_outputs(model_base / "1", "serving_default", image_bytes=[image])
-    response = client.post("/predict_image", files={"file": ("photo.jpeg", image, "image/jpeg")})
-    assert response.status_code == 200
-    body = response.json()
-    assert body["model"] == "my_model" and body["version"] == "1"
-    codes = expected["top2_codes"][0].tolist()
-    assert [t["code"] for t in body["top2"]] == codes
-    assert [t["name"] for t in body["top2"]] == [n.decode() for n in expected["top2_names"][0]]
-    assert [np.float32(t["probability"]) for t in body["top2"]] == [expected["cc3"][0][c] for c in codes]
-    assert list(body["tags"]) == ["polka dot", "floral", "checker"]
-    for i, tag in enumerate(["polka dot", "floral", "checker"]):
-        assert np.float32(body["tags"][tag]["probability"]) == expected["tags"][0][i]
-        assert body["tags"][tag]["present"] == bool(expected["tag_flags"][0][i])
-    raw = client.post("/models/my_model/predict_image?version=1", content=image,
-                      headers={"content-type": "image/jpeg"})
-    assert raw.status_code == 200 and raw.json() == body
-
-
-@pytest.mark.parametrize("kwargs, status, fragment", [
-    ({"files": {"other": ("a.jpeg", b"x", "image/jpeg")}}, 400, "Missing multipart file field 'file'"),
-    ({"files": {"file": ("a.txt", b"hello", "text/plain")}}, 400, "Unknown image file format."),
-    ({"content": b""}, 400, "Empty image"),
-    ({"files": {"file": ("b.png", png_header_only(9000, 9000), "image/png")}}, 400, "exceeds the limit"),
-])
-def test_predict_image_errors(client, kwargs, status, fragment):
-    response = client.post("/predict_image", **kwargs)
-    assert response.status_code == status
-    assert fragment in error_of(response)
-
-
-def test_predict_image_unknown_model(client):
-    response = client.post("/models/nope/predict_image", content=jpeg_bytes())
-    assert response.status_code == 404
-    assert error_of(response) == "Servable not found for request: Latest(nope)"
+# ---------------------------------------------------------------- healthz, limits
 
 
 def test_healthz(client):
@@ -398,8 +354,6 @@ def test_body_limit_413(model_base):
             streamed = c.post(PREDICT, content=chunks())
             assert streamed.status_code == 413
             assert error_of(streamed) == "Request body exceeds the limit of 2000 bytes"
-            upload = c.post("/predict_image", files={"file": ("a.jpeg", b"y" * 5000, "image/jpeg")})
-            assert upload.status_code == 413
             assert c.post(PREDICT, json={"instances": [b64(png_bytes(size=(2, 2)))]}).status_code == 200
     finally:
         app.close()

@@ -8,7 +8,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_fixtures import IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
+from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
 
 N_EXAMPLES = 1000
 SENT: list[int] = []  # status codes of every fuzz request

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from serve_fixtures import IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
+from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -50,11 +50,11 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> N
 def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
     base = tmp_path / "my_model"
     install_version(template(V1_BIAS), base, 1)
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     url = f"http://127.0.0.1:{port}"
     stdout, stderr = open(tmp_path / "out.log", "wb"), open(tmp_path / "err.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "tf_serving_compat.server", "--rest_api_port", str(port),
+        [sys.executable, "-m", "vinted_classifier.serving", "--rest_api_port", str(port), "--port", str(grpc_port),
          "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0.5"],
         stdout=stdout, stderr=stderr, cwd=PROJECT, env=_env())
     try:

@@ -8,18 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_fixtures import (  # noqa: F401 - fixtures
-    V1_BIAS,
-    V2_BIAS,
-    b64,
-    client,
-    install_version,
-    jpeg_bytes,
-    model_base,
-    reference_outputs,
-    serving,
-    template,
-)
+from serve_helpers import V1_BIAS, V2_BIAS, b64, install_version, jpeg_bytes, reference_outputs, template
 from starlette.testclient import TestClient
 
 from tf_serving_compat.server import build_app

@@ -1,0 +1,176 @@
+"""Prometheus metrics under TF Serving's names (``--monitoring_config_file``).
+
+TF Serving exports its monitoring counters as ``:tensorflow:serving:request_count`` etc. on
+``prometheus_config.path`` of the REST port. Counters are written with their exact TF Serving
+sample names (no ``_total`` suffix, which prometheus_client would add), histograms with
+``_bucket``/``_sum``/``_count``. Latencies are in microseconds, as TF Serving reports them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/monitoring/prometheus/metrics"
+_LATENCY_BUCKETS_US = tuple(float(10 * 1.8**i) for i in range(33))  # 10 us .. ~1.5e9 us
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_QUEUE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    enable: bool = False
+    path: str = DEFAULT_PATH
+
+
+def _monitoring_message_class() -> Any:
+    """``MonitoringConfig`` built from its schema (tensorflow-serving-api does not ship the module)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="tf_serving_compat/monitoring_config.proto",
+                                               package="tensorflow.serving", syntax="proto3")
+    fdp = descriptor_pb2.FieldDescriptorProto
+    prometheus = proto.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_BOOL)
+    prometheus.field.add(name="path", number=2, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_STRING)
+    config = proto.message_type.add(name="MonitoringConfig")
+    config.field.add(name="prometheus_config", number=1, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_MESSAGE,
+                     type_name=".tensorflow.serving.PrometheusConfig")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+
+
+def parse_monitoring_config(text: str) -> PrometheusConfig:
+    from google.protobuf import text_format
+
+    message = _monitoring_message_class()()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ValueError(f"Invalid monitoring config: {exc}") from None
+    prometheus = message.prometheus_config
+    path = prometheus.path or DEFAULT_PATH
+    if not path.startswith("/"):
+        raise ValueError(f"Invalid monitoring config: prometheus_config.path must start with '/': {path!r}")
+    return PrometheusConfig(bool(prometheus.enable), path)
+
+
+def load_monitoring_config(path: str | os.PathLike) -> PrometheusConfig:
+    return parse_monitoring_config(Path(path).read_text())
+
+
+class _Counters:
+    """Exact-name counters (a prometheus_client collector)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, tuple], float] = {}
+        self._docs: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def declare(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self._docs[name] = (doc, labels)
+
+    def inc(self, name: str, *label_values: str, amount: float = 1.0) -> None:
+        key = (name, tuple(str(v) for v in label_values))
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def set(self, name: str, *label_values: str, value: float) -> None:
+        with self._lock:
+            self._values[(name, tuple(str(v) for v in label_values))] = value
+
+    def value(self, name: str, *label_values: str) -> float:
+        with self._lock:
+            return self._values.get((name, tuple(str(v) for v in label_values)), 0.0)
+
+    def collect(self):
+        from prometheus_client.metrics_core import Metric
+
+        with self._lock:
+            items = sorted(self._values.items())
+        for name, (doc, labels) in self._docs.items():
+            metric = Metric(name, doc, "unknown")
+            for (sample_name, values), value in items:
+                if sample_name == name:
+                    metric.add_sample(name, dict(zip(labels, values)), value)
+            yield metric
+
+
+class Metrics:
+    """The server's metrics; ``exposition()`` is the Prometheus text for ``path``."""
+
+    def __init__(self, path: str = DEFAULT_PATH):
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.path = path
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.counters = _Counters()
+        self.counters.declare(":tensorflow:serving:request_count",
+                              "The total number of requests.", ("model_name", "status"))
+        self.counters.declare(":tensorflow:serving:model_state",
+                              "Version states: 1 for the current state of each model version.",
+                              ("model_name", "model_version", "state"))
+        self.registry.register(self.counters)
+        self.request_latency = Histogram(
+            ":tensorflow:serving:request_latency", "Distribution of wall time (in microseconds) for Tensorflow "
+            "Serving request.", ("model_name", "API", "entrypoint"), buckets=_LATENCY_BUCKETS_US,
+            registry=self.registry)
+        self.runtime_latency = Histogram(
+            ":tensorflow:serving:runtime_latency", "Distribution of wall time (in microseconds) for Tensorflow "
+            "runtime.", ("model_name", "API", "runtime"), buckets=_LATENCY_BUCKETS_US, registry=self.registry)
+        self.batch_size = Histogram(
+            ":tensorflow:serving:batching_session:processed_batch_size",
+            "Tracks the batch size distribution on processing.", ("model_name",), buckets=_BATCH_BUCKETS,
+            registry=self.registry)
+        self.queue_depth = Histogram(
+            ":tensorflow:serving:batching_session:queue_depth",
+            "Batches waiting in the batching queues when a request is enqueued.", ("model_name",),
+            buckets=_QUEUE_BUCKETS, registry=self.registry)
+        self._states: dict[tuple[str, int], str] = {}
+        self._state_lock = threading.Lock()
+
+    @property
+    def content_type(self) -> str:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return CONTENT_TYPE_LATEST
+
+    def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+    def observe_request(self, api: str, model: str | None, status: str | int, seconds: float,
+                        entrypoint: str = "REST") -> None:
+        """One finished request: its canonical status (gRPC) or HTTP status mapped back to one."""
+        if isinstance(status, int):
+            status = _HTTP_TO_CODE.get(status, "UNKNOWN") if status != 200 else "OK"
+        model = model or ""
+        self.counters.inc(":tensorflow:serving:request_count", model, status)
+        self.request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+
+    def observe_runtime(self, model: str, api: str, seconds: float) -> None:
+        self.runtime_latency.labels(model, api, "TF2").observe(seconds * 1e6)
+
+    def observe_batch(self, model: str, size: int) -> None:
+        self.batch_size.labels(model).observe(size)
+
+    def observe_queue(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model).observe(depth)
+
+    def observe_state(self, model: str, version: int, state: str) -> None:
+        with self._state_lock:
+            previous = self._states.get((model, version))
+            self._states[(model, version)] = state
+            if previous is not None:
+                self.counters.set(":tensorflow:serving:model_state", model, version, previous, value=0)
+            self.counters.set(":tensorflow:serving:model_state", model, version, state, value=1)
+
+
+_HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED",
+                 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
+                 504: "DEADLINE_EXCEEDED", 500: "INTERNAL", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}

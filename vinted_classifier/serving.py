@@ -1,0 +1,236 @@
+"""The project's adapter around the generic ``tf_serving_compat`` server.
+
+Two things live here, because they know about this project and the generic server must not:
+
+* the ``/predict_image`` upload route, whose answer names the model's outputs
+  (``top2_codes``/``top2_names``/``tag_flags``/``cc3``/``tags``) and ``assets/labels.json``;
+* the ``vinted serve`` launcher: the real ``tensorflow_model_server`` when it is on PATH
+  (with the flags the export's ``serving_config/`` files give it, plus the user's real-binary
+  flags only), otherwise our server with the upload route plugged in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REAL_SERVER = "tensorflow_model_server"
+UPLOAD_PATTERN = re.compile(r"/(?:models/([^/:]+)/)?predict_image")
+_UPLOAD_HINT = "(curl -F file=@photo.jpeg ...)"
+
+
+# ---------------------------------------------------------------- /predict_image
+
+
+async def predict_image(serving, request, match, ctx: dict):
+    """``curl -F file=@photo.jpeg http://localhost:9000/predict_image`` -> top-2 + tags."""
+    from tf_serving_compat import tensor_json as tj
+    from tf_serving_compat.app import json_response, parse_version
+    from tf_serving_compat.errors import ServingError, invalid
+    from tf_serving_compat.versions import DEFAULT_SIGNATURE
+
+    body = await serving.read_body(request, ctx)
+    data = await _upload_bytes(request, body)
+    name = match.group(1) or serving.options.default_model
+    ctx["model"] = name
+    ctx["api"] = "predict_image"
+    params = request.query_params
+    loaded = serving.resolve(name, parse_version(params.get("version")), params.get("label"))
+    ctx["version"] = loaded.version
+    info = loaded.signature(DEFAULT_SIGNATURE)
+    aliases = [a for a, s in info.inputs.items() if s.dtype == "DT_STRING"]
+    if len(info.inputs) != 1 or not aliases:
+        raise ServingError("FAILED_PRECONDITION",
+                           f"Signature {DEFAULT_SIGNATURE} of {name} does not take one encoded image input")
+    if not data:
+        raise invalid(f"Empty image: send it as multipart field 'file' {_UPLOAD_HINT}")
+    serving.check_image_bytes(data)
+    array = np.empty(1, dtype=object)
+    array[0] = data
+    outputs = await serving.execute(loaded, info, {aliases[0]: array})
+    return json_response(tj.dumps(describe_prediction(loaded.name, loaded.version, loaded.labels, outputs)))
+
+
+async def _upload_bytes(request, body: bytes) -> bytes:
+    """The image: multipart field ``file``, or the raw body."""
+    from starlette.requests import Request
+
+    from tf_serving_compat.errors import invalid
+
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+    except Exception as exc:  # noqa: BLE001 - malformed multipart is a client error
+        raise invalid(f"Malformed multipart body: {getattr(exc, 'message', exc)}") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise invalid(f"Missing multipart file field 'file' {_UPLOAD_HINT}")
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+def describe_prediction(model: str, version: int, labels: dict | None, outputs: dict[str, np.ndarray]) -> dict:
+    """Top-2 categories and tag decisions for one image, named from labels.json."""
+    from tf_serving_compat.errors import ServingError
+
+    labels = labels or {}
+    category_key = labels.get("category_output", "cc3")
+    probabilities = outputs.get(category_key)
+    if probabilities is None:
+        raise ServingError("FAILED_PRECONDITION", f"Model output {category_key!r} not found")
+    probabilities = np.asarray(probabilities[0], dtype=np.float32)
+    categories = labels.get("categories") or []
+    codes = outputs.get("top2_codes")
+    codes = [int(c) for c in codes[0]] if codes is not None else [int(c) for c in np.argsort(-probabilities)[:2]]
+    names = outputs.get("top2_names")
+    top2 = []
+    for rank, code in enumerate(codes):
+        if names is not None:
+            label = names[0][rank]
+            label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+        else:
+            label = categories[code] if code < len(categories) else str(code)
+        top2.append({"code": code, "name": label, "probability": probabilities[code]})
+    tags: dict[str, Any] = {}
+    tag_probs = outputs.get("tags")
+    if tag_probs is not None:
+        tag_probs = np.asarray(tag_probs[0], dtype=np.float32)
+        tag_names = labels.get("tags") or [f"tag_{i}" for i in range(len(tag_probs))]
+        thresholds = labels.get("thresholds") or [0.5] * len(tag_probs)
+        flags = outputs.get("tag_flags")
+        for i, probability in enumerate(tag_probs):
+            present = bool(flags[0][i]) if flags is not None else bool(probability >= thresholds[i])
+            tags[tag_names[i] if i < len(tag_names) else f"tag_{i}"] = {
+                "probability": probability, "present": present}
+    return {"model": model, "version": str(version), "top2": top2, "tags": tags}
+
+
+def project_routes() -> list:
+    """The routes this project adds to the generic server."""
+    from tf_serving_compat.app import ExtraRoute
+
+    return [ExtraRoute(UPLOAD_PATTERN, frozenset({"POST"}), predict_image)]
+
+
+def build_project_app(**kwargs):
+    """``tf_serving_compat.server.build_app`` with the project's routes (tests, notebook)."""
+    from tf_serving_compat.server import build_app
+
+    return build_app(extra_routes=project_routes(), **kwargs)
+
+
+# ---------------------------------------------------------------- the launcher
+
+
+def _flag_name(arg: str) -> str | None:
+    return arg[2:].split("=", 1)[0] if arg.startswith("--") and len(arg) > 2 else None
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(flags the real binary knows, our own flags); each flag keeps its value (``--f=v`` or ``--f v``)."""
+    from tf_serving_compat.server import OWN_FLAGS
+
+    real, own = [], []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        name = _flag_name(arg)
+        group = own if name in OWN_FLAGS else real
+        group.append(arg)
+        takes_next = ("=" not in arg and name is not None and index + 1 < len(argv)
+                      and not argv[index + 1].startswith("--"))
+        if takes_next:
+            group.append(argv[index + 1])
+            index += 1
+        index += 1
+    return real, own
+
+
+def _flag_value(args: list[str], name: str, default: str | None = None) -> str | None:
+    value = default
+    for index, arg in enumerate(args):
+        if arg == f"--{name}" and index + 1 < len(args) and not args[index + 1].startswith("--"):
+            value = args[index + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def server_flags(argv: list[str], default_base: Path) -> tuple[list[str], list[str]]:
+    """(tensorflow_model_server flags, our own flags) for ``vinted serve ARGV``.
+
+    When the export wrote ``<saved_model_dir>/serving_config/``, its files give the base flags
+    (``serving_files.real_server_args``: model config, batching, monitoring, the session config for
+    this host's rewrite decision); the user's real-binary flags follow so they win. A user
+    ``--model_base_path`` replaces the config file's model list, as in the real binary.
+    """
+    from tf_serving_compat.host import decide_rewrite
+
+    real, own = split_args(argv)
+    rest_port = int(_flag_value(real, "rest_api_port", "9000"))
+    grpc_port = int(_flag_value(real, "port", "8500"))
+    user_base = _flag_value(real, "model_base_path")
+    base = Path(user_base or default_base)
+    config_dir = base.parent / "serving_config"
+    try:
+        from .serving_files import real_server_args
+    except ImportError:  # an older checkout without the export's serving files
+        real_server_args = None
+    if real_server_args is not None and config_dir.is_dir():
+        decision = decide_rewrite(_flag_value(own, "mixed_precision_rewrite", "auto"))
+        base_args = [arg for arg in real_server_args(config_dir, decision, rest_port, grpc_port)
+                     if not (user_base and arg.startswith("--model_config_file"))]
+    else:
+        base_args = [f"--port={grpc_port}", f"--rest_api_port={rest_port}"]
+    if not user_base and not any(a.startswith("--model_config_file") for a in base_args + real):
+        base_args += ["--model_name=my_model", f"--model_base_path={base}"]
+    return [*base_args, *real], own
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """``vinted serve``: the real tensorflow_model_server when on PATH, else our server, same flags."""
+    from .config import PROJECT_ROOT
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default_base = Path(os.environ.get("TF_SERVING_COMPAT_MODEL_BASE_PATH")
+                        or PROJECT_ROOT / "model_training" / "saved_model" / "my_model")
+    if "--help" in argv or "-h" in argv:
+        from tf_serving_compat.server import build_parser
+
+        build_parser().print_help()
+        return 0
+    real, own = server_flags(argv, default_base)
+    binary = shutil.which(REAL_SERVER)
+    if binary:
+        if own:
+            print(f"not passed to {REAL_SERVER} (flags of our server only): {' '.join(own)}", file=sys.stderr)
+        print(f"using the real {REAL_SERVER}: {binary} {' '.join(real)}", file=sys.stderr, flush=True)
+        try:
+            return subprocess.call([binary, *real])
+        except KeyboardInterrupt:
+            return 130
+    from tf_serving_compat.server import main as serve
+
+    print(f"{REAL_SERVER} not on PATH: using tf_serving_compat", file=sys.stderr, flush=True)
+    return serve([*real, *own], extra_routes=project_routes())
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve_main())
