@@ -391,3 +391,39 @@ def prepare(cfg: DataConfig, seed: int) -> PreparedData:
     frames["train"] = downsample(frames["train"], cfg, seed).reset_index(drop=True)
     return PreparedData(vocab=vocab, frames=frames, duplicates=dup, image_report=report,
                         splits_file=splits_path(cfg, seed))
+
+
+# --------------------------------------------------------------------------- tables for the notebook
+
+
+def split_table(prepared: PreparedData, category_column: str = "cc3") -> pd.DataFrame:
+    """Rows per category and split: shows stratification and the effect of downsampling."""
+    rows = pd.concat([f.assign(split=name) for name, f in prepared.frames.items()], ignore_index=True)
+    table = pd.crosstab(rows[category_column], rows["split"], margins=True)
+    return table[[*prepared.frames, "All"]]  # train, val, holdout order
+
+
+def downsample_effect(prepared: PreparedData, cfg: DataConfig, seed: int, cap: int | None = None) -> pd.DataFrame:
+    """Training rows per category as configured and with ``downsample_max_per_category=cap``.
+
+    ``cap`` defaults to the second-largest category, i.e. trimming only the dominant one (the seed's choice).
+    """
+    column, train = cfg.category_column, prepared.frames["train"]
+    counts = train[column].value_counts()
+    cap = int(cap if cap is not None else counts.iloc[min(1, len(counts) - 1)])
+    capped = downsample(train, cfg.model_copy(update={"downsample_max_per_category": cap}), seed)
+    table = pd.DataFrame({"as configured": counts, f"cap={cap}": capped[column].value_counts()}).fillna(0).astype(int)
+    table["share as configured"] = (table["as configured"] / table["as configured"].sum()).round(3)
+    table[f"share cap={cap}"] = (table[f"cap={cap}"] / table[f"cap={cap}"].sum()).round(3)
+    return table.rename_axis(column)
+
+
+def corrupted_copy_error(labels: pd.DataFrame, cfg: DataConfig) -> str:
+    """Validate a copy with one bad tag value; return the error, which names the file, the column and the row."""
+    broken = labels.copy()
+    broken.loc[broken.index[0], cfg.tag_columns[0]] = 2
+    try:
+        validate_labels(broken, cfg, source="corrupted copy of data.parquet")
+    except SchemaError as error:
+        return f"{type(error).__name__}: {error}"
+    raise AssertionError("the corrupted copy passed validation")

@@ -687,6 +687,20 @@ def generate_demo_dataset(out_dir: str | Path, *, scale: float = 1.0, seed: int 
     }
 
 
+def ensure_demo_dataset(folder: str | Path, *, labels_file: str = "data.parquet", scale: float = 1.0,
+                        generate: bool = True) -> Path:
+    """Generate the demo set into ``folder`` unless its labels file exists; return the folder.
+
+    ``generate=False`` (a user-supplied data folder) never writes there: a missing labels file is an error.
+    """
+    folder = Path(folder)
+    if not (folder / labels_file).is_file():
+        if not generate:
+            raise FileNotFoundError(f"{folder / labels_file} not found: point data_dir at a Vinted-layout folder")
+        generate_demo_dataset(folder, scale=scale, force=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vinted_classifier.demo",
                                      description="Generate the synthetic Vinted-layout demo dataset.")

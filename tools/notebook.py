@@ -1,9 +1,9 @@
 """Execute ``Vinted_exercise.ipynb`` with papermill on this project's own interpreter.
 
-    python -m vinted_classifier.notebook run                 # default parameters -> a temp copy
-    python -m vinted_classifier.notebook run --smoke         # tiny demo set, temp outputs -> a temp copy
-    python -m vinted_classifier.notebook run --in-place      # regenerate the committed notebook (make notebook)
-    python -m vinted_classifier.notebook run -p epochs=5 --output /tmp/nb.ipynb
+    python -m tools.notebook run                 # default parameters -> a temp copy
+    python -m tools.notebook run --smoke         # tiny demo set, temp outputs -> a temp copy
+    python -m tools.notebook run --in-place      # regenerate the committed notebook (make notebook)
+    python -m tools.notebook run -p epochs=5 --output /tmp/nb.ipynb
 
 The kernel is always this interpreter (``sys.executable``): a ``python3`` kernelspec pointing at it is written
 to a temp folder that is put first on ``JUPYTER_PATH``, so a user-level ``python3`` kernel elsewhere cannot take
@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from .config import PROJECT_ROOT
+from vinted_classifier.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def run(*, smoke: bool = False, in_place: bool = False, output: Path | None = No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vinted_classifier.notebook",
+    parser = argparse.ArgumentParser(prog="python -m tools.notebook",
                                      description="Execute Vinted_exercise.ipynb with papermill on this interpreter.")
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute the notebook")

@@ -1,0 +1,1 @@
+"""Developer tooling outside the package: the notebook runner (``python -m tools.notebook``)."""
