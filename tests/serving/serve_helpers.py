@@ -157,3 +157,22 @@ def template(bias: float = 0.0) -> Path:
 
 
 V1_BIAS, V2_BIAS = 0.0, 3.0
+
+
+def write_warmup_file(version_dir: Path, requests: list[tuple[str, dict[str, np.ndarray]]]) -> Path:
+    """``<version>/assets.extra/tf_serving_warmup_requests``: one PredictionLog per (signature, inputs)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, inputs in requests:
+            record = prediction_log_pb2.PredictionLog()
+            request = record.predict_log.request
+            request.model_spec.name = "my_model"
+            request.model_spec.signature_name = signature
+            for alias, value in inputs.items():
+                request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
+            writer.write(record.SerializeToString())
+    return path
