@@ -23,7 +23,6 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from . import tensor_json as tj
 from .batching import Batcher
@@ -123,7 +122,7 @@ class ServingApp:
         self.extra_routes = list(extra_routes)
         self.metrics = metrics
         self.executor = concurrent.futures.ThreadPoolExecutor(options.model_threads, thread_name_prefix="model")
-        self.app = Starlette(routes=[Route("/{path:path}", _Dispatcher(self))], lifespan=self._lifespan)
+        self.app = _Dispatcher(self, Starlette(lifespan=self._lifespan))
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -375,10 +374,16 @@ class ServingApp:
 
 
 class _Dispatcher:
-    """Raw ASGI endpoint: Starlette then routes every method here (no automatic 405)."""
+    """The ASGI app: every HTTP request goes to ``ServingApp.handle`` whatever its method or path
+    (Starlette's router would answer paths with control characters itself, in plain text);
+    lifespan events go to Starlette, which starts and stops the version poller."""
 
-    def __init__(self, owner: ServingApp):
+    def __init__(self, owner: ServingApp, lifespan_app: Starlette):
         self.owner = owner
+        self.lifespan_app = lifespan_app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        await self.owner.handle(scope, receive, send)
+        if scope["type"] == "http":
+            await self.owner.handle(scope, receive, send)
+        else:
+            await self.lifespan_app(scope, receive, send)

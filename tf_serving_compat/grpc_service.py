@@ -285,11 +285,80 @@ def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
     return result
 
 
-def start_grpc_server(serving: Any, host: str, port: int, max_threads: int | None = None,
-                      channel_arguments: str = "", model_config_file: str | None = None) -> Any:
-    """Start gRPC on host:port (blocking bind; RuntimeError when the port is taken). Returns the server."""
+class _Malformed:
+    """Stands for a request whose bytes did not parse (answered INVALID_ARGUMENT, not INTERNAL)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _safe_parser(message_class: Any):
+    def parse(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError and friends: the client's bytes
+            return _Malformed(exc)
+
+    return parse
+
+
+def _guarded(method: Any, api: str, serving: Any):
+    def handle(request: Any, context: Any) -> Any:
+        if isinstance(request, _Malformed):
+            with _Rpc(serving, context, api, ""):
+                raise invalid(f"Failed to parse request: {str(request.error)[:200]}")
+        return method(request, context)
+
+    return handle
+
+
+def _service_handlers(serving: Any) -> list[Any]:
+    """Handlers for both services, with request parsing that maps garbage bytes to INVALID_ARGUMENT.
+
+    (The generated ``add_*_to_server`` would answer INTERNAL "Exception deserializing request!".)
+    """
     import grpc
-    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        inference_pb2,
+        model_management_pb2,
+        predict_pb2,
+        regression_pb2,
+    )
+
+    prediction, model = PredictionServicer(serving), ModelServicer(serving)
+    tables = {
+        "tensorflow.serving.PredictionService": {
+            "Predict": (prediction.Predict, predict_pb2.PredictRequest, "predict"),
+            "GetModelMetadata": (prediction.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
+                                 "metadata"),
+            "Classify": (prediction.Classify, classification_pb2.ClassificationRequest, "classify"),
+            "Regress": (prediction.Regress, regression_pb2.RegressionRequest, "regress"),
+            "MultiInference": (prediction.MultiInference, inference_pb2.MultiInferenceRequest, "multi_inference"),
+        },
+        "tensorflow.serving.ModelService": {
+            "GetModelStatus": (model.GetModelStatus, get_model_status_pb2.GetModelStatusRequest, "status"),
+            "HandleReloadConfigRequest": (model.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest,
+                                          "reload_config"),
+        },
+    }
+    handlers = []
+    for service, methods in tables.items():
+        rpc_handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                _guarded(method, api, serving), request_deserializer=_safe_parser(request_class),
+                response_serializer=lambda message: message.SerializeToString())
+            for name, (method, request_class, api) in methods.items()}
+        handlers.append(grpc.method_handlers_generic_handler(service, rpc_handlers))
+    return handlers
+
+
+def start_grpc_server(serving: Any, host: str, port: int, max_threads: int | None = None,
+                      channel_arguments: str = "") -> Any:
+    """Start gRPC on host:port (RuntimeError when the port is taken); ``.bound_port`` is the port."""
+    import grpc
 
     options = [("grpc.max_receive_message_length", min(INT32_MAX, serving.options.max_body_bytes)),
                ("grpc.max_send_message_length", INT32_MAX),
@@ -297,9 +366,7 @@ def start_grpc_server(serving: Any, host: str, port: int, max_threads: int | Non
     options += parse_channel_arguments(channel_arguments)
     workers = max_threads or max(4, os.cpu_count() or 1)
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
-                         options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(serving), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(serving), server)
+                         handlers=_service_handlers(serving), options=options)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if not bound:

@@ -424,8 +424,7 @@ def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple =
 
         try:
             grpc_server = start_grpc_server(serving, args.host, args.port, max_threads=args.grpc_max_threads,
-                                            channel_arguments=args.grpc_channel_arguments,
-                                            model_config_file=args.model_config_file)
+                                            channel_arguments=args.grpc_channel_arguments)
         except (RuntimeError, ValueError) as exc:
             log.error("Cannot start gRPC on %s:%d: %s", args.host, args.port, exc)
             serving.close()
