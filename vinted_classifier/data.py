@@ -53,9 +53,6 @@ class Vocabulary:
             raise SchemaError(f"unknown {self.category_column} values {unknown[:_MAX_SHOWN]}; vocabulary is {list(self.categories)}")
         return names.map(index).to_numpy(dtype=np.int64)
 
-    def to_dict(self) -> dict:
-        return {"category_output": self.category_column, "categories": list(self.categories), "tags": list(self.tags)}
-
 
 def _show(frame: pd.DataFrame, mask: pd.Series, columns: list[str]) -> str:
     bad = frame.loc[mask, columns]

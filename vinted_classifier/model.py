@@ -185,20 +185,35 @@ def build_augmenter(name: str = "augmenter"):
     )
 
 
-def _pool(keras, backbone, pooling: str, backbone_name: str):
+def _pool(keras, backbone, pooling: str):
+    """Pooled feature vector; ``pooling`` is one of ModelConfig's values, checked against the backbone already."""
     layers = keras.layers
     last = backbone.output
     if pooling == "avg":
         return layers.GlobalAveragePooling2D(name="features_avg")(last)
     if pooling == "flatten":
         return layers.Flatten(name="features_flatten")(last)
-    if pooling == "avg_block4_5":
-        if not backbone_name.startswith("vgg"):
-            raise ValueError(f"pooling 'avg_block4_5' needs a VGG backbone (block4_pool/block5_pool), not {backbone_name!r}")
-        block4 = layers.GlobalAveragePooling2D(name="features_avg_block4")(backbone.get_layer("block4_pool").output)
-        block5 = layers.GlobalAveragePooling2D(name="features_avg_block5")(last)
-        return layers.Concatenate(name="features_block4_5")([block4, block5])
-    raise ValueError(f"unknown pooling {pooling!r}; expected avg, flatten or avg_block4_5")
+    block4 = layers.GlobalAveragePooling2D(name="features_avg_block4")(backbone.get_layer("block4_pool").output)
+    block5 = layers.GlobalAveragePooling2D(name="features_avg_block5")(last)
+    return layers.Concatenate(name="features_block4_5")([block4, block5])
+
+
+def build_head(n_features: int, model_cfg: ModelConfig, categories: list[str], tag_names: list[str],
+               category_output: str):
+    """The head alone (feature vector -> both outputs): also what a search trial trains on cached features."""
+    import keras
+
+    feature_in = keras.Input(shape=(n_features,), dtype="float32", name="features")
+    # Pooled VGG activations reach the hundreds; unnormalised they saturate the head (dead ReLUs,
+    # constant outputs). BatchNorm puts every feature on a unit scale first.
+    x = keras.layers.BatchNormalization(name="head_norm")(feature_in)
+    x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout_in")(x)
+    if model_cfg.dense_units > 0:
+        x = keras.layers.Dense(model_cfg.dense_units, activation="relu", name="head_dense")(x)
+        x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout")(x)
+    category = keras.layers.Dense(len(categories), activation="softmax", dtype="float32", name=category_output)(x)
+    tags = keras.layers.Dense(len(tag_names), activation="sigmoid", dtype="float32", name=TAGS_OUTPUT)(x)
+    return keras.Model(feature_in, {category_output: category, TAGS_OUTPUT: tags}, name="head")
 
 
 def build_model(
@@ -210,8 +225,6 @@ def build_model(
     """
     categories, tag_names = list(categories), list(tag_names)
     _validate_labels(categories, tag_names, category_output)
-    if model_cfg.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {model_cfg.backbone!r}; expected one of {sorted(BACKBONES)}")
     if model_cfg.pooling == "avg_block4_5" and not model_cfg.backbone.startswith("vgg"):
         raise ValueError(
             f"pooling 'avg_block4_5' needs a VGG backbone (block4_pool/block5_pool), not {model_cfg.backbone!r}; "
@@ -235,22 +248,12 @@ def build_model(
         layer.name for layer in backbone.layers if layer.name not in ("image", "preprocess")
     ]
 
-    pooled = _pool(keras, backbone, model_cfg.pooling, model_cfg.backbone)
+    pooled = _pool(keras, backbone, model_cfg.pooling)
     # Cast to float32 so cached features are plain float32 whatever the policy.
     features = keras.layers.Activation("linear", dtype="float32", name="features")(pooled)
     feature_extractor = keras.Model(image, features, name="feature_extractor")
 
-    feature_in = keras.Input(shape=(int(features.shape[-1]),), dtype="float32", name="features")
-    # Pooled VGG activations reach the hundreds; unnormalised they saturate the head (dead ReLUs,
-    # constant outputs). BatchNorm puts every feature on a unit scale first.
-    x = keras.layers.BatchNormalization(name="head_norm")(feature_in)
-    x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout_in")(x)
-    if model_cfg.dense_units > 0:
-        x = keras.layers.Dense(model_cfg.dense_units, activation="relu", name="head_dense")(x)
-        x = keras.layers.Dropout(model_cfg.dropout, name="head_dropout")(x)
-    category = keras.layers.Dense(len(categories), activation="softmax", dtype="float32", name=category_output)(x)
-    tags = keras.layers.Dense(len(tag_names), activation="sigmoid", dtype="float32", name=TAGS_OUTPUT)(x)
-    head = keras.Model(feature_in, {category_output: category, TAGS_OUTPUT: tags}, name="head")
+    head = build_head(int(features.shape[-1]), model_cfg, categories, tag_names, category_output)
 
     augmenter = build_augmenter() if model_cfg.augment else None
     model_in = keras.Input(shape=(height, width, 3), dtype="float32", name="image")
