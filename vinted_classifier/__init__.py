@@ -2,7 +2,9 @@
 
 Stages, one module each: ``data`` (labels, schema, splits), ``pipeline`` (tf.data),
 ``demo`` (synthetic dataset), ``eda``, ``model`` (+ ``weights``, ``precision``),
-``train``, ``evaluate``, ``predict``, ``export``, ``serve``.
+``train`` (+ ``features``), ``evaluate`` (a package: metrics, figures, tables, run),
+``predict``, ``export``, ``serving`` (adapter for the ``tf_serving_compat`` server), ``client``;
+``cli`` (``vinted``, ``python -m vinted_classifier``) and ``progress`` for the command line.
 Importing the package does no work: no TensorFlow import, no weights, no policy.
 """
 
