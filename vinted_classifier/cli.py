@@ -35,7 +35,9 @@ def cmd_demo(args) -> int:
         print(f"demo data already present in {out} (use --force to regenerate)")
         return 0
     summary = generate_demo_dataset(out, scale=args.scale, seed=args.seed, force=args.force)
-    print(f"demo dataset written to {out}: {summary}")
+    print(f"demo dataset written to {out}: {summary['n_rows']} labelled rows ({summary['n_unique']} unique, "
+          f"{summary['n_duplicates']} repeated), {summary['n_test']} test items, {summary['n_images']} images "
+          f"in {summary['seconds']:.0f}s (synthetic, see {out / 'README.txt'})")
     return 0
 
 
