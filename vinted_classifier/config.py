@@ -120,15 +120,6 @@ class TrainConfig(_Strict):
     # Plan head and fine-tune epochs from step times measured at the start so the run fits this
     # many minutes (null: no budget; the epoch counts above are then used as they are).
     time_budget_minutes: float | None = Field(None, gt=0)
-    # Phase 2's learning rate rises linearly from a tenth of finetune_learning_rate over this many
-    # epochs (fresh Adam moments jolt the unfrozen block least that way); 0: no warm-up.
-    finetune_warmup_epochs: float = Field(0.0, ge=0)
-    # Bit-identical weights and metrics for two runs on the same machine (op determinism, seeded
-    # data order); slower, see docs/experiments.md.
-    deterministic: bool = False
-    # Plan head and fine-tune epochs from step times measured at the start so the run fits this
-    # many minutes (null: no budget; the epoch counts above are then used as they are).
-    time_budget_minutes: float | None = Field(None, gt=0)
     # 0: silent; 1: one short line per epoch (loss, top-1, top-2, tag F1) and progress bars on a terminal;
     # 2: also Keras's own per-batch progress bar with every metric.
     verbose: int = Field(1, ge=0, le=2)
@@ -137,19 +128,16 @@ class TrainConfig(_Strict):
 class ExportConfig(_Strict):
     model_name: str = "my_model"
     saved_model_dir: Path = PROJECT_ROOT / "model_training" / "saved_model"
+    # The dtype the exported graph computes in. float32 runs on every CPU/GPU and gets bf16/fp16
+    # speed from the serving host's mixed-precision rewrite; bfloat16 fails on AVX2-only CPUs.
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
-class TrackingConfig(_Strict):
-    """MLflow tracking of runs, searches and CV (local SQLite store unless a URI is given)."""
+class InferenceConfig(_Strict):
+    """In-process inference (``vinted predict``, the notebook): the host-aware mixed-precision rewrite."""
 
-    enabled: bool = True
-    # null: sqlite:///<output_dir>/mlruns/mlflow.db with artefacts under <output_dir>/mlruns/artifacts.
-    tracking_uri: str | None = None
-    experiment: str = "vinted"
-    # Log model.keras and each exported SavedModel as artefacts (tens of MiB per run).
-    log_models: bool = True
-    # Register exported SavedModels under this name in the MLflow model registry (null: do not register).
-    registered_model_name: str | None = None
+    # auto: bf16 on CPUs with AVX512_BF16/AMX, fp16 on GPUs with compute capability >= 7.0, else off.
+    mixed_precision_rewrite: Literal["auto", "on", "off"] = "auto"
 
 
 class TrackingConfig(_Strict):
@@ -173,6 +161,7 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")

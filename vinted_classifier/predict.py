@@ -61,14 +61,31 @@ def predict_ids(model, labels: RunLabels, ids: list[str], data_cfg: DataConfig, 
     return kept, p_cat, p_tags, report.bad
 
 
-def predict_test_set(run_dir: str | Path, *, data_dir: str | Path | None = None,
-                     out_path: str | Path = PROJECT_ROOT / "predictions.parquet",
-                     bad_images: str | None = None, batch_size: int | None = None) -> pd.DataFrame:
-    """Predict every uuid of ``test.parquet`` with a finished run; write both parquet files."""
+def load_for_inference(run_dir: str | Path, rewrite: str | None = None):
+    """A finished run's (config, labels, model) ready for inference on this host.
+
+    The model computes in float32 whatever policy trained it (a bf16 graph fails on AVX2-only
+    CPUs), and the host's mixed-precision rewrite (``inference.mixed_precision_rewrite``, or
+    ``rewrite``) brings back bf16/fp16 speed where the hardware has it.
+    """
+    from .export import model_in_precision
+    from .precision import configure_inference
     from .runs import load_run
-    from .utils import write_json, write_parquet
 
     cfg, labels, model = load_run(run_dir)
+    decision = configure_inference(rewrite or cfg.inference.mixed_precision_rewrite)
+    log.info("inference: float32 graph, %s", decision.describe())
+    return cfg, labels, model_in_precision(model, cfg.model, labels, "float32")
+
+
+def predict_test_set(run_dir: str | Path, *, data_dir: str | Path | None = None,
+                     out_path: str | Path = PROJECT_ROOT / "predictions.parquet",
+                     bad_images: str | None = None, batch_size: int | None = None,
+                     rewrite: str | None = None) -> pd.DataFrame:
+    """Predict every uuid of ``test.parquet`` with a finished run; write both parquet files."""
+    from .utils import write_json, write_parquet
+
+    cfg, labels, model = load_for_inference(run_dir, rewrite)
     updates = {k: v for k, v in {"data_dir": Path(data_dir) if data_dir else None, "bad_images": bad_images}.items() if v}
     data_cfg = cfg.data.model_copy(update=updates)
     test_ids = data.read_test_ids(data_cfg)[data_cfg.id_column].tolist()
