@@ -160,3 +160,19 @@ def test_real_server_args_pick_the_session_file_of_the_decision(mode, tmp_path):
     assert (flags["rest_api_port"], flags["port"]) == ("9001", "8501")
     assert flags["model_config_file"] == str(tmp_path.resolve() / "models.config")
     assert flags["enable_batching"] == "true" and flags["enable_model_warmup"] == "true"
+
+
+def test_cli_export_prints_precision_and_the_real_server_command(trained, tmp_path, capsys):
+    from tf_serving_compat.host import decide_rewrite
+    from vinted_classifier.cli import main
+
+    cfg, _ = trained
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(cfg.model_copy(update={"export": cfg.export.model_copy(
+        update={"saved_model_dir": tmp_path / "sm"})}).to_yaml())
+    assert main(["export", "--config", str(config_file), "--set", "tracking.enabled=false"]) == 0
+    out = capsys.readouterr().out
+    assert "graph precision: float32 (trained computing in float32)" in out
+    session_file = SESSION_FILES[decide_rewrite("auto").mode]
+    assert f"--tensorflow_session_config_file={(tmp_path / 'sm' / 'serving_config' / session_file).resolve()}" in out
+    assert (tmp_path / "sm" / "my_model" / "1" / "assets" / "export.json").is_file()
