@@ -11,7 +11,7 @@ DEMO_DIR ?= data/demo
 SERVE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo-data train evaluate predict export serve all test test-fast notebook notebook-smoke bench bench-smoke conda-list clean
+.PHONY: help venv demo-data train evaluate predict export serve all test test-fast notebook notebook-smoke bench bench-smoke conda-list clean search cv mlflow-ui
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,6 +58,22 @@ notebook: venv ## Re-run Vinted_exercise.ipynb in place with default parameters 
 
 notebook-smoke: venv ## Execute the notebook with smoke parameters into a temp file
 	$(PY) -m tools.notebook run --smoke
+
+TRIALS ?= 30
+FOLDS ?= 5
+MLFLOW_PORT ?= 5000
+
+search: demo-data ## Optuna search of the head on one feature cache (TRIALS=30; a rerun continues it)
+	$(VINTED) search --trials $(TRIALS) --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+
+cv: demo-data ## Grouped k-fold cross-validation, mean ± std (FOLDS=5)
+	$(VINTED) cv --folds $(FOLDS) --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+
+mlflow-ui: venv ## MLflow UI over model_training/mlruns on :$(MLFLOW_PORT) (installs the [mlflow-ui] extra once)
+	@$(VENV)/bin/python -c 'import mlflow.server' 2>/dev/null || $(VENV)/bin/pip install --quiet -c conda_list.txt -e ".[mlflow-ui]"
+	mkdir -p model_training/mlruns
+	$(VENV)/bin/mlflow ui --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(abspath model_training/mlruns/mlflow.db) \
+	  --default-artifact-root file://$(abspath model_training/mlruns/artifacts)
 
 bench: venv ## Full benchmarks -> docs/benchmarks.md
 	$(PY) -m bench.run_all

@@ -81,9 +81,13 @@ def _compile(bundle_model, cfg: RunConfig, prepared: data.PreparedData, learning
                   loss_weights=cfg.train.loss_weights, label_smoothing=cfg.train.label_smoothing)
 
 
-def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
-    """Phase 1 with cached features: the backbone runs once per (view of an) image, not per epoch."""
-    from .features import feature_dataset, write_feature_cache
+def cache_features(bundle, cfg: RunConfig, prepared: data.PreparedData, folder: Path,
+                   splits: tuple[str, ...] = ("train", "val")) -> dict:
+    """Frozen-backbone features of ``splits`` (train: plus augmented views) in ``folder``; reused when complete.
+
+    Phase 1 and the hyperparameter search both train heads on these files.
+    """
+    from .features import write_feature_cache
 
     started = time.perf_counter()
     category = cfg.data.category_column
@@ -93,7 +97,7 @@ def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.Prepar
     log.info("caching backbone features: %d train image(s) x %d view(s), %d val", len(prepared.paths("train")),
              1 + views, len(prepared.paths("val")))
     caches = {}
-    for split, split_views in (("train", views), ("val", 0)):
+    for split, split_views in ((s, views if s == "train" else 0) for s in splits):
         n_images = len(prepared.paths(split))
         # When the rows fit the reader's shuffle buffer, every epoch is an exact full shuffle (the
         # same batches as the uncached path). When they do not, the extraction pass shuffles the
@@ -104,10 +108,19 @@ def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.Prepar
             codes=prepared.codes(split), tags=prepared.tags(split), category_output=category,
             shuffle=shuffle, seed=cfg.seed)
         caches[split] = write_feature_cache(
-            bundle, images, run_dir / "feature_cache" / f"{split}.f32", category_output=category,
+            bundle, images, folder / f"{split}.f32", category_output=category,
             augment_views=split_views, key=dict(key, split=split, images=n_images, shuffled=shuffle))
-    log.info("cached features: train %d rows, val %d rows, dim %d in %.1fs", caches["train"].rows,
-             caches["val"].rows, caches["train"].feature_dim, time.perf_counter() - started)
+    log.info("cached features: %s rows, dim %d in %.1fs", {s: c.rows for s, c in caches.items()},
+             caches[splits[0]].feature_dim, time.perf_counter() - started)
+    return caches
+
+
+def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
+    """Phase 1 with cached features: the backbone runs once per (view of an) image, not per epoch."""
+    from .features import feature_dataset
+
+    category = cfg.data.category_column
+    caches = cache_features(bundle, cfg, prepared, run_dir / "feature_cache")
     class_weights = None
     if cfg.data.class_weights:
         class_weights = data.class_weights(prepared.codes("train"), len(prepared.vocab.categories))
@@ -239,6 +252,11 @@ def train(cfg: RunConfig) -> TrainResult:
         bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
                              category_output=cfg.data.category_column)
         log.info("weights source: %s", bundle.weights_source)
+        budget = None
+        if cfg.train.time_budget_minutes is not None:
+            from .experiments.budget import plan_run
+
+            cfg, budget = plan_run(bundle, cfg, prepared, elapsed_seconds=time.perf_counter() - started)
         history, phase_choice = _run_phases(bundle, cfg, prepared, run_dir)
     train_seconds = time.perf_counter() - started
     bundle.model.save(run_dir / "model.keras")
@@ -253,9 +271,14 @@ def train(cfg: RunConfig) -> TrainResult:
         "total_seconds": round(time.perf_counter() - started, 1), "duplicates": prepared.duplicates,
         "split_sizes": {k: len(v) for k, v in prepared.frames.items()}, "splits_file": str(prepared.splits_file),
         "image_report": prepared.image_report.describe(), "best_model": phase_choice.to_dict(),
-        "deterministic": cfg.train.deterministic,
+        "deterministic": cfg.train.deterministic, "time_budget": budget,
     })
     for stale in ("phase1.done", "phase1.weights.h5", "best_checkpoint.keras"):
         (run_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore leaves its folder, empty
-    return TrainResult(run_dir=run_dir, metrics=metrics, history=history, seconds=time.perf_counter() - started)
+    result = TrainResult(run_dir=run_dir, metrics=metrics, history=history, seconds=time.perf_counter() - started)
+    if cfg.tracking.enabled:
+        from .experiments.tracking import log_training
+
+        log_training(cfg, result)
+    return result

@@ -71,3 +71,18 @@ def test_deterministic_runs_give_bit_identical_weights(tiny_dataset, tmp_path, o
     assert first.history == second.history
     assert first.metrics == second.metrics
     assert json.loads((first.run_dir / "run.json").read_text())["deterministic"] is True
+
+
+def test_time_budget_plans_the_epochs_the_run_then_trains(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path / "budget", "train.time_budget_minutes=2", "train.head_epochs=3",
+                      "train.finetune_epochs=1", "tracking.enabled=false")
+    result = train_module.train(cfg)
+    budget = json.loads((result.run_dir / "run.json").read_text())["time_budget"]
+    plan, times = budget["plan"], budget["step_times"]
+    assert set(times) == {"backbone_seconds_per_image", "head_seconds_per_step", "finetune_seconds_per_step"}
+    assert all(v > 0 for v in times.values())
+    assert 1 <= plan["head_epochs"] <= 3 and 0 <= plan["finetune_epochs"] <= 1
+    assert plan["budget_seconds"] == pytest.approx(120 - budget["seconds_before_plan"], abs=0.06)
+    # No early stopping in the tiny run: the history is exactly the planned epochs.
+    assert len(result.history["loss"]) == plan["head_epochs"] + plan["finetune_epochs"]
+    assert "time_budget_minutes: 2" in (result.run_dir / "config.yaml").read_text(), "config.yaml keeps the request"
