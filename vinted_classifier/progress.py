@@ -68,8 +68,9 @@ def keras_callback(total_batches: int | None, desc: str):
 def epoch_line(logs: dict, *, phase: str, epoch: int, epochs: int, seconds: float, category_output: str) -> str:
     """One short line a person reads: loss (train/val), validation top-1, top-2 and mean tag F1, and time.
 
-    Tag F1 is computed per tag from Keras's validation precision and recall, then averaged over
-    tags; a value missing from ``logs`` prints as ``-``. Everything else stays in history.csv/TensorBoard.
+    Tag F1 is computed per tag from Keras's validation precision and recall (at Keras's fixed 0.5,
+    not the tuned thresholds the final evaluation uses), then averaged over tags; a value missing
+    from ``logs`` prints as ``-``. Everything else stays in history.csv/TensorBoard.
     """
     def fmt(value) -> str:
         return "-" if value is None else f"{value:.3f}"
