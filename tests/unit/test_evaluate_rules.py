@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,3 +93,21 @@ def test_tables_from_a_metrics_dict():
     assert list(tags.columns) == ["threshold", "precision", "recall", "f1", "roc_auc", "support"]
     assert tags.loc["t", "f1"] == 1.0
     assert set(slices_table(metrics).index) == {"red", "blue"}
+
+
+def test_the_rules_import_without_scikit_learn_or_matplotlib():
+    """A server adapter can use top2/binarize_tags without loading the metrics stack."""
+    code = ("import sys; from vinted_classifier.evaluate import binarize_tags, top2; "
+            "print(sorted(m for m in ('sklearn', 'matplotlib', 'tensorflow', 'pandas') if m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+def test_the_package_names_resolve_lazily_and_unknown_ones_fail():
+    import vinted_classifier.evaluate as evaluate
+
+    assert evaluate.format_report.__module__ == "vinted_classifier.evaluate.metrics"
+    assert evaluate.save_figures.__module__ == "vinted_classifier.evaluate.figures"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        evaluate.nope  # noqa: B018

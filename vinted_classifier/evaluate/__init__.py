@@ -1,39 +1,29 @@
-"""Evaluation in one place: metrics (``metrics``), figures (``figures``), notebook tables (``tables``)
-and running a model over the splits (``run``, imports TensorFlow: import it explicitly).
+"""Evaluation in one place: the decision rules (``rules``: ``top2``, ``binarize_tags``, NumPy only),
+metrics (``metrics``), figures (``figures``), notebook tables (``tables``) and running a model over
+the splits (``run``, which imports TensorFlow).
 
-``top2`` and ``binarize_tags`` are the project's only ranking and tag-threshold rules.
+Names are loaded on first use, so ``from vinted_classifier.evaluate import top2`` costs NumPy only.
 """
 
-from vinted_classifier.evaluate.figures import (
-    FIGURE_NAMES,
-    confusion_matrix_figure,
-    learning_curves_figure,
-    pr_figure,
-    roc_figure,
-    save_figures,
-    tag_confusion_figure,
-)
-from vinted_classifier.evaluate.metrics import (
-    binarize_tags,
-    evaluate_predictions,
-    format_report,
-    score_hard_predictions,
-    top2,
-    tune_thresholds,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FIGURE_NAMES",
-    "binarize_tags",
-    "confusion_matrix_figure",
-    "evaluate_predictions",
-    "format_report",
-    "learning_curves_figure",
-    "pr_figure",
-    "roc_figure",
-    "save_figures",
-    "score_hard_predictions",
-    "tag_confusion_figure",
-    "top2",
-    "tune_thresholds",
-]
+import importlib
+
+_HOMES = {
+    "binarize_tags": "rules", "top2": "rules",
+    "evaluate_predictions": "metrics", "format_report": "metrics", "score_hard_predictions": "metrics",
+    "tune_thresholds": "metrics",
+    "FIGURE_NAMES": "figures", "confusion_matrix_figure": "figures", "learning_curves_figure": "figures",
+    "pr_figure": "figures", "roc_figure": "figures", "save_figures": "figures", "tag_confusion_figure": "figures",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

@@ -4,9 +4,9 @@ Pure NumPy / scikit-learn: the model's probability arrays come in, a JSON-ready 
 comes out, so this can be tested (and rerun on saved predictions) without TensorFlow.
 Conventions used everywhere (training, prediction, the notebook, the server adapter):
 
-* :func:`top2` ranks categories, ties to the lower code (like ``tf.math.top_k``);
-* :func:`binarize_tags` is the one ``p >= threshold`` rule (thresholds come from
-  :func:`tune_thresholds` on the validation split, not a fixed 0.4);
+* :func:`top2` ranks categories, ties to the lower code (like ``tf.math.top_k``), and
+  :func:`binarize_tags` is the one ``p >= threshold`` rule (both live in ``rules.py``;
+  thresholds come from :func:`tune_thresholds` on the validation split, not a fixed 0.4);
 * metrics that are undefined (precision with nothing predicted, recall or AUC with
   no positives) are ``None`` in the result rather than a misleading 0, and macro
   averages skip them (scikit-learn's ``zero_division=np.nan`` semantics);
@@ -28,6 +28,8 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from vinted_classifier.evaluate.rules import _as_prob_matrix, _check_thresholds, binarize_tags, top2
 
 __all__ = [
     "binarize_tags",
@@ -70,17 +72,6 @@ def _as_binary_matrix(y: Any, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _as_prob_matrix(p: Any, name: str) -> np.ndarray:
-    arr = np.asarray(p, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return arr
-
-
 def _check_category_inputs(y_cat: Any, p_cat: Any, categories: Sequence[str] | None = None):
     y = np.asarray(y_cat)
     p = _as_prob_matrix(p_cat, "p_cat")
@@ -106,47 +97,6 @@ def _check_tag_inputs(y_tags: Any, p_tags: Any, tag_names: Sequence[str] | None 
     if tag_names is not None and len(tag_names) != y.shape[1]:
         raise ValueError(f"{len(tag_names)} tag names for {y.shape[1]} tag columns")
     return y, p
-
-
-def _check_thresholds(thresholds: Any, n_tags: int) -> np.ndarray:
-    thr = np.asarray(thresholds, dtype=np.float64)
-    if thr.ndim == 0:
-        thr = np.full(n_tags, float(thr))
-    if thr.shape != (n_tags,):
-        raise ValueError(f"thresholds must have shape ({n_tags},), got {thr.shape}")
-    if not np.isfinite(thr).all():
-        raise ValueError("thresholds contain NaN or inf")
-    return thr
-
-
-def binarize_tags(probabilities: Any, thresholds: Any) -> np.ndarray:
-    """Tag flags [N, T] as int64 0/1: ``p >= threshold``, per tag. The one place this rule lives.
-
-    The comparison runs in the probabilities' float dtype (float32 model outputs compare
-    against float32 thresholds, as the SavedModel graph does); anything else in float64.
-    """
-    p = np.asarray(probabilities)
-    dtype = p.dtype if p.dtype in (np.float32, np.float64) else np.float64
-    p = p.astype(dtype, copy=False)
-    if p.ndim != 2:
-        raise ValueError(f"tag probabilities must be 2-D [N, T], got shape {p.shape}")
-    thr = _check_thresholds(thresholds, p.shape[1]).astype(dtype)
-    return (p >= thr[None, :]).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- top-2
-
-
-def top2(p_cat: Any) -> np.ndarray:
-    """Codes of the most and second most likely category per row, shape [N, 2].
-
-    Ties go to the lower code (stable sort on ``-p``), so the answer does not depend on
-    the sort implementation; prediction code uses the same helper.
-    """
-    p = _as_prob_matrix(p_cat, "p_cat")
-    if p.shape[1] < 2:
-        raise ValueError("top2 needs at least two categories")
-    return np.argsort(-p, axis=1, kind="stable")[:, :2].astype(np.int64)
 
 
 # --------------------------------------------------------------------------- thresholds
