@@ -27,6 +27,7 @@ from starlette.responses import Response
 from . import tensor_json as tj
 from .batching import Batcher
 from .errors import ServingError, invalid
+from .images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image, release_freed_memory
 from .versions import DEFAULT_SIGNATURE, LoadedVersion, ModelRegistry, SignatureInfo
 
 log = logging.getLogger("tf_serving_compat")
@@ -40,6 +41,7 @@ STATUS_RE = re.compile(rf"/v1/models(?:/{_NAME})?{_VERSION_OR_LABEL}(?:/(metadat
 V1_RE = re.compile(r"/v1/", re.IGNORECASE)
 _INT64_MAX = 2**63 - 1
 _INLINE_PARSE_BYTES = 256 * 1024  # bigger bodies are parsed in a worker thread
+_TRIM_AFTER_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -49,7 +51,8 @@ class ServeOptions:
     default_model: str
     timeout_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    image_decode_pixels: int = DEFAULT_DECODE_PIXELS
     max_instances: int = 1024
     model_threads: int = 4
 
@@ -83,32 +86,13 @@ class ExtraRoute:
 
     ``pattern`` must fullmatch the path; ``endpoint(serving, request, match, ctx)`` is awaited
     and returns a Response. It may use ``serving.read_body``, ``serving.resolve``,
-    ``serving.execute`` and ``serving.check_image_bytes`` and raise ``ServingError``/``HttpError``,
+    ``serving.execute`` and ``serving.prepare_image`` and raise ``ServingError``/``HttpError``,
     which are answered in TF Serving's error shape.
     """
 
     pattern: re.Pattern
     methods: frozenset[str]
     endpoint: Any
-
-
-def check_image_bytes(data: bytes, max_pixels: int) -> None:
-    """Refuse images whose header announces more than ``max_pixels`` (decompression bombs).
-
-    Only the header is read. Bytes PIL cannot identify are left to the graph, whose
-    decode error is what TF Serving would answer.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Image.DecompressionBombError as exc:
-        raise invalid(f"Image too large: {exc}") from None
-    except Exception:  # noqa: BLE001 - unknown formats are the graph's call
-        return
-    if width * height > max_pixels:
-        raise invalid(f"Image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
 
 
 class ServingApp:
@@ -167,6 +151,8 @@ class ServingApp:
             log.exception("Unhandled error for %s %s", request.method, scope.get("path"))
             response = json_response(tj.error_json(f"Internal error: {type(exc).__name__}"), 500)
         await response(scope, receive, send)
+        if ctx["bytes_in"] > _TRIM_AFTER_BYTES:
+            release_freed_memory()  # big bodies leave freed pages in glibc's arenas otherwise
         if self.metrics is not None and ctx.get("api"):
             code = "OK" if response.status_code == 200 else ctx.get("code", response.status_code)
             self.metrics.observe_request(ctx["api"], ctx["model"], code, time.perf_counter() - started)
@@ -316,14 +302,15 @@ class ServingApp:
         self._check_images(info, inputs)
 
     def _check_images(self, info: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
+        """Encoded image inputs: refuse bombs, hand big images to the graph already shrunk."""
         for alias, array in inputs.items():
             if info.inputs[alias].dtype == "DT_STRING" and "image" in alias.lower():
-                for value in array.reshape(-1):
-                    self.check_image_bytes(value)
+                for index in np.ndindex(array.shape):
+                    array[index] = self.prepare_image(array[index])
 
-    def check_image_bytes(self, data: bytes) -> None:
-        """Refuse images announcing more than ``--max_image_pixels`` (header only)."""
-        check_image_bytes(data, self.options.max_image_pixels)
+    def prepare_image(self, data: bytes) -> bytes:
+        """One encoded image as the graph should get it (``images.prepare_image``); 400 above the limit."""
+        return prepare_image(data, self.options.max_image_pixels, self.options.image_decode_pixels)
 
     def submit(self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray],
                api: str = "predict") -> concurrent.futures.Future:

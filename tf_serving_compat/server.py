@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from .app import ExtraRoute, ServeOptions, ServingApp
+from .images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, bound_heap_retention
 from .versions import ModelRegistry, ModelSpecConfig, VersionPolicy, parse_model_config_file, version_loader
 
 log = logging.getLogger("tf_serving_compat")
 
 DEFAULT_GRPC_PORT = 8500  # TF Serving's default; --port=0 switches gRPC off
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-# An image at this many pixels costs at most about 64 MiB of extra server memory (docs/serving.md).
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 # tensorflow_model_server flags that this server accepts but does not act on: name -> value type.
 # (Implemented flags are declared in build_parser.) Passing one logs a warning once.
@@ -65,7 +64,7 @@ IGNORED_REAL_FLAGS: dict[str, type] = {
     "use_tflite_model": bool,
 }
 # Flags that only this server has (never passed to the real binary).
-OWN_FLAGS = ("host", "max_body_bytes", "max_image_pixels", "max_instances", "log_level",
+OWN_FLAGS = ("host", "max_body_bytes", "max_image_pixels", "image_decode_pixels", "max_instances", "log_level",
              "mixed_precision_rewrite")
 
 
@@ -125,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="413 (REST) / RESOURCE_EXHAUSTED (gRPC) above this (default 64 MiB)")
     p.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="refuse images whose header announces more pixels")
+                   help="refuse images whose header announces more pixels (default 12 MP: <= 64 MiB extra memory)")
+    p.add_argument("--image_decode_pixels", type=int, default=DEFAULT_DECODE_PIXELS,
+                   help="bigger images are decoded small by the server and reach the graph shrunk to this")
     p.add_argument("--max_instances", type=int, default=1024, help="max batch size of one request")
     p.add_argument("--log_level", default="INFO")
     for name, kind in IGNORED_REAL_FLAGS.items():
@@ -208,6 +209,7 @@ def build_app(
     rest_api_timeout_in_ms: int = 30000,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    image_decode_pixels: int = DEFAULT_DECODE_PIXELS,
     max_instances: int = 1024,
     model_threads: int | None = None,
     intra_op_threads: int = 0,
@@ -234,6 +236,7 @@ def build_app(
         intra_op_threads = intra_op_threads or session.intra_op_threads
         inter_op_threads = inter_op_threads or session.inter_op_threads
     _configure_tensorflow(intra_op_threads, inter_op_threads)
+    bound_heap_retention()
     decision = None
     if mixed_precision_rewrite is not None or session is not None:
         from .host import apply_rewrite
@@ -264,6 +267,7 @@ def build_app(
         timeout_s=rest_api_timeout_in_ms / 1000.0,
         max_body_bytes=max_body_bytes,
         max_image_pixels=max_image_pixels,
+        image_decode_pixels=image_decode_pixels,
         max_instances=max_instances,
         model_threads=model_threads or max(4, os.cpu_count() or 1),
     )
@@ -395,6 +399,7 @@ def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple =
             rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
             max_body_bytes=args.max_body_bytes,
             max_image_pixels=args.max_image_pixels,
+            image_decode_pixels=args.image_decode_pixels,
             max_instances=args.max_instances,
             model_threads=args.rest_api_num_threads,
             intra_op_threads=args.tensorflow_intra_op_parallelism,

@@ -339,7 +339,12 @@ def json_to_array(value: Any, dtype: str) -> np.ndarray:
         for child in node:
             fill(child, level + 1)
 
-    fill(value, 0)
+    try:
+        fill(value, 0)
+    finally:
+        # ``fill`` refers to itself through its closure cell: a reference cycle that would keep
+        # ``flat`` (the request's decoded bytes, megabytes for an image) alive until the cyclic GC.
+        del fill
     np_dtype = DTYPES[dtype][0] if dtype in DTYPES else object
     if np_dtype is object:
         array = np.empty(len(flat), dtype=object)

@@ -11,6 +11,7 @@ Two things live here, because they know about this project and the generic serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -54,7 +55,7 @@ async def predict_image(serving, request, match, ctx: dict):
                            f"Signature {DEFAULT_SIGNATURE} of {name} does not take one encoded image input")
     if not data:
         raise invalid(f"Empty image: send it as multipart field 'file' {_UPLOAD_HINT}")
-    serving.check_image_bytes(data)
+    data = await asyncio.get_running_loop().run_in_executor(serving.executor, serving.prepare_image, data)
     array = np.empty(1, dtype=object)
     array[0] = data
     outputs = await serving.execute(loaded, info, {aliases[0]: array})

@@ -276,7 +276,7 @@ def test_bad_base64_row_format(client):
 def test_decompression_bomb_is_refused_before_the_graph(client):
     response = client.post(PREDICT, json={"instances": [b64(png_header_only(8000, 6000))]})
     assert response.status_code == 400
-    assert error_of(response) == "Image of 8000x6000 pixels exceeds the limit of 40000000 pixels"
+    assert error_of(response) == "Image of 8000x6000 pixels exceeds the limit of 12000000 pixels"
 
 
 def test_instances_cap(client):
