@@ -21,6 +21,8 @@ from pathlib import Path
 
 from . import data, pipeline, progress
 from .config import RunConfig
+from .distributed import barrier, cluster_from_env, local_model, make_strategy, shard_by_data, worker_run_dir
+from .distributed import scope as distribution_scope
 from .utils import package_versions, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,10 @@ def _image_dataset(cfg: RunConfig, prepared: data.PreparedData, split: str, *, t
     if training and cfg.data.class_weights:
         per_class = data.class_weights(prepared.codes(split), len(prepared.vocab.categories))
         weights = per_class[prepared.codes(split)]
-    return pipeline.make_dataset(
+    return shard_by_data(pipeline.make_dataset(
         prepared.paths(split), image_size=cfg.model.image_size, batch_size=cfg.train.batch_size,
         codes=prepared.codes(split), tags=prepared.tags(split), category_output=cfg.data.category_column,
-        sample_weights=weights, shuffle=training, seed=cfg.seed)
+        sample_weights=weights, shuffle=training, seed=cfg.seed))
 
 
 def _compile(bundle_model, cfg: RunConfig, prepared: data.PreparedData, learning_rate: float) -> None:
@@ -127,9 +129,9 @@ def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.Prepar
     common = dict(batch_size=cfg.train.batch_size, category_output=category)
     _compile(bundle.head, cfg, prepared, cfg.train.head_learning_rate)
     history = bundle.head.fit(
-        feature_dataset(caches["train"], shuffle_buffer=cfg.train.feature_shuffle_buffer, seed=cfg.seed,
-                        class_weights=class_weights, **common),
-        validation_data=feature_dataset(caches["val"], **common),
+        shard_by_data(feature_dataset(caches["train"], shuffle_buffer=cfg.train.feature_shuffle_buffer,
+                                      seed=cfg.seed, class_weights=class_weights, **common)),
+        validation_data=shard_by_data(feature_dataset(caches["val"], **common)),
         epochs=cfg.train.head_epochs, callbacks=_callbacks(cfg, run_dir, "head", checkpoint=False),
         shuffle=False, verbose=_keras_verbose(cfg))  # the datasets shuffle themselves
     return history.history
@@ -214,19 +216,6 @@ def _jsonable(history: dict) -> dict:
     return {key: [float(v) for v in values] for key, values in history.items()}
 
 
-def distribution_scope(hardware: dict):
-    """MirroredStrategy's scope when several GPUs exist (one copy per GPU), else a no-op scope."""
-    import contextlib
-
-    import tensorflow as tf
-
-    if len(hardware.get("gpus", [])) > 1:
-        strategy = tf.distribute.MirroredStrategy()
-        log.info("training on %d GPUs with MirroredStrategy", strategy.num_replicas_in_sync)
-        return strategy.scope()
-    return contextlib.nullcontext()
-
-
 @progress.quiet_when_not_verbose
 def train(cfg: RunConfig) -> TrainResult:
     """Train, pick the best epoch, tune thresholds, evaluate; write everything to the run folder."""
@@ -237,7 +226,9 @@ def train(cfg: RunConfig) -> TrainResult:
     from .precision import detect_hardware, resolve_precision, set_precision
 
     started = time.perf_counter()
-    run_dir = cfg.run_dir
+    cluster = cluster_from_env()  # TF_CONFIG; the strategy must exist before any other TensorFlow op
+    strategy = make_strategy(cluster)
+    run_dir = worker_run_dir(cfg.run_dir, cluster)  # only the chief writes cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     set_seed(cfg.seed, deterministic=cfg.train.deterministic)
@@ -248,7 +239,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
     prepared = data.prepare(cfg.data, cfg.seed)
     log.info("data: %s; splits %s", prepared.duplicates, {k: len(v) for k, v in prepared.frames.items()})
-    with distribution_scope(hardware):
+    with distribution_scope(strategy, hardware):
         bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
                              category_output=cfg.data.category_column)
         log.info("weights source: %s", bundle.weights_source)
@@ -259,8 +250,13 @@ def train(cfg: RunConfig) -> TrainResult:
             cfg, budget = plan_run(bundle, cfg, prepared, elapsed_seconds=time.perf_counter() - started)
         history, phase_choice = _run_phases(bundle, cfg, prepared, run_dir)
     train_seconds = time.perf_counter() - started
+    if not cluster.is_chief:  # trained in sync with the chief, which writes the run; drop the scratch folder
+        shutil.rmtree(run_dir, ignore_errors=True)
+        barrier(strategy)  # until the chief has written the run
+        return TrainResult(run_dir=cfg.run_dir, metrics={}, history=history, seconds=train_seconds)
     bundle.model.save(run_dir / "model.keras")
-    metrics, labels = evaluate_splits(bundle.model, cfg, prepared, figures_dir=run_dir / "figures", history=history)
+    evaluated = local_model(bundle.model, run_dir / "model.keras", strategy)  # chief only: no collectives
+    metrics, labels = evaluate_splits(evaluated, cfg, prepared, figures_dir=run_dir / "figures", history=history)
     labels.save(run_dir / "labels.json")
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "history.json", _jsonable(history))
@@ -276,6 +272,7 @@ def train(cfg: RunConfig) -> TrainResult:
     for stale in ("phase1.done", "phase1.weights.h5", "best_checkpoint.keras"):
         (run_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "backup", ignore_errors=True)  # BackupAndRestore leaves its folder, empty
+    barrier(strategy)  # the other workers wait for the run to be written
     result = TrainResult(run_dir=run_dir, metrics=metrics, history=history, seconds=time.perf_counter() - started)
     if cfg.tracking.enabled:
         from .experiments.tracking import log_training
