@@ -24,7 +24,8 @@ from pathlib import Path
 
 from bench import harness
 
-BENCHMARKS = ("precision", "pipeline", "frozen", "predict", "serve", "memory", "backbones", "export_precision")
+BENCHMARKS = ("precision", "pipeline", "frozen", "predict", "serve", "memory", "backbones", "export_precision",
+              "beam")
 DOCS = harness.PROJECT / "docs" / "benchmarks.md"
 RESULTS = harness.BENCH_DIR / "results" / "latest.json"
 
@@ -153,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(RESULTS.read_text())
         merged = {n: previous["benchmarks"][n] for n in BENCHMARKS if n in previous.get("benchmarks", {})}
         merged.update(report["benchmarks"])
+        if previous.get("machine") and previous["machine"] != report["machine"]:
+            # The header's machine stays the one most sections were measured on; a benchmark
+            # re-measured elsewhere carries its own machine (its rows' notes name it).
+            for result in report["benchmarks"].values():
+                result["machine"] = report["machine"]
+            report["machine"] = previous["machine"]
         report["benchmarks"] = {n: merged[n] for n in BENCHMARKS if n in merged}
         report["command"] = f"{previous.get('command')}; then {command}"
         report["total_seconds"] = round(sum(b.get("seconds", 0) for b in report["benchmarks"].values()), 1)
