@@ -159,10 +159,13 @@ def test_exported_outputs_are_float32_under_every_policy(policy, tmp_path, reset
     from vinted_classifier.model import build_model
 
     keras.mixed_precision.set_global_policy(policy)
-    bundle = build_model(ModelConfig(backbone="vgg16", weights="none", image_height=32, image_width=32,
-                                     pooling="avg", dense_units=8, augment=False), ["A", "B", "C"], ["x", "y"])
+    model_cfg = ModelConfig(backbone="vgg16", weights="none", image_height=32, image_width=32,
+                            pooling="avg", dense_units=8, augment=False)
+    bundle = build_model(model_cfg, ["A", "B", "C"], ["x", "y"])
     labels = RunLabels("cc3", ["A", "B", "C"], ["x", "y"], [0.5, 0.4], (32, 32))
-    version = export.export_saved_model(bundle.model, labels, tmp_path, "m")
+    version = export.export_saved_model(bundle.model, labels, tmp_path, "m", model_cfg=model_cfg)
+    # The default export computes in float32 whatever policy built the model.
+    assert export.compute_op_dtypes(version) == {"Conv2D": {"float32"}, "MatMul": {"float32"}}
     loaded = tf.saved_model.load(str(version))
     for name in ("serving_default", "serving_pixels"):
         outputs = loaded.signatures[name].structured_outputs
