@@ -65,7 +65,7 @@ IGNORED_REAL_FLAGS: dict[str, type] = {
 }
 # Flags that only this server has (never passed to the real binary).
 OWN_FLAGS = ("host", "max_body_bytes", "max_image_pixels", "image_decode_pixels", "max_instances", "log_level",
-             "mixed_precision_rewrite")
+             "mixed_precision_rewrite", "http_stack")
 
 
 def default_model_base_path() -> Path:
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_decode_pixels", type=int, default=DEFAULT_DECODE_PIXELS,
                    help="bigger images are decoded small by the server and reach the graph shrunk to this")
     p.add_argument("--max_instances", type=int, default=1024, help="max batch size of one request")
+    p.add_argument("--http_stack", choices=("auto", "asyncio"), default="auto",
+                   help="auto: uvloop + httptools when installed; asyncio: the stdlib loop + h11 (ours)")
     p.add_argument("--log_level", default="INFO")
     for name, kind in IGNORED_REAL_FLAGS.items():
         if kind is bool:
@@ -463,8 +465,9 @@ def _run_rest(serving: ServingApp, args: argparse.Namespace, received: list[int]
         previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
                     for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        stack = {"loop": "asyncio", "http": "h11"} if args.http_stack == "asyncio" else {"loop": "auto", "http": "auto"}
         uvicorn.run(serving.app, host=args.host, port=args.rest_api_port, access_log=False,
-                    log_level="warning", timeout_graceful_shutdown=30, lifespan="on")
+                    log_level="warning", timeout_graceful_shutdown=30, lifespan="on", **stack)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
