@@ -18,7 +18,7 @@ def test_search_resumes_from_its_storage_and_writes_a_runnable_config(tiny_datas
     import mlflow
     import optuna
 
-    cfg = tiny_config(tiny_dataset, tmp_path / "runs", "train.head_epochs=2")
+    cfg = tiny_config(tiny_dataset, tmp_path / "runs", "train.head_epochs=2", "tracking.enabled=true")
     first = run_search(cfg, 3, name="s")
     folder = tmp_path / "runs" / "s"
     assert first.folder == folder and first.finished_trials == 3
