@@ -68,13 +68,19 @@ def test_beam_direct_runner_writes_what_vinted_predict_writes(exported, tmp_path
 def test_cli_runner_options_reach_beam_and_bad_input_is_named(exported, tmp_path, capsys):
     from vinted_classifier.cli import main
 
-    cfg, _, version, _, _, _ = exported
+    cfg, _, version, ids, corrupt, missing = exported
     bad = tmp_path / "ids.parquet"
     pd.DataFrame({"item": ["a", "b"]}).to_parquet(bad)
     common = ["predict", "--set", f"output_dir={cfg.output_dir}", "--set", f"data.data_dir={cfg.data.data_dir}",
               "--saved-model", str(version.parent), "--runner", "DirectRunner"]
     assert main([*common, "--input", str(bad), "--out", str(tmp_path / "p.parquet")]) == 2
     assert f"{bad}: missing column 'uuid'; found ['item']" in capsys.readouterr().err
+    out = tmp_path / "cli" / "predictions.parquet"
+    assert main([*common, "--mixed-precision-rewrite", "off", "--out", str(out), "--direct_num_workers=1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("DONE: {'images_read': 8, 'images_scored': 7, 'images_rejected': 2}"), printed
+    assert pd.read_parquet(out)["uuid"].tolist() == [u for u in ids if u not in (corrupt, missing)]
+    assert pd.read_parquet(out.with_name("predictions_rejected.parquet"))["uuid"].tolist() == [corrupt, missing]
     with pytest.raises(SystemExit):
         main(["predict", "--direct_num_workers=2"])  # Beam options without --runner are an error
     assert "unrecognized arguments: --direct_num_workers=2" in capsys.readouterr().err
