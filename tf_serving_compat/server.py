@@ -378,6 +378,32 @@ def start_line(serving: ServingApp) -> list[str]:
     return lines
 
 
+def app_from_args(args: argparse.Namespace, extra_routes: list[ExtraRoute] | tuple = ()) -> ServingApp:
+    """``build_app`` from parsed command-line flags (what ``main`` serves)."""
+    return build_app(
+        model_name=args.model_name,
+        model_base_path=args.model_base_path,
+        model_config_file=args.model_config_file,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        max_body_bytes=args.max_body_bytes,
+        max_image_pixels=args.max_image_pixels,
+        image_decode_pixels=args.image_decode_pixels,
+        max_instances=args.max_instances,
+        model_threads=args.rest_api_num_threads,
+        intra_op_threads=args.tensorflow_intra_op_parallelism,
+        inter_op_threads=args.tensorflow_inter_op_parallelism,
+        extra_routes=extra_routes,
+        enable_model_warmup=args.enable_model_warmup,
+        num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+        mixed_precision_rewrite=args.mixed_precision_rewrite,
+        session_config_file=args.tensorflow_session_config_file,
+        monitoring_config_file=args.monitoring_config_file,
+    )
+
+
 def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple = ()) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code.
 
@@ -391,28 +417,7 @@ def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple =
         log.error("--rest_api_port cannot be same as --port")
         return 2
     try:
-        serving = build_app(
-            model_name=args.model_name,
-            model_base_path=args.model_base_path,
-            model_config_file=args.model_config_file,
-            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-            enable_batching=args.enable_batching,
-            batching_parameters_file=args.batching_parameters_file,
-            rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
-            max_body_bytes=args.max_body_bytes,
-            max_image_pixels=args.max_image_pixels,
-            image_decode_pixels=args.image_decode_pixels,
-            max_instances=args.max_instances,
-            model_threads=args.rest_api_num_threads,
-            intra_op_threads=args.tensorflow_intra_op_parallelism,
-            inter_op_threads=args.tensorflow_inter_op_parallelism,
-            extra_routes=extra_routes,
-            enable_model_warmup=args.enable_model_warmup,
-            num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
-            mixed_precision_rewrite=args.mixed_precision_rewrite,
-            session_config_file=args.tensorflow_session_config_file,
-            monitoring_config_file=args.monitoring_config_file,
-        )
+        serving = app_from_args(args, extra_routes)
     except (OSError, ValueError) as exc:
         log.error("Cannot start: %s", exc)
         return 2

@@ -162,3 +162,32 @@ def test_vinted_serve_without_serving_files_passes_model_flags(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(recorded.read_text()) == ["--port=8500", "--rest_api_port=9000", "--model_base_path",
                                                 str(base), "--model_name=my_model"]
+
+
+def test_our_server_serves_the_real_binarys_flags_from_the_exports_serving_files(tmp_path):
+    """The flags `vinted serve` gives tensorflow_model_server also run our server, files and all."""
+    from serve_helpers import V1_BIAS, b64, install_version, template
+    from starlette.testclient import TestClient
+
+    from tf_serving_compat.host import RewriteDecision
+    from tf_serving_compat.server import app_from_args, build_parser, start_line
+    from vinted_classifier.serving_files import real_server_args, write_serving_config
+
+    saved_model_dir = tmp_path / "saved_model"
+    install_version(template(V1_BIAS), saved_model_dir / "my_model", 1)
+    config_dir = write_serving_config(saved_model_dir, "my_model")
+    flags = real_server_args(config_dir, RewriteDecision("off", "test host"), 9123, 8123)
+    args = build_parser().parse_args(flags)
+    app = app_from_args(args)
+    try:
+        assert app.batcher is not None and app.batcher.params.max_batch_size == 32
+        assert app.metrics is not None and app.metrics.path == "/monitoring/prometheus/metrics"
+        assert app.rewrite.mode == "off"  # session_default.config sets no toggle: our decision for this host
+        assert start_line(app)[0].startswith("Serving model my_model versions [1] from ")
+        with TestClient(app.app) as c:
+            response = c.post("/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())]})
+            assert response.status_code == 200 and len(response.json()["predictions"][0]["cc3"]) == 4
+            metrics = c.get("/monitoring/prometheus/metrics").text
+            assert ':tensorflow:serving:request_count{model_name="my_model",status="OK"} 1.0' in metrics
+    finally:
+        app.close()
