@@ -1,8 +1,8 @@
 """REST and gRPC at N concurrent clients vs the in-process SavedModel; first-request latency with and
 without SavedModel warmup. Numbers go to docs/benchmarks.md (section "Serving protocols").
 
-    python -m bench.serve_protocols                 # exports the bench model (VGG19, 160x128) once
-    python -m bench.serve_protocols --smoke         # seconds: tiny model, few requests
+    python -m bench.run_all --only serve_protocols  # writes docs/benchmarks.md (bench_serve_protocols.py)
+    python -m bench.serve_protocols [--smoke]       # raw JSON only
 
 The load generator is a separate process that costs the server as little CPU as possible:
 REST is plain HTTP/1.1 keep-alive over asyncio streams (uvloop when installed) with the request
@@ -238,6 +238,67 @@ def first_request(server: Server, body: bytes, steady: int) -> dict:
     return {"first_ms": times[0], "steady_ms": statistics.median(times[1:])}
 
 
+def measure(work: Path, smoke: bool, clients: int = 16, per_client: int | None = None,
+            rounds: int | None = None) -> dict:
+    """Export the bench model into ``work`` and measure everything; returns the raw results."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    per_client = per_client or (2 if smoke else 4)
+    rounds = rounds or (1 if smoke else 3)
+    version_dir, jpegs = export_bench_model(work, smoke)
+    images_dir = work / "images"
+    images_dir.mkdir()
+    for i, jpeg in enumerate(jpegs):
+        (images_dir / f"{i:03d}.jpeg").write_bytes(jpeg)
+    rest_body = json.dumps({"instances": [{"b64": base64.b64encode(jpegs[0]).decode()}]}).encode()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "my_model"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(np.array([jpegs[0]], dtype=object)))
+    (work / "rest.json").write_bytes(rest_body)
+    (work / "grpc.bin").write_bytes(request.SerializeToString())
+    base = version_dir.parent
+    kinds = ("rest", "grpc") if smoke else ("rest", "grpc", "rest_asyncio_h11")
+    results: dict = {"clients": clients, "per_client": per_client, "rounds": rounds, "inprocess": [],
+                     **{kind: [] for kind in kinds}}
+    servers = {"auto": Server(base, work / "server.log", "--http_stack=auto")}
+    if "rest_asyncio_h11" in kinds:
+        servers["asyncio"] = Server(base, work / "server-asyncio.log", "--http_stack=asyncio")
+    targets = {"rest": (servers["auto"], "rest", "rest.json"), "grpc": (servers["auto"], "grpc", "grpc.bin"),
+               "rest_asyncio_h11": (servers.get("asyncio"), "rest", "rest.json")}
+    try:
+        for server in servers.values():
+            server.wait_available()
+            _child(["loadgen", "rest", "127.0.0.1", str(server.rest), str(work / "rest.json"), "2", "2"])  # warm
+        for _ in range(rounds):
+            results["inprocess"].append(_child(["inprocess", str(version_dir), str(images_dir), str(clients),
+                                                str(per_client)]))
+            for kind in kinds:
+                server, protocol, payload = targets[kind]
+                port = server.rest if protocol == "rest" else server.grpc
+                cpu_before = server.cpu_s()
+                run = _child(["loadgen", protocol, "127.0.0.1", str(port), str(work / payload), str(clients),
+                              str(per_client)])
+                run["server_cpu_s"] = server.cpu_s() - cpu_before
+                run["loadgen_cpu_share"] = run["cpu_s"] / (run["cpu_s"] + run["server_cpu_s"])
+                results[kind].append(run)
+    finally:
+        for server in servers.values():
+            server.stop()
+    warmup = {}
+    for enabled in ("true", "false"):
+        server = Server(base, work / f"server-warmup-{enabled}.log", f"--enable_model_warmup={enabled}")
+        try:
+            available_s = server.wait_available()
+            warmup[enabled] = {"available_s": available_s, **first_request(server, rest_body, 2 if smoke else 8)}
+        finally:
+            server.stop()
+    results["warmup"] = warmup
+    results["kinds"] = list(kinds)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["loadgen"]:
@@ -251,67 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    per_client = args.per_client or (2 if args.smoke else 4)
-    rounds = args.rounds or (1 if args.smoke else 2)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-    import tensorflow as tf
-
     with tempfile.TemporaryDirectory(prefix="serve-protocols-") as tmp:
-        work = Path(tmp)
-        version_dir, jpegs = export_bench_model(work, args.smoke)
-        images_dir = work / "images"
-        images_dir.mkdir()
-        for i, jpeg in enumerate(jpegs):
-            (images_dir / f"{i:03d}.jpeg").write_bytes(jpeg)
-        rest_body = json.dumps({"instances": [{"b64": base64.b64encode(jpegs[0]).decode()}]}).encode()
-        from tensorflow_serving.apis import predict_pb2
-
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "my_model"
-        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(np.array([jpegs[0]], dtype=object)))
-        (work / "rest.json").write_bytes(rest_body)
-        (work / "grpc.bin").write_bytes(request.SerializeToString())
-        base = version_dir.parent
-        results: dict = {"clients": args.clients, "per_client": per_client, "rounds": rounds,
-                         "inprocess": [], "rest": [], "grpc": []}
-        servers = {"auto": Server(base, work / "server.log", "--http_stack=auto"),
-                   "asyncio": Server(base, work / "server-asyncio.log", "--http_stack=asyncio")}
-        results["rest_asyncio_h11"] = []
-        try:
-            for server in servers.values():
-                server.wait_available()
-                _child(["loadgen", "rest", "127.0.0.1", str(server.rest), str(work / "rest.json"), "2", "2"])  # warm
-            for _ in range(rounds):
-                results["inprocess"].append(_child(["inprocess", str(version_dir), str(images_dir),
-                                                    str(args.clients), str(per_client)]))
-                for kind, server, port, payload in (
-                        ("rest", servers["auto"], servers["auto"].rest, "rest.json"),
-                        ("grpc", servers["auto"], servers["auto"].grpc, "grpc.bin"),
-                        ("rest_asyncio_h11", servers["asyncio"], servers["asyncio"].rest, "rest.json")):
-                    cpu_before = server.cpu_s()
-                    run = _child(["loadgen", kind.split("_")[0], "127.0.0.1", str(port), str(work / payload),
-                                  str(args.clients), str(per_client)])
-                    run["server_cpu_s"] = server.cpu_s() - cpu_before
-                    run["loadgen_cpu_share"] = run["cpu_s"] / (run["cpu_s"] + run["server_cpu_s"])
-                    results[kind].append(run)
-        finally:
-            for server in servers.values():
-                server.stop()
-        warmup = {}
-        for enabled in ("true", "false"):
-            server = Server(base, work / f"server-warmup-{enabled}.log", f"--enable_model_warmup={enabled}")
-            try:
-                available_s = server.wait_available()
-                warmup[enabled] = {"available_s": available_s, **first_request(server, rest_body, 5)}
-            finally:
-                server.stop()
-        results["warmup"] = warmup
-    kinds = ("rest", "grpc", "rest_asyncio_h11")
-    summary = {kind: statistics.median(r["ok"] / r["wall_s"] for r in results[kind]) for kind in ("inprocess", *kinds)}
-    results["images_per_s"] = summary
-    results["ratio_vs_inprocess"] = {k: summary[k] / summary["inprocess"] for k in kinds}
-    results["loadgen_cpu_share"] = {k: statistics.median(r["loadgen_cpu_share"] for r in results[k]) for k in kinds}
+        results = measure(Path(tmp), args.smoke, args.clients, args.per_client, args.rounds)
     text = json.dumps(results, indent=1)
     print(text)
     if args.json:
