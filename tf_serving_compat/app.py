@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import io
 import json
 import logging
 import re
@@ -28,7 +27,7 @@ from . import tensor_json as tj
 from .batching import Batcher
 from .errors import ServingError, invalid
 from .images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image, release_freed_memory
-from .versions import DEFAULT_SIGNATURE, LoadedVersion, ModelRegistry, SignatureInfo
+from .versions import LoadedVersion, ModelRegistry, SignatureInfo
 
 log = logging.getLogger("tf_serving_compat")
 access_log = logging.getLogger("tf_serving_compat.access")
