@@ -6,8 +6,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_tiny_dataset
-from run_fixtures import tiny_config
+from helpers import tiny_config, write_tiny_dataset
 
 pytest.importorskip("apache_beam", reason="the [beam] extra is not installed")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from run_fixtures import tiny_config
+from helpers import tiny_config
 from vinted_classifier import train as train_module
 from vinted_classifier.config import PROJECT_ROOT
 from vinted_classifier.experiments import tracking

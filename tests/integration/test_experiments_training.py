@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from run_fixtures import tiny_config
+from helpers import tiny_config
 from vinted_classifier import train as train_module
 from vinted_classifier.runs import load_run
 

@@ -10,8 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import write_tiny_dataset
-from run_fixtures import tiny_config
+from helpers import tiny_config, write_tiny_dataset
 from vinted_classifier import data, export, pipeline
 from vinted_classifier.runs import load_run, predict_probabilities
 from vinted_classifier.serving_files import SESSION_FILES, real_server_args, write_serving_config

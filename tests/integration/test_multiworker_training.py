@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_tiny_dataset
+from helpers import write_tiny_dataset
 from vinted_classifier.distributed import ClusterInfo, cluster_from_env, worker_run_dir
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ WORKER = """
 import sys
 sys.path[:0] = [{tests!r}]
 from pathlib import Path
-from run_fixtures import tiny_config
+from helpers import tiny_config
 from vinted_classifier.train import train
 cfg = tiny_config(Path({data!r}), Path({out!r}), "train.finetune_epochs=1", "tracking.enabled=false")
 train(cfg)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from run_fixtures import tiny_config
+from helpers import tiny_config
 from vinted_classifier import train as train_module
 from vinted_classifier.runs import RunLabels, load_run
 

@@ -13,8 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_tiny_dataset
-from run_fixtures import tiny_config
+from helpers import tiny_config, write_tiny_dataset
 from vinted_classifier import data, export, pipeline, predict
 from vinted_classifier.runs import RunLabels, load_run, predict_probabilities
 

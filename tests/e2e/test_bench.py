@@ -15,7 +15,7 @@ import pytest
 
 from bench import harness, run_all
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def test_interleaved_alternates_order_and_counts_rounds():
