@@ -19,7 +19,7 @@ trains for a few epochs on them, tag thresholds are tuned on val (`evaluate.tune
 — only its size and speed are. Non-VGG backbones use `pooling=avg` (`avg_block4_5` is VGG-only).
 The SavedModel is `parameters x 4 bytes` (float32 variables whatever the policy) plus under 1 MB of
 graph: `export.py` saves a `tf.Module` with `tf.saved_model.save`, which stores each variable once
-(Keras's `ExportArchive` stores each twice, keras-team/keras#23553; `tests/test_predict_export.py`
+(Keras's `ExportArchive` stores each twice, keras-team/keras#23553; `tests/integration/test_predict_export.py`
 checks the count).
 """
 

@@ -40,7 +40,7 @@ tens of percent from one run to the next (the 1-minute load average before/after
 listed; above the core count means contention). Ratios measured in one run are much steadier, but a
 ratio near its goal can still flip between runs; re-run a benchmark alone with
 `python -m bench.run_all --only NAME` before drawing conclusions. Images/s are per process on all
-usable cores. No timing is asserted in any test (`tests/test_bench.py` only checks that smoke mode
+usable cores. No timing is asserted in any test (`tests/e2e/test_bench.py` only checks that smoke mode
 produces well-formed, positive results).
 
 When the command line below chains `--only` runs, those benchmarks were re-measured after the full

@@ -39,7 +39,8 @@ def start_server(cfg: RunConfig, port: int = 9000, timeout: float = 300.0) -> su
             raise RuntimeError(f"port {port} is already in use: stop that server or run with -p port=<free port>")
 
     base = Path(cfg.export.saved_model_dir) / cfg.export.model_name
-    command = [sys.executable, "-m", "vinted_classifier.cli", "serve", f"--rest_api_port={port}",
+    # REST only (--port=0: no gRPC), so a notebook's server never collides with a service on 8500.
+    command = [sys.executable, "-m", "vinted_classifier.cli", "serve", f"--rest_api_port={port}", "--port=0",
                f"--model_name={cfg.export.model_name}", f"--model_base_path={base}"]
     log_file = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
