@@ -128,6 +128,7 @@ def test_serving_files_parse_with_the_real_protos(tmp_path):
     from tensorflow_serving.config import model_server_config_pb2
 
     from tf_serving_compat.batching import parse_batching_parameters
+    from tf_serving_compat.monitoring import parse_monitoring_config
 
     folder = write_serving_config(tmp_path / "sm", "my_model")
     on = rewriter_config_pb2.RewriterConfig.ON
@@ -146,7 +147,8 @@ def test_serving_files_parse_with_the_real_protos(tmp_path):
     params = parse_batching_parameters((folder / "batching.config").read_text())
     assert (params.max_batch_size, params.batch_timeout_micros) == (32, 1000)
     assert max(export.WARMUP_BATCH_SIZES) == params.max_batch_size  # warm-up covers the full batch
-    assert 'path: "/monitoring/prometheus/metrics"' in (folder / "monitoring.config").read_text()
+    monitoring = parse_monitoring_config((folder / "monitoring.config").read_text())
+    assert (monitoring.enable, monitoring.path) == (True, "/monitoring/prometheus/metrics")
 
 
 @pytest.mark.parametrize("mode", ["off", "bf16", "fp16"])
