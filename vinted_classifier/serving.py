@@ -91,6 +91,8 @@ def describe_prediction(model: str, version: int, labels: dict | None, outputs: 
     """Top-2 categories and tag decisions for one image, named from labels.json."""
     from tf_serving_compat.errors import ServingError
 
+    from .evaluate.rules import binarize_tags, top2
+
     labels = labels or {}
     category_key = labels.get("category_output", "cc3")
     probabilities = outputs.get(category_key)
@@ -99,7 +101,7 @@ def describe_prediction(model: str, version: int, labels: dict | None, outputs: 
     probabilities = np.asarray(probabilities[0], dtype=np.float32)
     categories = labels.get("categories") or []
     codes = outputs.get("top2_codes")
-    codes = [int(c) for c in codes[0]] if codes is not None else [int(c) for c in np.argsort(-probabilities)[:2]]
+    codes = [int(c) for c in (codes[0] if codes is not None else top2(probabilities[None])[0])]
     names = outputs.get("top2_names")
     top2 = []
     for rank, code in enumerate(codes):
@@ -116,8 +118,9 @@ def describe_prediction(model: str, version: int, labels: dict | None, outputs: 
         tag_names = labels.get("tags") or [f"tag_{i}" for i in range(len(tag_probs))]
         thresholds = labels.get("thresholds") or [0.5] * len(tag_probs)
         flags = outputs.get("tag_flags")
+        flags = flags[0] if flags is not None else binarize_tags(tag_probs[None], thresholds)[0]
         for i, probability in enumerate(tag_probs):
-            present = bool(flags[0][i]) if flags is not None else bool(probability >= thresholds[i])
+            present = bool(flags[i])
             tags[tag_names[i] if i < len(tag_names) else f"tag_{i}"] = {
                 "probability": probability, "present": present}
     return {"model": model, "version": str(version), "top2": top2, "tags": tags}
