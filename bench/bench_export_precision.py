@@ -21,6 +21,14 @@ graph loaded after switching on `auto_mixed_precision_onednn_bfloat16`), *bf16 g
 raises (oneDNN has no bf16 primitive below AVX-512) is reported as failing. The row compares what the
 product does by default on that host — the float32 graph plus `decide_rewrite("auto")` — with the
 fastest variant that runs there (goal ≥ 0.95×).
+
+Measured here on an AMD EPYC with AVX2 only (no AVX-512, no bf16 units; the report header names the
+machine of the full run). On this CPU the caps at or above AVX2 change nothing, the bf16 graph does
+not fail with TensorFlow 2.21 (unlike an Intel CPU capped at AVX2) and neither it nor the
+rewrite is faster: all three variants are equal within the run's noise (±8% under a load average of
+2–3 on 2 cores), so the one row under 0.95× is noise, not a slower default. The figures from a CPU
+with AMX (float32 13.3 img/s, bf16 graph 26.5, float32 + rewrite 26.6; bf16 graph 4.9 under
+`AVX512_CORE`, failing under `AVX2`) are in docs/export.md.
 """
 
 CHILD = r"""
