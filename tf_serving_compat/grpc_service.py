@@ -364,7 +364,9 @@ def start_grpc_server(serving: Any, host: str, port: int, max_threads: int | Non
                ("grpc.max_send_message_length", INT32_MAX),
                ("grpc.so_reuseport", 0)]
     options += parse_channel_arguments(channel_arguments)
-    workers = max_threads or max(4, os.cpu_count() or 1)
+    # TF Serving's default: 4 threads per core. Handlers mostly wait on the model or the batcher, and
+    # fewer threads than concurrent clients would keep requests from reaching the batch queue.
+    workers = max_threads or 4 * (os.cpu_count() or 1)
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
                          handlers=_service_handlers(serving), options=options)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

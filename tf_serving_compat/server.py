@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rest_api_num_threads", type=int, default=None,
                    help="threads running model calls without batching (default: max(4, cores))")
     p.add_argument("--grpc_max_threads", type=int, default=None,
-                   help="gRPC handler threads (default: max(4, cores))")
+                   help="gRPC handler threads (default: 4 x cores, as tensorflow_model_server)")
     p.add_argument("--grpc_channel_arguments", default="",
                    help="comma-separated key=value gRPC server channel arguments")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0)
