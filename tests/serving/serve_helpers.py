@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import shutil
+import socket
 import tempfile
 import warnings
 from pathlib import Path
@@ -176,3 +177,10 @@ def write_warmup_file(version_dir: Path, requests: list[tuple[str, dict[str, np.
                 request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
             writer.write(record.SerializeToString())
     return path
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for the servers the tests start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

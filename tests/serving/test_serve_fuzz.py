@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 
 import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
+from serve_helpers import free_port, IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
 
 N_REST, N_GRPC = 2000, 500
 REST_SENT: list[int | None] = []
@@ -113,12 +112,6 @@ content_type = st.sampled_from([b"application/json", b"text/plain", b"multipart/
 content_length = st.sampled_from([None, "exact", "-1", "abc", "99999999999999999999", "0", "1 2", "+5"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory):
     """The app as ``vinted serve`` builds it (generic + /predict_image, metrics on), its gRPC server."""
@@ -134,7 +127,7 @@ def fuzz_stack(tmp_path_factory):
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
     app = build_project_app(model_base_path=base, file_system_poll_wait_seconds=0, max_body_bytes=64 * 1024,
                             monitoring_config_file=monitoring)
-    server = start_grpc_server(app, "127.0.0.1", _free_port())
+    server = start_grpc_server(app, "127.0.0.1", free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
     loop = asyncio.new_event_loop()
     try:

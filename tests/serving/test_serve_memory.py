@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from serve_helpers import V1_BIAS, install_version, jpeg_bytes, template
+from serve_helpers import free_port, V1_BIAS, install_version, jpeg_bytes, template
 
 from tf_serving_compat.images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image
 
@@ -58,14 +58,6 @@ def test_prepare_image_shrinks_big_images_and_keeps_small_ones():
         prepare_image(big, 1000)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_image_at_the_pixel_limit_costs_at_most_64_mib(tmp_path):
     import psutil
 
@@ -76,7 +68,7 @@ def test_image_at_the_pixel_limit_costs_at_most_64_mib(tmp_path):
     assert width * height <= DEFAULT_MAX_IMAGE_PIXELS < (width + 1) * (height + 1)
     bodies = {fmt: json.dumps({"instances": [{"b64": base64.b64encode(photo_like(width, height, fmt)).decode()}]})
               for fmt in ("PNG", "JPEG")}
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "tf_serving_compat.server", "--port=0",

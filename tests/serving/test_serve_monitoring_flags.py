@@ -6,24 +6,17 @@ import asyncio
 import json
 import logging
 import re
-import socket
 
 import grpc
 import numpy as np
 import pytest
-from serve_helpers import V1_BIAS, b64, install_version, jpeg_bytes, template
+from serve_helpers import free_port, V1_BIAS, b64, install_version, jpeg_bytes, template
 from starlette.testclient import TestClient
 
 from tf_serving_compat.batching import BatchingParameters
 from tf_serving_compat.server import IGNORED_REAL_FLAGS, ConfigFilePoller, build_app, build_parser, warn_ignored_flags
 
 METRICS = "/monitoring/prometheus/metrics"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sample(text: str, name: str, **labels) -> float:
@@ -50,7 +43,7 @@ def test_metrics_count_exactly_the_requests_sent(tmp_path):
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}')
     app = build_app(model_base_path=base, file_system_poll_wait_seconds=0, monitoring_config_file=monitoring,
                     enable_batching=True, batching_parameters=BatchingParameters(max_batch_size=8, num_batch_threads=1))
-    server = start_grpc_server(app, "127.0.0.1", _free_port())
+    server = start_grpc_server(app, "127.0.0.1", free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
     try:
         with TestClient(app.app) as c:

@@ -14,18 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
+from serve_helpers import free_port, IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
 
 PROJECT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env() -> dict:
@@ -50,7 +42,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> N
 def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
     base = tmp_path / "my_model"
     install_version(template(V1_BIAS), base, 1)
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
