@@ -23,12 +23,18 @@ each other, which the in-process baseline does not pay for. **Warmup**: a fresh 
 `--enable_model_warmup=true` / `false`; *first* is the first request's latency after the model is AVAILABLE,
 *steady* the median of the next 8 sequential requests; *available* is the time from process start.
 
-Reading it: the model call dominates (about 4 s per image at 16-way concurrency on 2 cores), so the HTTP
-stack hardly matters: uvloop + httptools vs the stdlib asyncio + h11 is within noise, and on this shared
-machine the REST/gRPC ratios move by about ±0.1 from run to run (a standalone run of the same script just
-before this one gave REST 0.77×, gRPC 0.90×, REST asyncio + h11 0.90×). Warmup moves the first request's
-extra cost (tracing, oneDNN primitive creation) into loading: the version becomes AVAILABLE later, and its
-first request costs about what a steady-state one does.
+**Heap settings**: the in-process baseline runs with glibc's defaults; two more in-process runs per round
+apply the server's `bound_heap_retention` (mmap threshold 8 MiB, trim threshold 32 MiB) and the setting the
+server had before (mmap threshold 1 MiB, which also pins the trim threshold at glibc's 128 KiB). The old one
+made every model call return its activations to the OS and page-fault them in again: it cost about 20% of
+throughput, in-process and in the server alike, and was most of the gap this section used to show (REST
+0.77–0.89×, gRPC 0.83–0.90× in earlier runs).
+
+Reading it: the model call dominates (about 0.25 s of CPU per image), so the protocol hardly matters;
+what remains between REST, gRPC and in-process is the noise of 2 shared cores: single rounds move by
+±10%, which is why this bench runs 7 rounds. Warmup moves the first request's extra cost (tracing, oneDNN
+primitive creation) into loading: the version becomes AVAILABLE later, and its first request costs about
+what a steady-state one does.
 """
 
 
@@ -59,6 +65,14 @@ def run(ctx: harness.Context) -> list[dict]:
                                 ratio=harness.median(paired), goal=goals[kind], samples=values,
                                 note=f"{where if not rows else ''}p50 {p50:.0f} ms, p99 {p99:.0f} ms; load generator "
                                      f"{100 * harness.median(shares):.0f}% of the CPU used"))
+    heap_labels = {"server": "in-process, the server's heap settings (mmap 8 MiB, trim 32 MiB)",
+                   "mmap_1mib": "in-process, the server's previous heap setting (mmap 1 MiB, trim 128 KiB)"}
+    for heap in results["heaps"]:
+        values = rates(f"inprocess_heap_{heap}")
+        rows.append(harness.row(name, heap_labels[heap], harness.median(values), "img/s",
+                                baseline_name="in-process, glibc defaults", baseline_value=harness.median(base),
+                                ratio=harness.median([v / b for v, b in zip(values, base)]), samples=values,
+                                note="16 threads; tf_serving_compat.images.bound_heap_retention"))
     on, off = results["warmup"]["true"], results["warmup"]["false"]
     for label, record in (("warmup on", on), ("warmup off", off)):
         rows.append(harness.row(name, f"first request, {label}", record["first_ms"], "ms",

@@ -108,11 +108,20 @@ def loadgen_main(argv: list[str]) -> int:
     return 0
 
 
+# glibc heap settings for the in-process runs: the allocator's defaults, the server's, and the
+# server's before it set the trim threshold (every allocation >= 1 MiB mmapped, 128 KiB trim).
+HEAP_SETTINGS = {"default": None, "server": (), "mmap_1mib": (1024 * 1024, 128 * 1024)}
+
+
 def inprocess_main(argv: list[str]) -> int:
-    """Child: ``inprocess VERSION_DIR IMAGES_DIR CLIENTS PER_CLIENT`` -> one JSON line (img/s)."""
-    version_dir, images_dir, clients, per_client = argv
+    """Child: ``inprocess VERSION_DIR IMAGES_DIR CLIENTS PER_CLIENT HEAP`` -> one JSON line (img/s)."""
+    version_dir, images_dir, clients, per_client, heap = argv
     clients, per_client = int(clients), int(per_client)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if HEAP_SETTINGS[heap] is not None:
+        from tf_serving_compat.images import bound_heap_retention
+
+        assert bound_heap_retention(*HEAP_SETTINGS[heap]), "mallopt failed"
     import tensorflow as tf
 
     images = [p.read_bytes() for p in sorted(Path(images_dir).glob("*.jpeg"))]
@@ -246,7 +255,7 @@ def measure(work: Path, smoke: bool, clients: int = 16, per_client: int | None =
     from tensorflow_serving.apis import predict_pb2
 
     per_client = per_client or (2 if smoke else 4)
-    rounds = rounds or (1 if smoke else 3)
+    rounds = rounds or (1 if smoke else 7)
     version_dir, jpegs = export_bench_model(work, smoke)
     images_dir = work / "images"
     images_dir.mkdir()
@@ -260,8 +269,9 @@ def measure(work: Path, smoke: bool, clients: int = 16, per_client: int | None =
     (work / "grpc.bin").write_bytes(request.SerializeToString())
     base = version_dir.parent
     kinds = ("rest", "grpc") if smoke else ("rest", "grpc", "rest_asyncio_h11")
+    heaps = ("server",) if smoke else ("server", "mmap_1mib")
     results: dict = {"clients": clients, "per_client": per_client, "rounds": rounds, "inprocess": [],
-                     **{kind: [] for kind in kinds}}
+                     **{kind: [] for kind in kinds}, **{f"inprocess_heap_{heap}": [] for heap in heaps}}
     servers = {"auto": Server(base, work / "server.log", "--http_stack=auto")}
     if "rest_asyncio_h11" in kinds:
         servers["asyncio"] = Server(base, work / "server-asyncio.log", "--http_stack=asyncio")
@@ -273,7 +283,10 @@ def measure(work: Path, smoke: bool, clients: int = 16, per_client: int | None =
             _child(["loadgen", "rest", "127.0.0.1", str(server.rest), str(work / "rest.json"), "2", "2"])  # warm
         for _ in range(rounds):
             results["inprocess"].append(_child(["inprocess", str(version_dir), str(images_dir), str(clients),
-                                                str(per_client)]))
+                                                str(per_client), "default"]))
+            for heap in heaps:
+                results[f"inprocess_heap_{heap}"].append(_child(["inprocess", str(version_dir), str(images_dir),
+                                                                 str(clients), str(per_client), heap]))
             for kind in kinds:
                 server, protocol, payload = targets[kind]
                 port = server.rest if protocol == "rest" else server.grpc
@@ -296,6 +309,7 @@ def measure(work: Path, smoke: bool, clients: int = 16, per_client: int | None =
             server.stop()
     results["warmup"] = warmup
     results["kinds"] = list(kinds)
+    results["heaps"] = list(heaps)
     return results
 
 
