@@ -10,7 +10,9 @@ bytes built once, parsing only the status line and Content-Length; gRPC is ``grp
 the request serialized once (raw bytes in, raw bytes out). Its CPU time and the server's are read
 with psutil, and the generator's share of the two is reported. The in-process baseline calls the
 SavedModel's ``serving_default`` from N threads, one image per call (the work the server does
-per request without batching). Baseline, REST and gRPC alternate round by round.
+per request without batching), under glibc's default heap settings; the same run under the
+server's heap settings (and its previous ones) shows what those cost. Baseline, REST and gRPC
+alternate round by round.
 """
 
 from __future__ import annotations
