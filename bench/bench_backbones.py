@@ -69,7 +69,8 @@ def run(ctx: harness.Context) -> list[dict]:
             prepared.codes("holdout"), probs["holdout"][0], prepared.tags("holdout").astype(np.int64),
             probs["holdout"][1], categories=categories, tag_names=tags, thresholds=np.asarray(thresholds))
         labels = RunLabels(category, categories, tags, [float(t) for t in thresholds], cfg.model.image_size)
-        version = export_saved_model(bundle.model, labels, ctx.work / "saved_model", name, version=1)
+        version = export_saved_model(bundle.model, labels, ctx.work / "saved_model", name, version=1,
+                                     model_cfg=cfg.model)
         saved_mb = sum(f.stat().st_size for f in version.rglob("*") if f.is_file()) / 2**20
         facts[name] = {"params": params, "saved_mb": saved_mb, "weights": bundle.weights_source.split(":")[0],
                        "top1": metrics["top1_accuracy"], "top2": metrics["top2_accuracy"],

@@ -93,7 +93,7 @@ def run(ctx: harness.Context) -> list[dict]:
         bundle = build_model(cfg.model, categories, tags, category_output=cfg.data.category_column)
     labels = RunLabels(cfg.data.category_column, categories, tags, [0.5] * len(tags), cfg.model.image_size)
     base = ctx.work / "saved_model"
-    version_dir = export_saved_model(bundle.model, labels, base, "my_model", version=1)
+    version_dir = export_saved_model(bundle.model, labels, base, "my_model", version=1, model_cfg=cfg.model)
     saved_mb = sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file()) / 2**20
     del bundle
 

@@ -16,7 +16,9 @@ request. The **load generator** is a separate process built to cost the server l
 HTTP/1.1 keep-alive over asyncio streams (uvloop) with the request bytes built once, reading only the status
 line and Content-Length; gRPC is `grpc.aio` with the request serialized once. Its CPU share is its CPU time
 over its own plus the server's during the run (psutil). The **in-process** baseline calls the same SavedModel's
-`serving_default` from 16 threads, one image per call, in a fresh process. Baseline, REST, gRPC (and REST on
+`serving_default` from 16 threads, one image per call, in a fresh process, after the same host-aware
+mixed-precision rewrite decision the server makes at start (`tf_serving_compat.host.configure_rewrite("auto")`:
+bf16 on a CPU with AVX512_BF16/AMX, off on AVX2), so both sides run the same graph. Baseline, REST, gRPC (and REST on
 the stdlib asyncio + h11 stack, from a second server) alternate round by round; ratios are medians of
 per-round ratios. All of it runs on the same 2 shared cores, so the generator and the server compete with
 each other, which the in-process baseline does not pay for. **Warmup**: a fresh server with
@@ -49,7 +51,9 @@ def run(ctx: harness.Context) -> list[dict]:
 
     base = rates("inprocess")
     machine = harness.machine()
-    where = f"measured on {machine['cpu_model']} ({machine['usable_cores']} cores); "
+    rewrite = results["inprocess"][0]["rewrite"]
+    where = (f"measured on {machine['cpu_model']} ({machine['usable_cores']} cores), mixed-precision rewrite "
+             f"{rewrite} in server and baseline alike; ")
     rows = []
     goals = {"rest": 0.85, "grpc": 0.9, "rest_asyncio_h11": None}
     labels = {"rest": "REST, 16 clients (uvloop + httptools)", "grpc": "gRPC, 16 clients",

@@ -10,7 +10,8 @@ bytes built once, parsing only the status line and Content-Length; gRPC is ``grp
 the request serialized once (raw bytes in, raw bytes out). Its CPU time and the server's are read
 with psutil, and the generator's share of the two is reported. The in-process baseline calls the
 SavedModel's ``serving_default`` from N threads, one image per call (the work the server does
-per request without batching), under glibc's default heap settings; the same run under the
+per request without batching), with the server's mixed-precision rewrite decision for this host,
+under glibc's default heap settings; the same run under the
 server's heap settings (and its previous ones) shows what those cost. Baseline, REST and gRPC
 alternate round by round.
 """
@@ -126,6 +127,12 @@ def inprocess_main(argv: list[str]) -> int:
         assert bound_heap_retention(*HEAP_SETTINGS[heap]), "mallopt failed"
     import tensorflow as tf
 
+    from tf_serving_compat.host import configure_rewrite
+
+    # The server's own start-up decision (--mixed_precision_rewrite=auto), so that on a bf16 CPU both
+    # sides run the same bf16-rewritten graph and the ratio measures the protocol, not the precision.
+    rewrite = configure_rewrite("auto").mode
+
     images = [p.read_bytes() for p in sorted(Path(images_dir).glob("*.jpeg"))]
     signature = tf.saved_model.load(version_dir).signatures["serving_default"]
     for image in images[:2]:
@@ -148,7 +155,8 @@ def inprocess_main(argv: list[str]) -> int:
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    print(json.dumps({"ok": len(latencies), "wall_s": wall, "p50_ms": 1000 * statistics.median(latencies)}))
+    print(json.dumps({"ok": len(latencies), "wall_s": wall, "p50_ms": 1000 * statistics.median(latencies),
+                      "rewrite": rewrite}))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,23 @@ def reference_dir() -> Path:
     if not (REFERENCE / "data.parquet").is_file():
         pytest.skip(f"reference Vinted label files not found at {REFERENCE} (they live in ../shared, beside the repo)")
     return REFERENCE
+
+
+@pytest.fixture(autouse=True)
+def float32_graphs_between_tests():
+    """Each test starts with TensorFlow's auto-mixed-precision rewrites off.
+
+    In-process inference (``predict_test_set``, the server's app) switches on the host's rewrite
+    for the rest of the process: bf16 on a CPU with AVX512_BF16/AMX. Left on, it would turn the next
+    test's float32 comparisons into bf16 ones on such hosts only. Tests that never imported
+    TensorFlow do not pay for importing it here.
+    """
+    yield
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        from tf_serving_compat.host import GRAPPLER_OPTION
+
+        tf.config.optimizer.set_experimental_options({option: False for option in GRAPPLER_OPTION.values()})
 
 
 @pytest.fixture()

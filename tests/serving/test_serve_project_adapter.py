@@ -169,7 +169,7 @@ def test_our_server_serves_the_real_binarys_flags_from_the_exports_serving_files
     from serve_helpers import V1_BIAS, b64, install_version, template
     from starlette.testclient import TestClient
 
-    from tf_serving_compat.host import RewriteDecision
+    from tf_serving_compat.host import RewriteDecision, decide_rewrite
     from tf_serving_compat.server import app_from_args, build_parser, start_line
     from vinted_classifier.serving_files import real_server_args, write_serving_config
 
@@ -182,7 +182,9 @@ def test_our_server_serves_the_real_binarys_flags_from_the_exports_serving_files
     try:
         assert app.batcher is not None and app.batcher.params.max_batch_size == 32
         assert app.metrics is not None and app.metrics.path == "/monitoring/prometheus/metrics"
-        assert app.rewrite.mode == "off"  # session_default.config sets no toggle: our decision for this host
+        # session_default.config sets no toggle, so our server's host-aware decision stands
+        # (bf16 on a CPU with AVX512_BF16/AMX, off on AVX2).
+        assert app.rewrite.mode == decide_rewrite("auto").mode
         assert start_line(app)[0].startswith("Serving model my_model versions [1] from ")
         with TestClient(app.app) as c:
             response = c.post("/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())]})
