@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from bench import harness
 
@@ -15,47 +16,89 @@ The same VGG19 weights exported twice through `export.export_saved_model`: a flo
 default) and a bfloat16 graph (`export.precision=bfloat16`). Each oneDNN ISA cap runs in its own child
 process (`ONEDNN_MAX_CPU_ISA` is read once, when oneDNN starts): `AVX2` (many AMD servers, laptops),
 `AVX512_CORE` (AVX-512 without bf16: most cloud x86 servers), and no cap (this machine as it is).
-In each child three variants are loaded through `tf.saved_model.load` and called on the same 16 demo
-JPEGs through `serving_default`, alternating call by call: *float32*, *float32 + rewrite* (the float32
-graph loaded after switching on `auto_mixed_precision_onednn_bfloat16`), *bf16 graph*. A variant that
+Under each cap three variants run, each in its own child process (a SavedModel loaded a second time in
+one process reuses functions optimised at its first load, so a rewrite switched on in between would
+silently not apply), on the same 16 demo JPEGs through `serving_default`, alternating call by call:
+*float32*, *float32 + rewrite* (the float32 graph loaded after switching on
+`auto_mixed_precision_onednn_bfloat16`), *bf16 graph*. A variant that
 raises (oneDNN has no bf16 primitive below AVX-512) is reported as failing. The row compares what the
 product does by default on that host — the float32 graph plus `decide_rewrite("auto")` — with the
 fastest variant that runs there (goal ≥ 0.95×).
 
-Measured here on an AMD EPYC with AVX2 only (no AVX-512, no bf16 units; the report header names the
-machine of the full run). On this CPU the caps at or above AVX2 change nothing, the bf16 graph does
-not fail with TensorFlow 2.21 (unlike an Intel CPU capped at AVX2) and neither it nor the
-rewrite is faster: all three variants are equal within the run's noise (±8% under a load average of
-2–3 on 2 cores), so the one row under 0.95× is noise, not a slower default. The figures from a CPU
-with AMX (float32 13.3 img/s, bf16 graph 26.5, float32 + rewrite 26.6; bf16 graph 4.9 under
-`AVX512_CORE`, failing under `AVX2`) are in docs/export.md.
+Measured on an AMD EPYC with AVX512_BF16 and no AMX (2026-12-01; the report header names the machine of
+the full run), all three caps in one run: uncapped, the float32 graph with the host's rewrite runs at the
+bf16 graph's speed and 1.8× float32; under `AVX512_CORE` the bf16 graph and the forced rewrite fall to a third
+of float32; under `AVX2` both fail ("Graph execution error"), as on Intel. So the float32 export with
+`decide_rewrite("auto")` is the fastest choice, or within noise of it, on every one of these hosts, and the
+only one that runs on all of them. The figures from an Intel CPU with AMX (float32 13.3 img/s, bf16 graph
+26.5, float32 + rewrite 26.6; bf16 graph 4.9 under `AVX512_CORE`, failing under `AVX2`) are in
+docs/export.md. An earlier run on an AMD EPYC without bf16 units (2026-11-22) found the three variants
+equal within noise there; it loaded all variants in one process, which (found on 2026-12-01) can leave the
+rewrite variant running the float32 functions, so its rewrite column is not evidence either way.
 """
 
+# One process per variant: loading the same SavedModel a second time in one process reuses the
+# functions TensorFlow optimised at the first load, so a rewrite switched on in between is not applied
+# (measured: "float32 + rewrite" then runs at float32 speed). Each child loads its variant, warms it,
+# says ready, then times one call per "run" line on stdin, so the parent can alternate the variants.
 CHILD = r"""
-import json, sys, time, traceback
+import json, sys, time
 import tensorflow as tf
 from tf_serving_compat.host import RewriteDecision, apply_rewrite, decide_rewrite
-float32_dir, bf16_dir, files, repeats = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
-batch = tf.constant([open(f, "rb").read() for f in files])
+path, mode, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 auto = decide_rewrite("auto")
-variants, errors = {}, {}
-for name, path, mode in [("float32", float32_dir, "off"), ("float32 + rewrite", float32_dir, "bf16"),
-                         ("bf16 graph", bf16_dir, "off")]:
-    apply_rewrite(RewriteDecision(mode, "benchmark"))  # functions are optimised at their first call
-    try:
-        fn = tf.saved_model.load(path).signatures["serving_default"]
-        fn(image_bytes=batch)["cc3"].numpy()
-        variants[name] = fn
-    except Exception as error:  # noqa: BLE001
-        errors[name] = str(error).strip().splitlines()[0][:160]
-times = {name: [] for name in variants}
-for index in range(repeats):
-    for name in (list(variants) if index % 2 == 0 else list(variants)[::-1]):
-        started = time.perf_counter()
-        variants[name](image_bytes=batch)["cc3"].numpy()
-        times[name].append(time.perf_counter() - started)
-print(json.dumps({"times": times, "errors": errors, "auto": auto.mode, "auto_reason": auto.reason}))
+apply_rewrite(RewriteDecision(mode, "benchmark"))  # before the load: functions are optimised at first call
+batch = tf.constant([open(f, "rb").read() for f in files])
+try:
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    fn(image_bytes=batch)["cc3"].numpy()
+except Exception as error:  # noqa: BLE001
+    print(json.dumps({"error": str(error).strip().splitlines()[0][:160]}), flush=True)
+    raise SystemExit(0)
+print(json.dumps({"ready": True, "auto": auto.mode, "auto_reason": auto.reason}), flush=True)
+for line in sys.stdin:
+    started = time.perf_counter()
+    fn(image_bytes=batch)["cc3"].numpy()
+    print(json.dumps({"s": time.perf_counter() - started}), flush=True)
 """
+VARIANTS = (("float32", "float32", "off"), ("float32 + rewrite", "float32", "bf16"), ("bf16 graph", "bfloat16", "off"))
+
+
+def measure_isa(exports: dict, files: list[str], repeats: int, env: dict) -> dict:
+    """Start one child per variant under ``env``, alternate timed calls between them; times and errors."""
+    children, errors, auto = {}, {}, None
+    try:
+        for name, precision, mode in VARIANTS:
+            log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - a file, so a chatty child never blocks on a pipe
+            child = subprocess.Popen([sys.executable, "-c", CHILD, str(exports[precision]), mode, json.dumps(files)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            first = child.stdout.readline()
+            if not first:
+                child.wait(60)
+                log.seek(0)
+                raise RuntimeError(f"{name} child failed: {log.read()[-1500:]}")
+            status = json.loads(first)
+            if "error" in status:
+                errors[name] = status["error"]
+                child.wait(60)
+                continue
+            children[name] = child
+            auto = auto or status
+        times = {name: [] for name in children}
+        for index in range(repeats):
+            for name in (list(children) if index % 2 == 0 else list(children)[::-1]):
+                children[name].stdin.write("run\n")
+                children[name].stdin.flush()
+                times[name].append(json.loads(children[name].stdout.readline())["s"])
+    finally:
+        for child in children.values():
+            child.stdin.close()
+            child.wait(60)
+    if auto is None:
+        raise RuntimeError(f"no variant runs: {errors}")
+    return {"times": times, "errors": errors, "auto": auto["auto"], "auto_reason": auto["auto_reason"]}
+
+
 ISAS = ("AVX2", "AVX512_CORE", None)
 
 
@@ -78,11 +121,10 @@ def run(ctx: harness.Context) -> list[dict]:
     for isa in ISAS:
         env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
         env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})})
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(exports["float32"]), str(exports["bfloat16"]),
-                               json.dumps(files), str(repeats)], capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ISA {isa or 'default'} child failed: {proc.stderr[-1500:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        try:
+            result = measure_isa(exports, files, repeats, env)
+        except RuntimeError as error:
+            raise RuntimeError(f"ISA {isa or 'default'}: {error}") from None
         rates = {name: [len(files) / t for t in samples] for name, samples in result["times"].items()}
         medians = {name: harness.median(values) for name, values in rates.items()}
         fastest = max(medians, key=medians.get)

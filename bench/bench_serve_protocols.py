@@ -32,7 +32,12 @@ made every model call return its activations to the OS and page-fault them in ag
 throughput, in-process and in the server alike, and was most of the gap this section used to show (REST
 0.77–0.89×, gRPC 0.83–0.90× in earlier runs).
 
-Reading it: the model call dominates (about 0.25 s of CPU per image), so the protocol hardly matters;
+History: on an AMD EPYC without bf16 units (2026-11-22, rewrite off) the same bench gave REST 0.97× and
+gRPC 1.06× at 7.6 img/s in-process; on an AMD EPYC with AVX512_BF16 (2026-12-01, rewrite bf16 on both
+sides) REST 0.99× and gRPC 1.00× at 20.7 img/s: with a cheaper model call the protocol's share of each
+request grows, and the ratios still held. (Two CPUs: the absolute figures are not a ratio.)
+
+Reading it: the model call dominates (0.1–0.25 s of CPU per image on these CPUs), so the protocol matters little;
 what remains between REST, gRPC and in-process is the noise of 2 shared cores: single rounds move by
 ±10%, which is why this bench runs 7 rounds. Warmup moves the first request's extra cost (tracing, oneDNN
 primitive creation) into loading: the version becomes AVAILABLE later, and its first request costs about
