@@ -17,7 +17,7 @@ and served by `python -m tf_serving_compat.server` (what `vinted serve` runs) on
 `serve_load.run_load` (N client threads, one image per request, b64 JPEG, `serving_default`).
 Payloads are real demo test JPEGs. The in-process baseline calls the same SavedModel's
 `serving_default` signature (`tf.saved_model.load`) in this process, one call per batch of 1 or 16
-images; server and baseline never run at the same time, and they alternate round by round.
+images, after the same host-aware mixed-precision rewrite decision the server makes at start; server and baseline never run at the same time, and they alternate round by round.
 Batching: `max_batch_size 16`, `batch_timeout_micros 5000`, `num_batch_threads 1` (2 cores: one
 batch at a time already uses both). A lone request waits out the batch timeout, which is why the
 1-client row pays it in latency; a 20 ms timeout (fuller batches from closed-loop clients) is measured
@@ -77,12 +77,16 @@ def run(ctx: harness.Context) -> list[dict]:
     import tensorflow as tf
 
     from bench import serve_load
+    from tf_serving_compat.host import configure_rewrite
     from vinted_classifier import data, pipeline
     from vinted_classifier.export import export_saved_model
     from vinted_classifier.model import build_model
     from vinted_classifier.precision import use_precision
     from vinted_classifier.runs import RunLabels
 
+    # The server's start-up decision (--mixed_precision_rewrite=auto), made before this process runs
+    # any graph: on a bf16 CPU baseline and server then both run the bf16-rewritten graph.
+    rewrite = configure_rewrite("auto").mode
     cfg = harness.bench_config(ctx)
     categories, tags = harness.vocabulary(cfg)
     ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()[:ctx.pick(64, 8)]
@@ -204,7 +208,7 @@ def run(ctx: harness.Context) -> list[dict]:
             ratio=harness.median(paired), goal=goal, samples=rate(rest),
             note=f"REST p50 {harness.median([x['p50'] for x in lat]):.0f} ms, p99 "
                  f"{harness.median([x['p99'] for x in lat]):.0f} ms; in-process per call p50 {pct(in_lat, 50):.0f} ms, "
-                 f"p99 {pct(in_lat, 99):.0f} ms; {errors} errors; {repeats} rounds"))
+                 f"p99 {pct(in_lat, 99):.0f} ms; {errors} errors; {repeats} rounds; rewrite {rewrite} on both sides"))
     for label, runs in alternatives.items():
         lat = [x["latency_ms"] for x in runs]
         rows.append(harness.row(
