@@ -16,6 +16,11 @@ consumes. Both share the same 2 cores, so decoding steals compute from the model
 pipeline is fast enough: with both CPU-bound, the expected ratio is about
 `1 / (1 + model rate / pipeline rate)` (a model at 60 img/s fed by a 440 img/s decoder: ≈ 0.88); only spare cores, or
 decoding once (a cache of decoded, resized images for multi-epoch fine-tuning), would close the gap.
+
+Across CPUs: the head-only row was 0.97× on an Intel CPU with AMX (2026-11-22) and 0.73× on an AMD EPYC
+with AVX512_BF16 (2026-12-01), below what the formula above predicts there (≈ 0.95×), while the
+fine-tune row held (0.87–0.97×) on both. Not investigated yet; training's default caches the frozen
+backbone's features (§3) and does not take this path.
 """
 
 
