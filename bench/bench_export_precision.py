@@ -66,10 +66,11 @@ VARIANTS = (("float32", "float32", "off"), ("float32 + rewrite", "float32", "bf1
 
 def measure_isa(exports: dict, files: list[str], repeats: int, env: dict) -> dict:
     """Start one child per variant under ``env``, alternate timed calls between them; times and errors."""
-    children, errors, auto = {}, {}, None
+    children, logs, errors, auto = {}, [], {}, None
     try:
         for name, precision, mode in VARIANTS:
             log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - a file, so a chatty child never blocks on a pipe
+            logs.append(log)
             child = subprocess.Popen([sys.executable, "-c", CHILD, str(exports[precision]), mode, json.dumps(files)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
             first = child.stdout.readline()
@@ -94,6 +95,8 @@ def measure_isa(exports: dict, files: list[str], repeats: int, env: dict) -> dic
         for child in children.values():
             child.stdin.close()
             child.wait(60)
+        for log in logs:
+            log.close()
     if auto is None:
         raise RuntimeError(f"no variant runs: {errors}")
     return {"times": times, "errors": errors, "auto": auto["auto"], "auto_reason": auto["auto_reason"]}

@@ -34,11 +34,10 @@ def float32_graphs_between_tests():
     TensorFlow do not pay for importing it here.
     """
     yield
-    tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        from tf_serving_compat.host import GRAPPLER_OPTION
+    if "tensorflow" in sys.modules:
+        from tf_serving_compat.host import RewriteDecision, apply_rewrite
 
-        tf.config.optimizer.set_experimental_options({option: False for option in GRAPPLER_OPTION.values()})
+        apply_rewrite(RewriteDecision("off", "reset between tests"))
 
 
 @pytest.fixture()
