@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import IMAGE_SIZE, b64, jpeg_bytes, png_bytes, png_header_only, reference_outputs
+from serve_helpers import IMAGE_SIZE, b64, jpeg_bytes, png_bytes, png_header_only, reference_outputs, write_warmup_file
 
 from tf_serving_compat import tensor_json as tj
 from tf_serving_compat.errors import ServingError
@@ -364,13 +364,18 @@ def test_timeout_is_504_and_server_recovers(model_base):
 
     from tf_serving_compat.server import build_app
 
+    # Warm both signatures at load, as a deployment would: a first call (graph optimisation)
+    # on a busy 2-core machine can itself pass 200 ms, and "recovers" must not hinge on that.
+    write_warmup_file(model_base / "1", [
+        ("serving_default", {"image_bytes": np.array([jpeg_bytes()], dtype=object)}),
+        ("serving_pixels", {"input_image": np.zeros((1, *IMAGE_SIZE, 3), np.float32)})])
     app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, rest_api_timeout_in_ms=200)
     loaded = app.registry.get("my_model").resolve()
     real_run = loaded.run
 
     def slow_run(signature, inputs):
         if signature == "serving_pixels":
-            time.sleep(1.0)
+            time.sleep(2.0)
         return real_run(signature, inputs)
 
     loaded.run = slow_run
@@ -381,7 +386,7 @@ def test_timeout_is_504_and_server_recovers(model_base):
             response = c.post(PREDICT, json={"signature_name": "serving_pixels", "instances": pixels})
             assert response.status_code == 504
             assert error_of(response) == "Deadline Exceeded: no result within 200 ms"
-            assert time.monotonic() - started < 0.9
+            assert time.monotonic() - started < 1.5  # the answer did not wait for the model call
             assert c.post(PREDICT, json={"instances": [b64(jpeg_bytes())]}).status_code == 200
     finally:
         app.close()
