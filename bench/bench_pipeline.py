@@ -17,10 +17,13 @@ pipeline is fast enough: with both CPU-bound, the expected ratio is about
 `1 / (1 + model rate / pipeline rate)` (a model at 60 img/s fed by a 440 img/s decoder: ≈ 0.88); only spare cores, or
 decoding once (a cache of decoded, resized images for multi-epoch fine-tuning), would close the gap.
 
-Across CPUs: the head-only row was 0.97× on an Intel CPU with AMX (2026-11-22) and 0.73× on an AMD EPYC
-with AVX512_BF16 (2026-12-01), below what the formula above predicts there (≈ 0.95×), while the
-fine-tune row held (0.87–0.97×) on both. Not investigated yet; training's default caches the frozen
-backbone's features (§3) and does not take this path.
+Across runs: the head-only row was 0.97× on an Intel CPU with AMX (2026-11-22), then 0.73× and,
+re-run the same day, 0.97× on an AMD EPYC with AVX512_BF16 (2026-12-01). The 0.73× was the host, not
+the pipeline: on that machine one epoch's time is bimodal in every variant, the in-memory one included
+(head-only 4.3 s or 5.2 s; fine-tune 9.3 or 16 img/s from round to round), so a few rounds can put the
+two variants in different modes. A side experiment there (5 rounds each) found no pipeline setting that
+matters: a 1-thread private pool for tf.data 0.98×, autotuning off 1.07×. Read single rows of this
+table with that in mind; the per-round samples are in `bench/results/latest.json`.
 """
 
 
