@@ -83,11 +83,14 @@ def compute_precision(model) -> str:
 
 
 def copy_weights(source, target) -> None:
-    """Copy weights layer by layer, matched by name within each (nested) model.
+    """Copy a trained model's weights into the same architecture rebuilt (for another precision).
 
-    Names are unique inside one model but not across nesting (the outer ``tags`` Identity and
-    the head's ``tags`` Dense). Every target layer that has weights must find its source;
-    source layers without a counterpart (the training-only augmenter) are left behind.
+    At the top level, layers are matched by name: those names are ours, and the trained model
+    may hold training-only layers (the augmenter) that the rebuilt one lacks. Inside nested
+    models (feature extractor, backbone, head) layers are matched by position: both sides come
+    from the same constructor, so their order agrees, while Keras's automatic names do not
+    (EfficientNet's ``normalization`` is ``normalization_1`` when built a second time in one
+    process). Every pair must agree on layer class and weight shapes.
     """
     import keras
 
@@ -97,10 +100,28 @@ def copy_weights(source, target) -> None:
             continue
         if layer.name not in by_name:
             raise ValueError(f"layer {layer.name!r} of the rebuilt model has no counterpart in the trained model")
-        if isinstance(layer, keras.Model):
-            copy_weights(by_name[layer.name], layer)
-        else:
-            layer.set_weights(by_name[layer.name].get_weights())
+        _copy_layer(by_name[layer.name], layer, keras)
+
+
+def _copy_layer(source, target, keras) -> None:
+    if isinstance(target, keras.Model) and isinstance(source, keras.Model):
+        _copy_nested(source, target, keras)  # layer by layer, so an error names the innermost layer
+        return
+    if type(source) is not type(target) or [w.shape for w in source.weights] != [w.shape for w in target.weights]:
+        raise ValueError(f"layer {target.name!r} of the rebuilt model ({type(target).__name__}, weight shapes "
+                         f"{[tuple(w.shape) for w in target.weights]}) does not match {source.name!r} of the trained "
+                         f"model ({type(source).__name__}, {[tuple(w.shape) for w in source.weights]})")
+    target.set_weights(source.get_weights())
+
+
+def _copy_nested(source, target, keras) -> None:
+    sources = [layer for layer in source.layers if layer.weights]
+    targets = [layer for layer in target.layers if layer.weights]
+    if len(sources) != len(targets):
+        raise ValueError(f"nested model {target.name!r}: the rebuilt one has {len(targets)} layers with weights, "
+                         f"the trained {source.name!r} has {len(sources)}")
+    for source_layer, target_layer in zip(sources, targets):
+        _copy_layer(source_layer, target_layer, keras)
 
 
 def model_in_precision(model, model_cfg, labels: RunLabels, precision: str):

@@ -98,6 +98,44 @@ def test_bfloat16_export_holds_bf16_convolutions(trained, tmp_path):
     assert not (tmp_path / "m3").exists() or not any((tmp_path / "m3").iterdir())
 
 
+def _efficientnet(cfg, labels, policy: str, **changes):
+    from vinted_classifier.model import build_model
+    from vinted_classifier.precision import use_precision
+
+    model_cfg = cfg.model.model_copy(update={"backbone": "efficientnet_b0", "weights": "none", **changes})
+    with use_precision(policy):
+        return model_cfg, build_model(model_cfg, labels.categories, labels.tags).model
+
+
+def _layer_names(model) -> set[str]:
+    return {layer.name for layer in model._flatten_layers(include_self=False, recursive=True)}
+
+
+def test_rebuilding_in_another_precision_copies_weights_despite_keras_auto_names(trained):
+    """EfficientNet's auto-named layers get new names when built again in one process."""
+    cfg, run_dir = trained
+    _, labels, _ = load_run(run_dir)
+    model_cfg, trained_model = _efficientnet(cfg, labels, "float32")
+    rng = np.random.default_rng(0)
+    for variable in trained_model.weights:  # distinct values, so a swapped pair would show
+        variable.assign(rng.normal(size=variable.shape).astype(variable.dtype))
+    bf16 = export.model_in_precision(trained_model, model_cfg, labels, "bfloat16")
+    assert export.compute_precision(bf16) == "bfloat16"
+    assert _layer_names(bf16) - _layer_names(trained_model), "the rebuild reused every name: case not covered"
+    assert len(bf16.weights) == len(trained_model.weights)
+    for copied, original in zip(bf16.weights, trained_model.weights):
+        np.testing.assert_array_equal(np.asarray(copied), np.asarray(original), err_msg=original.path)
+
+
+def test_rebuilding_into_a_different_architecture_names_the_layer(trained):
+    cfg, run_dir = trained
+    _, labels, _ = load_run(run_dir)
+    _, trained_model = _efficientnet(cfg, labels, "float32", dense_units=16)
+    _, other = _efficientnet(cfg, labels, "mixed_bfloat16", dense_units=8)
+    with pytest.raises(ValueError, match=r"layer 'head_dense' .*\(Dense, weight shapes .*\(\d+, 8\).*does not match"):
+        export.copy_weights(trained_model, other)
+
+
 def test_export_run_writes_warmup_provenance_and_serving_files(trained, tmp_path):
     import tensorflow as tf
 
