@@ -26,6 +26,7 @@ from starlette.responses import Response
 from . import tensor_json as tj
 from .batching import Batcher
 from .errors import ServingError, invalid
+from .observers import notify_predict, notify_reject
 from .images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image, release_freed_memory
 from .versions import LoadedVersion, ModelRegistry, SignatureInfo
 
@@ -98,7 +99,7 @@ class ServingApp:
     """Holds the registry, batcher and thread pool; ``self.app`` is the Starlette application."""
 
     def __init__(self, registry: ModelRegistry, options: ServeOptions, batcher: Batcher | None = None,
-                 extra_routes: list[ExtraRoute] | tuple = (), metrics: Any = None):
+                 extra_routes: list[ExtraRoute] | tuple = (), metrics: Any = None, observers: list | tuple = ()):
         self.registry = registry
         self.options = options
         self.batcher = batcher
@@ -107,6 +108,9 @@ class ServingApp:
         self.executor = concurrent.futures.ThreadPoolExecutor(options.model_threads, thread_name_prefix="model")
         self.app = _Dispatcher(self, Starlette(lifespan=self._lifespan))
         self._closed = False
+        self.observers = list(observers)  # observers.PredictObserver: watch predictions, never alter them
+        for observer in self.observers:
+            observer.attach(self)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette):
@@ -142,9 +146,11 @@ class ServingApp:
                                         "bytes_in": ctx["bytes_in"], "aborted": True}))
             return
         except HttpError as exc:
+            ctx["error"] = ("RESOURCE_EXHAUSTED" if exc.status == 413 else "INVALID_ARGUMENT", exc.message)
             response = json_response(tj.error_json(exc.message), exc.status)
         except ServingError as exc:
             ctx["code"] = exc.code
+            ctx["error"] = (exc.code, exc.message)
             response = json_response(tj.error_json(exc.message), exc.http_status)
         except Exception as exc:  # noqa: BLE001 - never let a bug kill the connection without JSON
             log.exception("Unhandled error for %s %s", request.method, scope.get("path"))
@@ -155,6 +161,8 @@ class ServingApp:
         if self.metrics is not None and ctx.get("api"):
             code = "OK" if response.status_code == 200 else ctx.get("code", response.status_code)
             self.metrics.observe_request(ctx["api"], ctx["model"], code, time.perf_counter() - started)
+        if self.observers and ctx.get("api", "").startswith("predict") and "error" in ctx:
+            notify_reject(self.observers, ctx["model"], *ctx["error"])
         access_log.info(json.dumps({
             "method": request.method,
             "path": scope.get("path"),
@@ -346,6 +354,7 @@ class ServingApp:
         ctx["version"] = loaded.version
         info, fmt, inputs = await self._maybe_in_thread(len(body), self._prepare, loaded, doc)
         outputs = await self.execute(loaded, info, inputs)
+        notify_predict(self.observers, loaded, info.name, inputs, outputs)
         text = await self._maybe_in_thread(
             sum(v.size for v in outputs.values()) * 16, tj.predict_response_json, outputs, fmt)
         return json_response(text)

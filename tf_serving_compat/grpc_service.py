@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ServingError, invalid
+from .observers import notify_predict, notify_reject
 from .tensor_json import DTYPES
 
 log = logging.getLogger("tf_serving_compat")
@@ -59,6 +60,8 @@ class _Rpc:
         metrics = self.serving.metrics
         if metrics is not None:
             metrics.observe_request(self.api, self.model, code, time.perf_counter() - self.started, "GRPC")
+        if exc is not None and self.api == "predict" and self.serving.observers:
+            notify_reject(self.serving.observers, self.model, code, message)
         if exc is not None:
             self.context.abort(_grpc_code(code), message)  # raises; gRPC answers the status
         return False
@@ -154,6 +157,7 @@ class PredictionServicer:
                                   f"in the set {{{','.join(sorted(info.outputs))}}}.")
             self.serving.validate_inputs(loaded, info, inputs)
             outputs = self.serving.submit(loaded, info, inputs).result(self._deadline(context))
+            notify_predict(self.serving.observers, loaded, info.name, inputs, outputs)
             wanted_outputs = list(request.output_filter) or sorted(outputs)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = name

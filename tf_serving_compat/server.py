@@ -55,13 +55,13 @@ IGNORED_REAL_FLAGS: dict[str, type] = {
     "num_tflite_interpreters_per_pool": int,
     "enable_signature_method_name_check": bool,
     "xla_cpu_compilation_enabled": bool,
+    "xla_gpu_compilation_enabled": bool,
     "enable_profiler": bool,
     "thread_pool_factory_config_file": str,
     "mixed_precision": str,
     "skip_initialize_tpu": bool,
     "enable_grpc_healthcheck_service": bool,
     "enable_serialization_as_tensor_content": bool,
-    "use_tflite_model": bool,
 }
 # Flags that only this server has (never passed to the real binary).
 OWN_FLAGS = ("host", "max_body_bytes", "max_image_pixels", "image_decode_pixels", "max_instances", "log_level",
@@ -84,6 +84,18 @@ def _bool_flag(text: str) -> bool:
 
 def _add_bool(p: argparse.ArgumentParser, name: str, default: bool | None, help_text: str) -> None:
     p.add_argument(f"--{name}", type=_bool_flag, nargs="?", const=True, default=default, help=help_text)
+
+
+def boolean_flags(parser: argparse.ArgumentParser | None = None) -> frozenset[str]:
+    """Names of the flags that take a boolean (the only ones TensorFlow's parser allows bare)."""
+    parser = parser or build_parser()
+    return frozenset(action.dest for action in parser._actions if action.type is _bool_flag)
+
+
+def flag_names(parser: argparse.ArgumentParser | None = None) -> frozenset[str]:
+    """Every ``--name`` this server's command line knows (real-binary and our own)."""
+    parser = parser or build_parser()
+    return frozenset(action.dest for action in parser._actions if action.option_strings and action.dest != "help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +234,7 @@ def build_app(
     mixed_precision_rewrite: str | None = None,
     session_config_file: str | os.PathLike | None = None,
     monitoring_config_file: str | os.PathLike | None = None,
+    observers: list | tuple = (),
 ) -> ServingApp:
     """Decide/apply the rewrite, load the models (first scan, blocking) and return the ServingApp.
 
@@ -273,7 +286,7 @@ def build_app(
         max_instances=max_instances,
         model_threads=model_threads or max(4, os.cpu_count() or 1),
     )
-    serving = ServingApp(registry, options, batcher, extra_routes=extra_routes, metrics=metrics)
+    serving = ServingApp(registry, options, batcher, extra_routes=extra_routes, metrics=metrics, observers=observers)
     serving.rewrite = decision
     return serving
 
@@ -378,7 +391,8 @@ def start_line(serving: ServingApp) -> list[str]:
     return lines
 
 
-def app_from_args(args: argparse.Namespace, extra_routes: list[ExtraRoute] | tuple = ()) -> ServingApp:
+def app_from_args(args: argparse.Namespace, extra_routes: list[ExtraRoute] | tuple = (),
+                  observers: list | tuple = ()) -> ServingApp:
     """``build_app`` from parsed command-line flags (what ``main`` serves)."""
     return build_app(
         model_name=args.model_name,
@@ -401,13 +415,16 @@ def app_from_args(args: argparse.Namespace, extra_routes: list[ExtraRoute] | tup
         mixed_precision_rewrite=args.mixed_precision_rewrite,
         session_config_file=args.tensorflow_session_config_file,
         monitoring_config_file=args.monitoring_config_file,
+        observers=observers,
     )
 
 
-def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple = ()) -> int:
+def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple = (),
+         observers: list | tuple = ()) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code.
 
-    ``extra_routes`` lets a project add routes outside /v1 (see ``app.ExtraRoute``).
+    ``extra_routes`` lets a project add routes outside /v1 (see ``app.ExtraRoute``), ``observers``
+    watch predictions (see ``observers.PredictObserver``).
     """
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
@@ -417,7 +434,7 @@ def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple =
         log.error("--rest_api_port cannot be same as --port")
         return 2
     try:
-        serving = app_from_args(args, extra_routes)
+        serving = app_from_args(args, extra_routes, observers)
     except (OSError, ValueError) as exc:
         log.error("Cannot start: %s", exc)
         return 2
