@@ -153,6 +153,36 @@ class TrackingConfig(_Strict):
     registered_model_name: str | None = None
 
 
+class ReleaseConfig(_Strict):
+    """The release gate (``vinted release``, docs/release.md): where candidates wait, what they must pass."""
+
+    # `vinted export` writes candidates here (<staging_dir>/<model_name>/<n>/); servers never watch it.
+    staging_dir: Path = PROJECT_ROOT / "model_training" / "staging"
+    # Absolute floors on the held-out split.
+    min_top1: float = Field(0.6, ge=0, le=1)
+    min_top2: float = Field(0.8, ge=0, le=1)
+    min_tag_f1: float = Field(0.6, ge=0, le=1)  # every tag, at its tuned threshold
+    # Non-regression vs the served version on the same rows: blocked when the candidate is worse by more
+    # than the margin AND the paired bootstrap interval lies below zero (a drop that is not noise).
+    regression_margin: float = Field(0.02, ge=0, le=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap_samples: int = Field(2000, ge=100)
+    # Slices (category, extra columns, brightness and image-size quartiles) with at least this support.
+    slice_min_support: int = Field(30, ge=1)
+    slice_min_top1: float = Field(0.4, ge=0, le=1)
+    slice_regression_margin: float = Field(0.05, ge=0, le=1)
+    # Held-out top-1 must beat the class-prior baseline and a linear probe on colour features by these.
+    prior_margin: float = Field(0.05, ge=-1, le=1)
+    probe_margin: float = Field(0.0, ge=-1, le=1)
+    # Cost relative to the served version on this host (null: not checked).
+    max_size_ratio: float | None = Field(1.5, gt=0)
+    max_latency_ratio: float | None = Field(2.0, gt=0)
+    # Load the candidate in a server subprocess and compare its REST and gRPC answers with offline ones.
+    infra_validation: bool = True
+    infra_timeout_seconds: float = Field(300.0, gt=0)
+    infra_atol: float = Field(1e-3, gt=0)  # probabilities, served vs in-process, same rewrite decision
+
+
 class RunConfig(_Strict):
     seed: int = 42
     run_name: str = "default"
@@ -163,6 +193,7 @@ class RunConfig(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
 
     @model_validator(mode="after")
     def _loss_weights_match_outputs(self) -> "RunConfig":
@@ -181,7 +212,7 @@ class RunConfig(_Strict):
             return path if path is None or Path(path).is_absolute() else PROJECT_ROOT / path
 
         for section, key in [(self, "output_dir"), (self.data, "data_dir"), (self.data, "image_dir"),
-                             (self.export, "saved_model_dir")]:
+                             (self.export, "saved_model_dir"), (self.release, "staging_dir")]:
             value = getattr(section, key)
             if value is not None and not Path(value).is_absolute():
                 object.__setattr__(section, key, rooted(Path(value)))
