@@ -143,36 +143,56 @@ def build_project_app(**kwargs):
 # ---------------------------------------------------------------- the launcher
 
 
+_BOOL_WORDS = ("true", "false", "1", "0")
+
+
 def _flag_name(arg: str) -> str | None:
     return arg[2:].split("=", 1)[0] if arg.startswith("--") and len(arg) > 2 else None
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(flags the real binary knows, our own flags); each flag keeps its value (``--f=v`` or ``--f v``)."""
-    from tf_serving_compat.server import OWN_FLAGS
+    """(flags the real binary knows, our own flags), every one normalised to ``--name=value``.
 
+    TensorFlow's flag parser (what ``tensorflow_model_server`` uses) takes only ``--name=value``,
+    and a bare ``--name`` for booleans: ``--model_base_path X`` would be two unknown arguments
+    there, ignored, and the server would start without a model. So ``--name value`` is joined
+    here, booleans are written ``--name=true``, and anything else is refused with ValueError.
+    """
+    from tf_serving_compat.server import OWN_FLAGS, boolean_flags, build_parser, flag_names
+
+    parser = build_parser()
+    booleans, known = boolean_flags(parser), flag_names(parser)
     real, own = [], []
     index = 0
     while index < len(argv):
         arg = argv[index]
         name = _flag_name(arg)
-        group = own if name in OWN_FLAGS else real
-        group.append(arg)
-        takes_next = ("=" not in arg and name is not None and index + 1 < len(argv)
-                      and not argv[index + 1].startswith("--"))
-        if takes_next:
-            group.append(argv[index + 1])
+        if name is None:
+            raise ValueError(f"unexpected argument {arg!r}: flags are written --name=value")
+        if name not in known:
+            raise ValueError(f"unknown flag --{name} (not a tensorflow_model_server flag nor one of ours)")
+        following = argv[index + 1] if index + 1 < len(argv) else None
+        if "=" in arg:
+            flag = arg
+        elif name in booleans:
+            takes_word = following is not None and following.lower() in _BOOL_WORDS
+            flag = f"--{name}={following.lower() if takes_word else 'true'}"
+            index += takes_word
+        elif following is None or following.startswith("--"):
+            raise ValueError(f"flag --{name} needs a value: --{name}=VALUE")
+        else:
+            flag = f"--{name}={following}"
             index += 1
+        (own if name in OWN_FLAGS else real).append(flag)
         index += 1
     return real, own
 
 
 def _flag_value(args: list[str], name: str, default: str | None = None) -> str | None:
+    """The last ``--name=value`` in normalised ``args`` (later flags win, as in both servers)."""
     value = default
-    for index, arg in enumerate(args):
-        if arg == f"--{name}" and index + 1 < len(args) and not args[index + 1].startswith("--"):
-            value = args[index + 1]
-        elif arg.startswith(f"--{name}="):
+    for arg in args:
+        if arg.startswith(f"--{name}="):
             value = arg.split("=", 1)[1]
     return value
 
@@ -220,7 +240,11 @@ def serve_main(argv: list[str] | None = None) -> int:
 
         build_parser().print_help()
         return 0
-    real, own = server_flags(argv, default_base)
+    try:
+        real, own = server_flags(argv, default_base)
+    except ValueError as exc:
+        print(f"vinted serve: {exc}", file=sys.stderr)
+        return 2
     binary = shutil.which(REAL_SERVER)
     if binary:
         if own:

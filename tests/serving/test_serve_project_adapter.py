@@ -106,20 +106,76 @@ def test_predict_image_body_limit(model_base):
 # ---------------------------------------------------------------- the launcher
 
 
-def test_split_args_keeps_our_flags_from_the_real_binary():
+def test_split_args_keeps_our_flags_from_the_real_binary_and_writes_name_equals_value():
     from vinted_classifier.serving import split_args
 
     real, own = split_args(["--port", "0", "--host=0.0.0.0", "--enable_batching", "--max_body_bytes", "10",
-                            "--model_name=x", "--mixed_precision_rewrite=off", "--grpc_max_threads", "3"])
-    assert real == ["--port", "0", "--enable_batching", "--model_name=x", "--grpc_max_threads", "3"]
-    assert own == ["--host=0.0.0.0", "--max_body_bytes", "10", "--mixed_precision_rewrite=off"]
+                            "--model_name=x", "--mixed_precision_rewrite=off", "--grpc_max_threads", "3",
+                            "--enable_model_warmup", "false"])
+    assert real == ["--port=0", "--enable_batching=true", "--model_name=x", "--grpc_max_threads=3",
+                    "--enable_model_warmup=false"]
+    assert own == ["--host=0.0.0.0", "--max_body_bytes=10", "--mixed_precision_rewrite=off"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model_base_path"], "flag --model_base_path needs a value"),
+    (["--no_such_flag=1"], "unknown flag --no_such_flag"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_split_args_refuses_what_neither_server_would_parse(argv, message):
+    from vinted_classifier.serving import split_args
+
+    with pytest.raises(ValueError, match=message):
+        split_args(argv)
+
+
+def test_the_strict_flag_rules_refuse_the_two_word_form():
+    """The fake binary's rules are TensorFlow's: they must reject what the real binary ignores."""
+    import tf_flags
+
+    assert tf_flags.parse(["--model_base_path=/m", "--enable_batching", "--port=1"]) == {
+        "model_base_path": "/m", "enable_batching": "true", "port": "1"}
+    for argv in (["--model_base_path", "/m"], ["--port"], ["--port=x"], ["--enable_batching=yes"], ["--host=1"],
+                 ["--port=2147483648"]):
+        with pytest.raises(ValueError):
+            tf_flags.parse(argv)
+
+
+def test_our_parser_takes_every_flag_of_tensorflow_model_server_with_its_type():
+    """TF Serving's main.cc flag table (tests/serving/data): each flag parses here with its type."""
+    import tf_flags
+
+    from tf_serving_compat.server import boolean_flags, build_parser
+
+    table = tf_flags.flag_table()
+    assert len(table) >= 48 and "xla_gpu_compilation_enabled" in table
+    parser = build_parser()
+    samples = {"int32": ("7", 7), "int64": ("7", 7), "float": ("0.5", 0.5), "string": ("/some/path", "/some/path"),
+               "bool": ("true", True)}
+    for name, kind in table.items():
+        text, expected = samples[kind]
+        if kind == "float" or name == "file_system_poll_wait_seconds":
+            expected = float(text)
+        args = parser.parse_args([f"--{name}={text}"])
+        assert getattr(args, name if name != "version" else "version") == expected, name
+        assert (name in boolean_flags(parser)) == (kind == "bool"), name
+        if kind in ("int32", "int64"):
+            with pytest.raises(SystemExit):
+                parser.parse_args([f"--{name}=not-a-number"])
 
 
 def _fake_real_server(folder: Path) -> Path:
-    """A ``tensorflow_model_server`` on PATH that records its argv and exits."""
+    """A ``tensorflow_model_server`` on PATH that parses argv with TensorFlow's rules and records it.
+
+    Anything the real binary would not take (``--name value``, unknown flags, bad values) makes it
+    exit 255 with the reason, as the real one prints its usage and returns -1.
+    """
     folder.mkdir()
     script = folder / "tensorflow_model_server"
-    script.write_text(f"#!{sys.executable}\nimport json, sys\n"
+    script.write_text(f"#!{sys.executable}\nimport json, sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                      "import tf_flags\n"
+                      "try:\n    tf_flags.parse(sys.argv[1:])\nexcept ValueError as exc:\n"
+                      "    print(exc, file=sys.stderr)\n    sys.exit(255)\n"
                       f"open({str(folder / 'argv.json')!r}, 'w').write(json.dumps(sys.argv[1:]))\n")
     script.chmod(0o755)
     return folder / "argv.json"
@@ -160,8 +216,8 @@ def test_vinted_serve_without_serving_files_passes_model_flags(tmp_path):
     done = _vinted_serve(["--model_base_path", str(base), "--model_name=my_model"], tmp_path / "bin",
                          tmp_path / "default" / "my_model")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(recorded.read_text()) == ["--port=8500", "--rest_api_port=9000", "--model_base_path",
-                                                str(base), "--model_name=my_model"]
+    assert json.loads(recorded.read_text()) == ["--port=8500", "--rest_api_port=9000",
+                                                f"--model_base_path={base}", "--model_name=my_model"]
 
 
 def test_our_server_serves_the_real_binarys_flags_from_the_exports_serving_files(tmp_path):
