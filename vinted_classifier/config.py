@@ -183,6 +183,24 @@ class ReleaseConfig(_Strict):
     infra_atol: float = Field(1e-3, gt=0)  # probabilities, served vs in-process, same rewrite decision
 
 
+class MonitoringConfig(_Strict):
+    """Production monitoring (docs/monitoring.md): the export's reference, the server's drift window, sampling."""
+
+    reference_images: int = Field(256, ge=1)   # held-out images the export's reference statistics cover
+    window_size: int = Field(1000, ge=1)       # drift window: the last N predictions ...
+    window_seconds: float = Field(3600.0, gt=0)  # ... of at most this age
+    queue_size: int = Field(256, ge=1)         # requests waiting for the statistics thread; more are dropped, counted
+    # Alert thresholds (deploy/monitoring/alerts.yml uses the same; a test keeps them equal).
+    category_linf_threshold: float = Field(0.15, gt=0, le=1)
+    tag_linf_threshold: float = Field(0.10, gt=0, le=1)
+    js_threshold: float = Field(0.10, gt=0, le=1)
+    # Privacy-safe request sampling: image hash, size and prediction (never the image) to a rotating file.
+    sample_fraction: float = Field(0.0, ge=0, le=1)
+    sample_file: str = "model_training/monitoring/requests.jsonl"  # relative: the project root
+    sample_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    sample_backups: int = Field(5, ge=1)
+
+
 class RunConfig(_Strict):
     seed: int = 42
     run_name: str = "default"
@@ -194,6 +212,7 @@ class RunConfig(_Strict):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _loss_weights_match_outputs(self) -> "RunConfig":
