@@ -26,6 +26,7 @@ from starlette.responses import Response
 from . import tensor_json as tj
 from .batching import Batcher
 from .errors import ServingError, invalid
+from .execution import DEFAULT_EXECUTION_MEMORY_BYTES, Admission, ExecutionLimits, batch_size_of, run_in_pieces
 from .observers import notify_predict, notify_reject
 from .images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image, release_freed_memory
 from .versions import LoadedVersion, ModelRegistry, SignatureInfo
@@ -55,6 +56,20 @@ class ServeOptions:
     image_decode_pixels: int = DEFAULT_DECODE_PIXELS
     max_instances: int = 1024
     model_threads: int = 4
+    # Bounded memory per request (execution.py): images per model call, and in flight in total.
+    max_execution_batch_size: int = 0  # 0: from the model's measured memory per image and the budget
+    execution_memory_bytes: int = DEFAULT_EXECUTION_MEMORY_BYTES
+    max_inflight_images: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_inflight_images < self.max_instances:
+            raise ValueError(f"max_inflight_images ({self.max_inflight_images}) must be at least max_instances "
+                             f"({self.max_instances}), or a legal request could never be admitted")
+
+    @property
+    def execution(self) -> ExecutionLimits:
+        return ExecutionLimits(self.max_execution_batch_size or None, self.execution_memory_bytes,
+                               ceiling=self.max_instances)
 
 
 class HttpError(Exception):
@@ -106,6 +121,7 @@ class ServingApp:
         self.extra_routes = list(extra_routes)
         self.metrics = metrics
         self.executor = concurrent.futures.ThreadPoolExecutor(options.model_threads, thread_name_prefix="model")
+        self.admission = Admission(options.max_inflight_images)
         self.app = _Dispatcher(self, Starlette(lifespan=self._lifespan))
         self._closed = False
         self.observers = list(observers)  # observers.PredictObserver: watch predictions, never alter them
@@ -319,23 +335,41 @@ class ServingApp:
         """One encoded image as the graph should get it (``images.prepare_image``); 400 above the limit."""
         return prepare_image(data, self.options.max_image_pixels, self.options.image_decode_pixels)
 
+    def execution_batch_size(self, loaded: LoadedVersion) -> int:
+        """Images one model call of ``loaded`` may run at once (measured at load, or set by a flag)."""
+        return self.options.execution.batch_size(loaded.bytes_per_item)
+
     def submit(self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray],
                api: str = "predict") -> concurrent.futures.Future:
-        """Queue a model call on the batcher (when on) or the model threads; REST and gRPC share it."""
+        """Admit, then queue a model call on the batcher (when on) or the model threads; REST and gRPC share it.
+
+        The call runs in execution-sized pieces (``execution.run_in_pieces``), so its memory does not
+        grow with the request's batch; the images stay counted as in flight until it finishes.
+        """
         metrics = self.metrics
+        piece = self.execution_batch_size(loaded)
+        items = batch_size_of(inputs)
 
         def run(batch_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             started = time.perf_counter()
             try:
-                return loaded.run(info.name, batch_inputs)
+                return run_in_pieces(lambda part: loaded.run(info.name, part), batch_inputs, piece)
             finally:
                 if metrics is not None:
                     metrics.observe_runtime(loaded.name, api, time.perf_counter() - started)
 
-        batchable = self.batcher is not None and all(a.ndim >= 1 for a in inputs.values())
-        if batchable:
-            return self.batcher.submit((loaded.name, loaded.version, info.name), run, inputs)
-        return self.executor.submit(run, inputs)
+        self.admission.acquire(items)
+        try:
+            batchable = self.batcher is not None and all(a.ndim >= 1 for a in inputs.values())
+            if batchable:
+                future = self.batcher.submit((loaded.name, loaded.version, info.name), run, inputs)
+            else:
+                future = self.executor.submit(run, inputs)
+        except BaseException:
+            self.admission.release(items)
+            raise
+        future.add_done_callback(lambda _: self.admission.release(items))
+        return future
 
     async def execute(self, loaded: LoadedVersion, info: SignatureInfo,
                       inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

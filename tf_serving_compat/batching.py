@@ -39,6 +39,11 @@ class BatchingParameters:
     num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     allowed_batch_sizes: list[int] = field(default_factory=list)
     pad_variable_length_inputs: bool = False
+    # TF Serving's large batch splitting: a model call runs at most this many items (None: the
+    # server's measured default, see execution.py). Our batcher always splits tasks larger than
+    # max_batch_size into several; the flag only decides whether this size is taken from the file.
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int | None = None
 
     def validate(self) -> None:
         if self.max_batch_size < 1:
@@ -49,6 +54,8 @@ class BatchingParameters:
             raise ValueError("max_enqueued_batches must be >= 1")
         if self.num_batch_threads < 1:
             raise ValueError("num_batch_threads must be >= 1")
+        if self.max_execution_batch_size is not None and self.max_execution_batch_size < 1:
+            raise ValueError("max_execution_batch_size must be >= 1")
         sizes = self.allowed_batch_sizes
         if sizes:
             if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
@@ -116,9 +123,12 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
     params.pad_variable_length_inputs = bool(message.pad_variable_length_inputs)
     if params.pad_variable_length_inputs:
         log.warning("pad_variable_length_inputs is not supported: requests of different shapes batch separately")
-    for name in ("enable_large_batch_splitting", "max_execution_batch_size", "thread_pool_name"):
-        if message.HasField(name):
-            log.warning("batching parameter %s is accepted but ignored", name)
+    if message.HasField("enable_large_batch_splitting"):
+        params.enable_large_batch_splitting = bool(message.enable_large_batch_splitting.value)
+    if message.HasField("max_execution_batch_size"):
+        params.max_execution_batch_size = int(message.max_execution_batch_size.value)
+    if message.HasField("thread_pool_name"):
+        log.warning("batching parameter thread_pool_name is accepted but ignored")
     params.validate()
     return params
 
@@ -173,13 +183,31 @@ class Batcher:
         return self.params.batch_timeout_micros / 1e6
 
     def submit(self, key: Hashable, run_fn: RunFn, inputs: dict[str, np.ndarray]) -> concurrent.futures.Future:
-        """Queue one request's inputs (batch dim 0); its future gets that request's outputs."""
+        """Queue one request's inputs (batch dim 0); its future gets that request's outputs.
+
+        A request larger than ``max_batch_size`` becomes several tasks (each joins a batch on its
+        own) whose outputs are reassembled in order; if the queue cannot take them all, none runs.
+        """
         sizes = {int(v.shape[0]) if v.ndim else -1 for v in inputs.values()}
         if len(sizes) != 1 or -1 in sizes:
             raise invalid("Batching requires every input to have the same size in dimension 0")
         size = sizes.pop()
-        if size > self.params.max_batch_size:
-            raise invalid(f"Task size {size} is larger than maximum input batch size {self.params.max_batch_size}")
+        limit = self.params.max_batch_size
+        if size <= limit:
+            return self._submit_task(key, run_fn, inputs, size)
+        futures: list[concurrent.futures.Future] = []
+        try:
+            for start in range(0, size, limit):
+                part = {name: array[start:start + limit] for name, array in inputs.items()}
+                futures.append(self._submit_task(key, run_fn, part, min(limit, size - start)))
+        except ServingError:
+            for future in futures:
+                future.cancel()
+            raise
+        return _gather(futures)
+
+    def _submit_task(self, key: Hashable, run_fn: RunFn, inputs: dict[str, np.ndarray],
+                     size: int) -> concurrent.futures.Future:
         shapes = tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in inputs.items()))
         task = _Task(inputs, size, concurrent.futures.Future())
         with self._cond:
@@ -284,3 +312,36 @@ class Batcher:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
+
+
+def _gather(futures: list[concurrent.futures.Future]) -> concurrent.futures.Future:
+    """One future for the in-order concatenation of ``futures``' outputs (the first error wins)."""
+    combined: concurrent.futures.Future = concurrent.futures.Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def finished(_: concurrent.futures.Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0] or combined.done():
+                return
+        if any(f.cancelled() for f in futures):
+            combined.cancel()
+            combined.set_running_or_notify_cancel()
+            return
+        error = next((f.exception() for f in futures if f.exception() is not None), None)
+        if error is not None:
+            combined.set_exception(error)
+            return
+        parts = [f.result() for f in futures]
+        combined.set_result({name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]})
+
+    def cancel_parts(future: concurrent.futures.Future) -> None:
+        if future.cancelled():
+            for part in futures:
+                part.cancel()
+
+    combined.add_done_callback(cancel_parts)
+    for future in futures:
+        future.add_done_callback(finished)
+    return combined

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .app import ExtraRoute, ServeOptions, ServingApp
+from .execution import DEFAULT_EXECUTION_MEMORY_BYTES
 from .images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, bound_heap_retention
 from .versions import ModelRegistry, ModelSpecConfig, VersionPolicy, parse_model_config_file, version_loader
 
@@ -65,7 +66,8 @@ IGNORED_REAL_FLAGS: dict[str, type] = {
 }
 # Flags that only this server has (never passed to the real binary).
 OWN_FLAGS = ("host", "max_body_bytes", "max_image_pixels", "image_decode_pixels", "max_instances", "log_level",
-             "mixed_precision_rewrite", "http_stack")
+             "mixed_precision_rewrite", "http_stack", "max_execution_batch_size", "execution_memory_mb",
+             "max_inflight_images")
 
 
 def default_model_base_path() -> Path:
@@ -140,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_decode_pixels", type=int, default=DEFAULT_DECODE_PIXELS,
                    help="bigger images are decoded small by the server and reach the graph shrunk to this")
     p.add_argument("--max_instances", type=int, default=1024, help="max batch size of one request")
+    p.add_argument("--max_execution_batch_size", type=int, default=0,
+                   help="images per model call (ours; 0: the memory budget over the memory per image measured at "
+                        "load; a batching file's max_execution_batch_size with enable_large_batch_splitting also sets it)")
+    p.add_argument("--execution_memory_mb", type=int, default=DEFAULT_EXECUTION_MEMORY_BYTES // 2**20,
+                   help="peak memory one model call may add, which sizes its execution batch (ours; default 256)")
+    p.add_argument("--max_inflight_images", type=int, default=2048,
+                   help="images admitted and not yet answered, all requests together; beyond: 503/UNAVAILABLE "
+                        "(ours; default 2048, at least --max_instances)")
     p.add_argument("--http_stack", choices=("auto", "asyncio"), default="auto",
                    help="auto: uvloop + httptools when installed; asyncio: the stdlib loop + h11 (ours)")
     p.add_argument("--log_level", default="INFO")
@@ -235,6 +245,9 @@ def build_app(
     session_config_file: str | os.PathLike | None = None,
     monitoring_config_file: str | os.PathLike | None = None,
     observers: list | tuple = (),
+    max_execution_batch_size: int = 0,
+    execution_memory_mb: int = DEFAULT_EXECUTION_MEMORY_BYTES // 2**20,
+    max_inflight_images: int = 2048,
 ) -> ServingApp:
     """Decide/apply the rewrite, load the models (first scan, blocking) and return the ServingApp.
 
@@ -277,6 +290,8 @@ def build_app(
     if enable_batching:
         params = batching_parameters or load_batching_parameters(batching_parameters_file)
         batcher = Batcher(params, metrics=metrics)
+        if params.enable_large_batch_splitting and params.max_execution_batch_size and not max_execution_batch_size:
+            max_execution_batch_size = params.max_execution_batch_size
     options = ServeOptions(
         default_model=configs[0].name,
         timeout_s=rest_api_timeout_in_ms / 1000.0,
@@ -285,6 +300,9 @@ def build_app(
         image_decode_pixels=image_decode_pixels,
         max_instances=max_instances,
         model_threads=model_threads or max(4, os.cpu_count() or 1),
+        max_execution_batch_size=max_execution_batch_size,
+        execution_memory_bytes=execution_memory_mb * 2**20,
+        max_inflight_images=max_inflight_images,
     )
     serving = ServingApp(registry, options, batcher, extra_routes=extra_routes, metrics=metrics, observers=observers)
     serving.rewrite = decision
@@ -386,6 +404,13 @@ def start_line(serving: ServingApp) -> list[str]:
         versions = manager.loaded_versions()
         if versions:
             lines.append(f"Serving model {name} versions {versions} from {manager.config.base_path}{rewrite}")
+            for version in versions:
+                loaded = manager.resolve(version)
+                measured = ("" if loaded.bytes_per_item is None
+                            else f" ({loaded.bytes_per_item / 2**20:.1f} MiB per image measured at load)")
+                lines.append(f"Model {name} version {version}: at most {serving.execution_batch_size(loaded)} "
+                             f"images per model call{measured}; at most {serving.options.max_inflight_images} "
+                             "images in flight")
         else:
             lines.append(f"Model {name} has no loadable version under {manager.config.base_path} yet; polling{rewrite}")
     return lines
@@ -406,6 +431,9 @@ def app_from_args(args: argparse.Namespace, extra_routes: list[ExtraRoute] | tup
         max_image_pixels=args.max_image_pixels,
         image_decode_pixels=args.image_decode_pixels,
         max_instances=args.max_instances,
+        max_execution_batch_size=args.max_execution_batch_size,
+        execution_memory_mb=args.execution_memory_mb,
+        max_inflight_images=args.max_inflight_images,
         model_threads=args.rest_api_num_threads,
         intra_op_threads=args.tensorflow_intra_op_parallelism,
         inter_op_threads=args.tensorflow_inter_op_parallelism,

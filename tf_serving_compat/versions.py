@@ -172,6 +172,10 @@ class LoadedVersion:
         self._functions = dict(self._module.signatures)
         labels_file = self.path / "assets" / "labels.json"
         self.labels: dict | None = json.loads(labels_file.read_text()) if labels_file.is_file() else None
+        # Peak memory one item adds to a model call (execution.measure_memory_per_item), from the
+        # largest warm-up record; None when there was none to measure with.
+        self.bytes_per_item: float | None = None
+        self._largest_warmup: tuple[str, dict[str, np.ndarray]] | None = None
 
     def signature(self, name: str) -> SignatureInfo:
         key = name or DEFAULT_SIGNATURE
@@ -231,10 +235,38 @@ class LoadedVersion:
                         raise invalid(f"inputs {sorted(inputs)} do not match signature {info.name} "
                                       f"inputs {sorted(info.inputs)}")
                     self.run(info.name, inputs)
+                    self._keep_if_largest(info.name, inputs)
                 except ServingError as exc:
                     raise ServingError(exc.code, f"Failed to warm up model {self.name} version {self.version} "
                                                  f"with {path} record {index}: {exc.message}") from None
         return len(records)
+
+
+    def _keep_if_largest(self, signature_name: str, inputs: dict[str, np.ndarray]) -> None:
+        from .execution import batch_size_of
+
+        if self._largest_warmup is None or batch_size_of(inputs) > batch_size_of(self._largest_warmup[1]):
+            self._largest_warmup = (signature_name, inputs)
+
+    def measure_memory(self) -> float | None:
+        """Measure ``bytes_per_item`` with the largest warm-up record (one extra call, at load)."""
+        from .execution import batch_size_of, measure_memory_per_item
+
+        if self._largest_warmup is None:
+            return None
+        signature_name, inputs = self._largest_warmup
+        self._largest_warmup = None
+        try:
+            self.bytes_per_item = measure_memory_per_item(lambda batch: self.run(signature_name, batch), inputs)
+        except ServingError as exc:
+            log.warning("Could not measure memory per item of %s version %d: %s", self.name, self.version,
+                        exc.message)
+            return None
+        if self.bytes_per_item is not None:
+            log.info("Model %s version %d: %.1f MiB peak memory per item (measured with a %d-item warm-up "
+                     "request of %s)", self.name, self.version, self.bytes_per_item / 2**20,
+                     batch_size_of(inputs), signature_name)
+        return self.bytes_per_item
 
 
 def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -281,6 +313,7 @@ def load_version(name: str, version: int, path: Path, *, enable_warmup: bool = T
         if count:
             log.info("Finished reading warmup data for model %s version %d: %d warmup records, %d iteration(s) "
                      "in %.2fs", name, version, count, max(1, warmup_iterations), time.monotonic() - started)
+            loaded.measure_memory()
     return loaded
 
 

@@ -67,10 +67,54 @@ def test_batcher_pads_to_allowed_sizes_and_times_out():
         result = batcher.submit("k", _doubling(calls), {"x": np.ones((3, 1))}).result(10)
         assert calls == [4]  # padded to the next allowed size, sliced back
         assert result["y"].shape == (3, 1)
-        with pytest.raises(ServingError, match="Task size 9 is larger than maximum input batch size 8"):
-            batcher.submit("k", _doubling(calls), {"x": np.ones((9, 1))})
     finally:
         batcher.stop()
+
+
+def test_batcher_splits_a_task_larger_than_max_batch_size_and_reassembles_it_in_order():
+    calls: list[int] = []
+    batcher = Batcher(BatchingParameters(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=2))
+    try:
+        x = np.arange(21, dtype=np.float32)[:, None]
+        result = batcher.submit("k", _doubling(calls), {"x": x}).result(10)
+        np.testing.assert_array_equal(result["y"], 2 * x)
+        assert sorted(calls) == [5, 8, 8]  # no model call above max_batch_size
+    finally:
+        batcher.stop()
+
+
+def test_batcher_refuses_a_split_task_whole_when_the_queue_cannot_take_all_of_it():
+    release = threading.Event()
+    ran: list[int] = []
+
+    def blocking(inputs):
+        release.wait(10)
+        ran.append(len(inputs["x"]))
+        return {"y": inputs["x"]}
+
+    batcher = Batcher(BatchingParameters(max_batch_size=2, max_enqueued_batches=2, num_batch_threads=1))
+    try:
+        with pytest.raises(ServingError, match="queue to which this task was submitted is full") as caught:
+            batcher.submit("k", blocking, {"x": np.ones((7, 1))})  # 4 tasks, 2 fit
+        assert caught.value.code == "UNAVAILABLE"
+        release.set()
+        deadline = time.monotonic() + 10
+        while batcher.queued_batches() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.submit("k", blocking, {"x": np.ones((1, 1))}).result(10)["y"].shape == (1, 1)
+        # At most the part a thread had already started ran; the queued parts were cancelled.
+        assert ran[-1] == 1 and sum(ran[:-1]) <= 2
+    finally:
+        release.set()
+        batcher.stop()
+
+
+def test_batching_file_sets_the_execution_batch_size_with_large_batch_splitting():
+    from tf_serving_compat.batching import parse_batching_parameters
+
+    params = parse_batching_parameters("max_batch_size { value: 64 } enable_large_batch_splitting { value: true } "
+                                       "max_execution_batch_size { value: 8 }")
+    assert params.enable_large_batch_splitting and params.max_execution_batch_size == 8
 
 
 def test_batcher_queue_full_is_immediate_unavailable():

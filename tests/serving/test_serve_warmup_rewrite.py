@@ -33,7 +33,8 @@ def status(app, name="my_model") -> list[dict]:
     return app.registry.get(name).status()
 
 
-@pytest.mark.parametrize("enable, iterations, expected_calls", [(True, 1, 2), (True, 3, 6), (False, 3, 0)])
+# With warm-up, one more call of the largest record measures the memory per item (execution.py).
+@pytest.mark.parametrize("enable, iterations, expected_calls", [(True, 1, 3), (True, 3, 7), (False, 3, 0)])
 def test_warmup_requests_run_before_the_version_is_available(tmp_path, counted_runs, enable, iterations,
                                                                expected_calls):
     base = tmp_path / "my_model"
@@ -45,6 +46,8 @@ def test_warmup_requests_run_before_the_version_is_available(tmp_path, counted_r
         assert len(counted_runs) == expected_calls
         if expected_calls:
             assert counted_runs[:2] == [(1, "serving_default", 2), (1, "serving_pixels", 1)]
+            assert counted_runs[-1] == (1, "serving_default", 2)
+            assert app.registry.get("my_model").resolve().bytes_per_item is not None
         assert status(app)[0]["state"] == "AVAILABLE"
         with TestClient(app.app) as c:
             assert c.post("/v1/models/my_model:predict", json={"signature_name": "serving_pixels", "instances":
@@ -131,7 +134,10 @@ def test_start_line_names_versions_and_rewrite_decision(model_base):
     app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, mixed_precision_rewrite="off")
     try:
         assert app.rewrite == RewriteDecision("off", "switched off by request")
+        # No warm-up file: nothing to measure memory with, so the fallback execution size.
         assert start_line(app) == [f"Serving model my_model versions [1] from {model_base}; "
-                                   "mixed-precision rewrite off (switched off by request)"]
+                                   "mixed-precision rewrite off (switched off by request)",
+                                   "Model my_model version 1: at most 16 images per model call; "
+                                   "at most 2048 images in flight"]
     finally:
         app.close()
