@@ -1,42 +1,45 @@
 """Batch scoring on Apache Beam: ``vinted predict --runner NAME [beam pipeline options]``.
 
 The same job as ``vinted predict`` (``predictions.parquet`` in the homework format, plus the
-detailed file), but scored by the *exported SavedModel* in a Beam pipeline, so that it runs on
-any Beam runner: the DirectRunner (``--direct_num_workers=2 --direct_running_mode=multi_processing``)
-or PrismRunner here, Dataflow / Flink / Spark with their usual options, unchanged code.
+detailed file), scored by the *exported SavedModel* in a Beam pipeline that runs unchanged on the
+DirectRunner (``--direct_num_workers=2 --direct_running_mode=multi_processing``), Dataflow, Flink or
+Spark. Nothing collects the job in one place: the driver reads parquet footers only, and rows flow
+from row-group reads to sharded parquet sinks.
 
-Pipeline::
+Pipeline (``vinted_classifier.beam.transforms``)::
 
-    uuids (parquet, any Beam filesystem) -> (position, uuid) -> Reshuffle
-      -> read <images>/<uuid><ext>            --missing/empty/not an image--> rejected
+    input parquet(s): one element per row group (footers only, read by the launcher)
+      -> ids with their global row index          --null id--------------------> rejected
+      -> GroupByKey(uuid): spreads work, dedups   --uuid on several rows-------> rejected
+      -> image bytes through Beam's FileSystems   --missing/empty/not an image-> rejected
       -> RunInference(SavedModel serving_default on the bytes, batched)
-                                              --undecodable image---------> rejected
-      -> one writer: rows sorted back to the input order, formatted by predict.format_predictions
-    rejected -> <out stem>_rejected.parquet (uuid, reason)
+                                                  --undecodable image----------> rejected
+      -> formatted rows, one pyarrow table per ~1k rows (``predict.format_predictions``)
+      -> WriteToParquetBatched: <out stem>_shards/predictions-SSSSS-of-NNNNN.parquet (``index`` + detailed columns)
+    rejected -> WriteToParquet: <out stem>_shards/rejected-SSSSS-of-NNNNN.parquet (index, uuid, reason)
 
-A bad image never fails the job: a batch that fails is re-run image by image and only the images
-that fail alone are rejected. Counters (namespace ``vinted``): images_read, images_scored,
-images_rejected. Apache Beam is imported only when a pipeline is built (``pip install -e ".[beam]"``).
+Then, unless ``shards_only``, ``beam.merge.merge_shards`` streams the shards into the homework's
+single ordered files (``<out>``, ``<out stem>_detailed``, ``<out stem>_rejected``) in bounded memory
+and removes the shards. Counters (namespace ``vinted``): images_read, images_scored, images_rejected.
+Apache Beam is imported only when a pipeline is built (``pip install -e ".[beam]"``).
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from .beam.inputs import image_problem  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
 COUNTER_NAMESPACE = "vinted"
-REJECTED = "rejected"
 REJECTED_SUFFIX = "_rejected"
 DETAILED_SUFFIX = "_detailed"
-# Leading bytes of the formats tf.io.decode_image reads (what the SavedModel's decode accepts).
-IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP"}
+SHARDS_SUFFIX = "_shards"
+PREDICTION_SHARDS, REJECTED_SHARDS = "predictions", "rejected"
+COUNTERS = ("images_read", "images_scored", "images_rejected")
 
 
 @dataclass(frozen=True)
@@ -44,22 +47,31 @@ class BeamPredictJob:
     """Everything a worker needs, as plain strings (pickled to every worker)."""
 
     saved_model: str            # a version folder (holds saved_model.pb and assets/labels.json)
-    input_parquet: str          # parquet with the id column, local or any Beam filesystem (gs://, s3://, hdfs://)
+    input_parquet: str          # parquet file or glob with the id column, local or any Beam filesystem
     images: str                 # folder of <uuid><ext> images, same
-    out_path: str               # predictions parquet; <stem>_detailed / <stem>_rejected beside it
+    out_path: str               # predictions parquet; <stem>_detailed / _rejected / _shards beside it
     id_column: str = "uuid"
     image_extensions: tuple[str, ...] = (".jpeg", ".jpg", ".png")
     batch_size: int = 32
     rewrite: str = "auto"       # host-aware mixed-precision rewrite on each worker (tf_serving_compat.host)
     detailed: bool = True
+    shards_only: bool = False   # keep the sharded output (index-keyed) and skip the single-file merge
+    share_model: bool = False   # one model per machine shared by its SDK worker processes (Beam's large_model)
+    threads_per_worker: int = 0  # TensorFlow intra/inter-op threads per worker process; 0: TensorFlow's default
 
     def sibling(self, suffix: str) -> str:
         """``<out stem><suffix>.parquet`` beside the output, on whatever filesystem it lives."""
-        stem = self.out_path[:-len(".parquet")] if self.out_path.endswith(".parquet") else self.out_path
-        return f"{stem}{suffix}.parquet"
+        return f"{self._stem()}{suffix}.parquet"
 
+    def shard_folder(self) -> str:
+        return f"{self._stem()}{SHARDS_SUFFIX}"
 
-# --------------------------------------------------------------------------- inputs
+    def shard_prefix(self, kind: str) -> str:
+        """``<shard folder>/<kind>``; Beam appends ``-SSSSS-of-NNNNN.parquet`` (local paths and URLs alike)."""
+        return f"{self.shard_folder()}/{kind}"
+
+    def _stem(self) -> str:
+        return self.out_path[:-len(".parquet")] if self.out_path.endswith(".parquet") else self.out_path
 
 
 def resolve_saved_model(path: str | Path) -> Path:
@@ -76,278 +88,173 @@ def resolve_saved_model(path: str | Path) -> Path:
     return path / str(versions[-1])
 
 
-def read_ids(input_parquet: str, id_column: str) -> list[str]:
-    """The uuids to score, in file order, from a parquet on any Beam filesystem; bad columns are named."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
+# --------------------------------------------------------------------------- schemas
 
-    if not FileSystems.exists(input_parquet):
-        raise FileNotFoundError(f"input parquet not found: {input_parquet}")
-    with FileSystems.open(input_parquet) as handle:
-        table = pq.read_table(io.BytesIO(handle.read()))
-    if id_column not in table.column_names:
-        raise ValueError(f"{input_parquet}: missing column {id_column!r}; found {table.column_names}")
-    column = table.column(id_column)
+
+def _file_schema(frame):
+    """The schema ``utils.write_parquet`` gives ``frame`` (strings as ``string``, pandas metadata kept)."""
     import pyarrow as pa
 
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise ValueError(f"{input_parquet}: column {id_column!r} must be strings, got {column.type}")
-    if column.null_count:
-        raise ValueError(f"{input_parquet}: column {id_column!r} has {column.null_count} null(s)")
-    ids = column.to_pylist()
-    seen, duplicates = set(), []
-    for uuid in ids:
-        if uuid in seen:
-            duplicates.append(uuid)
-        seen.add(uuid)
-    if duplicates:
-        raise ValueError(f"{input_parquet}: column {id_column!r} has duplicate ids {sorted(set(duplicates))[:5]}")
-    return ids
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema],
+                     metadata=table.schema.metadata)
 
 
-def image_problem(raw: bytes) -> str | None:
-    """Why these bytes cannot be an image the SavedModel decodes (cheap header check), or None."""
-    if not raw:
-        return "empty file"
-    if not any(raw.startswith(magic) for magic in IMAGE_MAGIC):
-        return f"not a JPEG/PNG/GIF/BMP image (starts with {raw[:8]!r})"
-    return None
+def output_schemas(labels, id_column: str):
+    """(homework file schema, detailed file schema, shard schema = index + detailed columns, no metadata)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from .predict import format_predictions
+
+    one = np.full((1, len(labels.categories)), 1.0 / len(labels.categories), np.float32)
+    frame, detailed = format_predictions(["x"], one, np.zeros((1, len(labels.tags)), np.float32), labels, id_column)
+    homework, detail = _file_schema(frame), _file_schema(detailed)
+    shard = pa.schema([pa.field("index", pa.int64()), *detail]).remove_metadata()
+    return homework, detail, shard
 
 
-# --------------------------------------------------------------------------- the model
+def rejected_schemas(id_column: str):
+    """(rejected file schema as ``vinted predict``-style pandas strings, rejected shard schema)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = pd.DataFrame({id_column: pd.array([], dtype="string[pyarrow]"),
+                          "reason": pd.array([], dtype="string[pyarrow]")})
+    file_schema = _file_schema(frame)
+    return file_schema, pa.schema([pa.field("index", pa.int64()), *file_schema]).remove_metadata()
 
 
-class _LoadedSignature:
-    """The loaded SavedModel and its bytes signature (the module is kept so its variables live)."""
-
-    def __init__(self, module, signature, category_output: str):
-        self.module, self.signature, self.category_output = module, signature, category_output
-
-    def probabilities(self, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        import tensorflow as tf
-
-        outputs = self.signature(image_bytes=tf.constant(images, dtype=tf.string))
-        return (np.asarray(outputs[self.category_output], np.float32), np.asarray(outputs["tags"], np.float32))
-
-
-def _model_handler_class():
-    """Defined on first use, so that importing this module does not import Apache Beam."""
-    from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-
-    class SavedModelBytesHandler(ModelHandler):
-        """RunInference handler around the export's ``serving_default(image_bytes)``.
-
-        Loads through ``tf.saved_model.load`` after the host-aware rewrite is set for this worker.
-        A batch that fails (an undecodable image) is re-run one image at a time; an image that
-        fails alone gets ``{"error": ...}`` instead of probabilities.
-        """
-
-        def __init__(self, saved_model: str, category_output: str, rewrite: str, batch_size: int):
-            super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
-            self._saved_model, self._category_output = saved_model, category_output
-            self._rewrite, self._batch_size = rewrite, batch_size
-
-        def load_model(self):
-            import tensorflow as tf
-            from tf_serving_compat.host import configure_rewrite
-
-            decision = configure_rewrite(self._rewrite)
-            log.info("worker loading %s: %s", self._saved_model, decision.describe())
-            module = tf.saved_model.load(self._saved_model)
-            return _LoadedSignature(module, module.signatures["serving_default"], self._category_output)
-
-        def run_inference(self, batch, model, inference_args=None):
-            import tensorflow as tf
-
-            try:
-                p_cat, p_tags = model.probabilities(list(batch))
-                return [PredictionResult(None, {"category": c, "tags": t}) for c, t in zip(p_cat, p_tags)]
-            except tf.errors.OpError:
-                results = []
-                for raw in batch:
-                    try:
-                        p_cat, p_tags = model.probabilities([raw])
-                        results.append(PredictionResult(None, {"category": p_cat[0], "tags": p_tags[0]}))
-                    except tf.errors.OpError as error:
-                        reason = f"undecodable image: {type(error).__name__}: {error.message.splitlines()[0]}"
-                        results.append(PredictionResult(None, {"error": reason}))
-                return results
-
-        def get_num_bytes(self, batch) -> int:
-            return sum(len(raw) for raw in batch)
-
-        def get_metrics_namespace(self) -> str:
-            return COUNTER_NAMESPACE
-
-    return SavedModelBytesHandler
+# --------------------------------------------------------------------------- the pipeline
 
 
 def make_model_handler(job: BeamPredictJob, category_output: str):
     """Our ``ModelHandler`` for ``job``'s SavedModel (a fresh instance; picklable: strings only)."""
-    return _model_handler_class()(job.saved_model, category_output, job.rewrite, job.batch_size)
+    from .beam.transforms import SavedModelBytesHandler
+
+    return SavedModelBytesHandler(job.saved_model, category_output, job.rewrite, job.batch_size,
+                                  share_model=job.share_model, threads=job.threads_per_worker)
 
 
-# --------------------------------------------------------------------------- transforms
-
-
-def _dofns():
-    import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.metrics import Metrics
-
-    class ReadImageBytes(beam.DoFn):
-        """(position, uuid) -> ((position, uuid), bytes); missing/empty/non-image -> rejected."""
-
-        def __init__(self, images: str, extensions: tuple[str, ...]):
-            self._images, self._extensions = images, tuple(extensions)
-            self.read = Metrics.counter(COUNTER_NAMESPACE, "images_read")
-            self.rejected = Metrics.counter(COUNTER_NAMESPACE, "images_rejected")
-
-        def process(self, element):
-            position, uuid = element
-            paths = [FileSystems.join(self._images, f"{uuid}{ext}") for ext in self._extensions]
-            found = next((path for path in paths if FileSystems.exists(path)), None)
-            if found is None:
-                self.rejected.inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, (position, uuid, f"missing image: none of {paths}"))
-                return
-            try:
-                with FileSystems.open(found) as handle:
-                    raw = handle.read()
-            except Exception as error:  # noqa: BLE001 - an unreadable file is rejected, never fatal
-                self.rejected.inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, (position, uuid, f"unreadable {found}: {error}"))
-                return
-            problem = image_problem(raw)
-            if problem:
-                self.rejected.inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, (position, uuid, f"{problem}: {found}"))
-                return
-            self.read.inc()
-            yield (position, uuid), raw
-
-    class SplitScored(beam.DoFn):
-        """RunInference results -> (position, uuid, category probs, tag probs) or rejected."""
-
-        def __init__(self):
-            self.scored = Metrics.counter(COUNTER_NAMESPACE, "images_scored")
-            self.rejected = Metrics.counter(COUNTER_NAMESPACE, "images_rejected")
-
-        def process(self, element):
-            (position, uuid), result = element
-            if "error" in result.inference:
-                self.rejected.inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, (position, uuid, result.inference["error"]))
-                return
-            self.scored.inc()
-            yield position, uuid, result.inference["category"], result.inference["tags"]
-
-    return ReadImageBytes, SplitScored
-
-
-def _write_frame(frame, path: str) -> None:
-    """Write a parquet atomically: locally by rename, elsewhere by one upload of a finished local file."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from .utils import write_parquet
-
-    if FileSystems.get_scheme(path) is None:
-        write_parquet(frame, path)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        local = Path(folder) / "frame.parquet"
-        write_parquet(frame, local)
-        with FileSystems.create(path) as out, local.open("rb") as source:
-            out.write(source.read())
-
-
-def write_predictions(rows: list, job: BeamPredictJob, labels) -> int:
-    """The single writer: rows back in input order, formatted exactly like ``vinted predict``."""
-    from .predict import format_predictions
-
-    rows = sorted(rows, key=lambda row: row[0])
-    ids = [row[1] for row in rows]
-    n_tags = len(labels.tags)
-    p_cat = np.asarray([row[2] for row in rows], np.float32).reshape(len(rows), len(labels.categories))
-    p_tags = np.asarray([row[3] for row in rows], np.float32).reshape(len(rows), n_tags)
-    frame, detailed = format_predictions(ids, p_cat, p_tags, labels, job.id_column)
-    _write_frame(frame, job.out_path)
-    if job.detailed:
-        _write_frame(detailed, job.sibling(DETAILED_SUFFIX))
-    return len(frame)
-
-
-def write_rejected(rows: list, job: BeamPredictJob) -> int:
-    """The dead-letter file (uuid, reason), in input order; written (empty) even when nothing failed."""
-    import pandas as pd
-
-    rows = sorted(rows, key=lambda row: row[0])
-    frame = pd.DataFrame({job.id_column: pd.array([row[1] for row in rows], dtype="string[pyarrow]"),
-                          "reason": pd.array([row[2] for row in rows], dtype="string[pyarrow]")})
-    _write_frame(frame, job.sibling(REJECTED_SUFFIX))
-    return len(frame)
-
-
-def build_pipeline(pipeline, job: BeamPredictJob, ids: list[str], labels) -> None:
-    """Add the scoring transforms to ``pipeline`` (a ``beam.Pipeline``)."""
+def build_pipeline(pipeline, job: BeamPredictJob, row_groups: list, labels) -> None:
+    """Add the scoring transforms to ``pipeline`` (a ``beam.Pipeline``); ``row_groups`` from ``plan_row_groups``."""
     import apache_beam as beam
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-    ReadImageBytes, SplitScored = _dofns()
-    read = (pipeline
-            | "Ids" >> beam.Create(list(enumerate(ids)))
-            | "Spread" >> beam.Reshuffle()
-            | "ReadImages" >> beam.ParDo(ReadImageBytes(job.images, job.image_extensions)).with_outputs(
-                REJECTED, main="images"))
+    from .beam import transforms as t
+
+    _, _, shard_schema = output_schemas(labels, job.id_column)
+    _, rejected_shard_schema = rejected_schemas(job.id_column)
+    ids = (pipeline
+           | "RowGroups" >> beam.Create(row_groups)
+           | "ReadIds" >> beam.ParDo(t.ReadRowGroupIds(job.id_column)).with_outputs(t.REJECTED, main="ids"))
+    unique = (ids.ids
+              | "GroupByUuid" >> beam.GroupByKey()
+              | "UniqueIds" >> beam.ParDo(t.KeepUniqueIds()).with_outputs(t.REJECTED, main="ids"))
+    read = unique.ids | "ReadImages" >> beam.ParDo(t.ReadImageBytes(job.images, job.image_extensions)).with_outputs(
+        t.REJECTED, main="images")
     scored = (read.images
               | "Score" >> RunInference(KeyedModelHandler(make_model_handler(job, labels.category_output)))
-              | "Split" >> beam.ParDo(SplitScored()).with_outputs(REJECTED, main="scored"))
-    _ = (scored.scored
-         | "AllScored" >> beam.combiners.ToList()
-         | "WritePredictions" >> beam.Map(write_predictions, job, labels))
-    _ = ((read[REJECTED], scored[REJECTED])
+              | "Format" >> beam.ParDo(t.FormatScoredRows(labels, job.id_column, shard_schema)).with_outputs(
+                  t.REJECTED, main="tables"))
+    _ = scored.tables | "WritePredictionShards" >> beam.io.WriteToParquetBatched(
+        job.shard_prefix(PREDICTION_SHARDS), shard_schema, file_name_suffix=".parquet")
+    _ = ((ids[t.REJECTED], unique[t.REJECTED], read[t.REJECTED], scored[t.REJECTED])
          | "Rejected" >> beam.Flatten()
-         | "AllRejected" >> beam.combiners.ToList()
-         | "WriteRejected" >> beam.Map(write_rejected, job))
+         | "RejectedRecords" >> beam.Map(t.rejected_record, job.id_column)
+         | "WriteRejectedShards" >> beam.io.WriteToParquet(
+             job.shard_prefix(REJECTED_SHARDS), rejected_shard_schema, file_name_suffix=".parquet"))
+
+
+# --------------------------------------------------------------------------- running
 
 
 @dataclass(frozen=True)
 class BeamPredictResult:
-    out_path: str
-    rejected_path: str
+    out_path: str               # the merged predictions file, or the shard folder when shards_only
+    rejected_path: str          # the merged dead-letter file, or its shard glob when shards_only
     counters: dict[str, int]
     state: str
+    rows_merged: int | None = None
 
 
-def run_beam_predict(job: BeamPredictJob, beam_args: list[str]) -> BeamPredictResult:
-    """Build and run the pipeline with ``beam_args`` (``--runner=...`` and the runner's options)."""
-    import apache_beam as beam
+def shard_paths(job: BeamPredictJob, kind: str) -> list[str]:
+    """The finished shards of one kind (Beam names them ``<kind>-SSSSS-of-NNNNN.parquet``)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = f"{job.shard_prefix(kind)}-*-of-*.parquet"
+    return sorted(meta.path for meta in FileSystems.match([pattern])[0].metadata_list)
+
+
+def clear_shards(job: BeamPredictJob) -> None:
+    """Remove shards a previous job left in this job's shard folder (a merge must read this job's only)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    stale = shard_paths(job, PREDICTION_SHARDS) + shard_paths(job, REJECTED_SHARDS)
+    if stale:
+        log.info("removing %d shard(s) of an earlier job from %s", len(stale), job.shard_folder())
+        FileSystems.delete(stale)
+
+
+def merge_job_shards(job: BeamPredictJob, labels) -> tuple[int, int]:
+    """The homework's single ordered files from the shards (bounded memory); then the shards are removed."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from .beam.merge import MergedOutput, merge_shards
+
+    homework, detail, _ = output_schemas(labels, job.id_column)
+    outputs = [MergedOutput(job.out_path, homework)]
+    if job.detailed:
+        outputs.append(MergedOutput(job.sibling(DETAILED_SUFFIX), detail))
+    predictions = shard_paths(job, PREDICTION_SHARDS)
+    rejected = shard_paths(job, REJECTED_SHARDS)
+    scored = merge_shards(predictions, outputs)
+    dead = merge_shards(rejected, [MergedOutput(job.sibling(REJECTED_SUFFIX), rejected_schemas(job.id_column)[0])])
+    FileSystems.delete([job.shard_folder()])
+    return scored, dead
+
+
+def _counters(result) -> dict[str, int]:
     from apache_beam.metrics.metric import MetricsFilter
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    from .runs import RunLabels
-
-    labels = RunLabels.load(Path(job.saved_model) / "assets" / "labels.json")
-    ids = read_ids(job.input_parquet, job.id_column)
-    if not ids:
-        raise ValueError(f"{job.input_parquet}: no ids to score")
-    options = PipelineOptions(beam_args)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, job, ids, labels)
-    result = pipeline.run()
-    state = result.wait_until_finish()
-    counters = {name: 0 for name in ("images_read", "images_scored", "images_rejected")}
+    counters = dict.fromkeys(COUNTERS, 0)
     for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
         if counter.key.metric.name in counters:
             counters[counter.key.metric.name] += counter.committed or 0
+    return counters
+
+
+def run_beam_predict(job: BeamPredictJob, beam_args: list[str]) -> BeamPredictResult:
+    """Build and run the pipeline with ``beam_args`` (``--runner=...`` and the runner's options), then merge."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from .beam.inputs import plan_row_groups
+    from .runs import RunLabels
+
+    labels = RunLabels.load(Path(job.saved_model) / "assets" / "labels.json")
+    row_groups = plan_row_groups(job.input_parquet, job.id_column)
+    clear_shards(job)
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    build_pipeline(pipeline, job, row_groups, labels)
+    result = pipeline.run()
+    state = str(result.wait_until_finish())
+    counters = _counters(result)
     log.info("beam predict %s: %s", state, counters)
-    return BeamPredictResult(job.out_path, job.sibling(REJECTED_SUFFIX), counters, str(state))
+    if job.shards_only:
+        return BeamPredictResult(job.shard_folder(), job.shard_prefix(REJECTED_SHARDS) + "-*.parquet", counters, state)
+    scored, _ = merge_job_shards(job, labels)
+    if scored != counters["images_scored"]:
+        raise RuntimeError(f"merged {scored} predictions but the job scored {counters['images_scored']} "
+                           f"(shards in {job.shard_folder()} are incomplete or from another job)")
+    return BeamPredictResult(job.out_path, job.sibling(REJECTED_SUFFIX), counters, state, scored)
 
 
 def predict_with_beam(cfg, *, runner: str, beam_args: list[str], out_path: str, data_dir: str | None = None,
                       input_parquet: str | None = None, images: str | None = None, saved_model: str | None = None,
-                      rewrite: str | None = None, batch_size: int | None = None,
-                      detailed: bool = True) -> BeamPredictResult:
+                      rewrite: str | None = None, batch_size: int | None = None, detailed: bool = True,
+                      shards_only: bool = False, share_model: bool = False,
+                      threads_per_worker: int = 0) -> BeamPredictResult:
     """``vinted predict --runner``: a job from the run config (data folder, export) and the CLI's overrides."""
     data_cfg = cfg.data.model_copy(update={"data_dir": Path(data_dir)} if data_dir else {})
     job = BeamPredictJob(
@@ -355,5 +262,6 @@ def predict_with_beam(cfg, *, runner: str, beam_args: list[str], out_path: str, 
         input_parquet=str(input_parquet or Path(data_cfg.data_dir) / data_cfg.test_file),
         images=str(images or data_cfg.images), out_path=str(out_path), id_column=data_cfg.id_column,
         image_extensions=tuple(data_cfg.image_extensions), batch_size=batch_size or cfg.train.batch_size,
-        rewrite=rewrite or cfg.inference.mixed_precision_rewrite, detailed=detailed)
+        rewrite=rewrite or cfg.inference.mixed_precision_rewrite, detailed=detailed, shards_only=shards_only,
+        share_model=share_model, threads_per_worker=threads_per_worker)
     return run_beam_predict(job, [f"--runner={runner}", *beam_args])

@@ -1,0 +1,85 @@
+"""What a Beam scoring job reads: row groups of the uuid parquet(s), and image bytes checks.
+
+The launcher reads only parquet *footers* (one per input file: schema, row counts), never the uuids:
+the job is planned as one element per row group, each carrying the global position of its first row,
+so every scored row keeps its input index and the homework's order can be restored after any number
+of workers shuffled the rows. This is the split ``ReadFromParquet`` itself makes (by row group), plus
+the row positions it does not expose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Leading bytes of the formats tf.io.decode_image reads (what the SavedModel's decode accepts).
+IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP"}
+
+
+@dataclass(frozen=True)
+class RowGroupSlice:
+    """One row group of one input file, and the global index of its first row."""
+
+    path: str
+    row_group: int
+    first_index: int
+    num_rows: int
+
+
+def input_files(pattern: str) -> list[str]:
+    """The parquet files behind a path or glob on any Beam filesystem, sorted (their order is the input order)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as error:  # noqa: BLE001 - Beam raises BeamIOError for a bad scheme or pattern
+        raise FileNotFoundError(f"input parquet not found: {pattern} ({error})") from None
+    paths = sorted(meta.path for meta in matched)
+    if not paths:
+        raise FileNotFoundError(f"input parquet not found: {pattern}")
+    return paths
+
+
+def open_parquet(path: str):
+    """A ``pyarrow.parquet.ParquetFile`` over a Beam filesystem handle (seekable: only the footer and the
+    row groups asked for are read)."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    return pq.ParquetFile(FileSystems.open(path))
+
+
+def check_id_column(path: str, schema, id_column: str) -> None:
+    """The id column exists and holds strings; the error names the file, the column and what was found."""
+    import pyarrow as pa
+
+    if id_column not in schema.names:
+        raise ValueError(f"{path}: missing column {id_column!r}; found {schema.names}")
+    kind = schema.field(id_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ValueError(f"{path}: column {id_column!r} must be strings, got {kind}")
+
+
+def plan_row_groups(pattern: str, id_column: str) -> list[RowGroupSlice]:
+    """One slice per row group of every input file, numbered across files in sorted path order."""
+    slices, first_index = [], 0
+    for path in input_files(pattern):
+        with open_parquet(path) as parquet:
+            check_id_column(path, parquet.schema_arrow, id_column)
+            meta = parquet.metadata
+            for group in range(meta.num_row_groups):
+                rows = meta.row_group(group).num_rows
+                if rows:
+                    slices.append(RowGroupSlice(path, group, first_index, rows))
+                first_index += rows
+    if not slices:
+        raise ValueError(f"{pattern}: no ids to score (every input file is empty)")
+    return slices
+
+
+def image_problem(raw: bytes) -> str | None:
+    """Why these bytes cannot be an image the SavedModel decodes (cheap header check), or None."""
+    if not raw:
+        return "empty file"
+    if not any(raw.startswith(magic) for magic in IMAGE_MAGIC):
+        return f"not a JPEG/PNG/GIF/BMP image (starts with {raw[:8]!r})"
+    return None
