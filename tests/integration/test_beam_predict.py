@@ -1,8 +1,9 @@
-"""Batch scoring on Apache Beam (DirectRunner, 2 worker processes) against `vinted predict`."""
+"""Batch scoring on Apache Beam (DirectRunner) against `vinted predict`: merged output, shards, dead letters."""
 
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -11,19 +12,41 @@ from helpers import tiny_config, write_tiny_dataset
 pytest.importorskip("apache_beam", reason="the [beam] extra is not installed")
 
 pytestmark = pytest.mark.slow
+TWO_PROCESSES = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+
+
+def _make_run(cfg):
+    """A run folder (model.keras, config.yaml, labels.json) and its export: the tiny model, untrained
+    (what is compared is the two scoring paths on the same weights, not the model's quality)."""
+    from vinted_classifier import data
+    from vinted_classifier.export import export_saved_model
+    from vinted_classifier.model import build_model
+    from vinted_classifier.precision import use_precision
+    from vinted_classifier.runs import RunLabels
+    from vinted_classifier.utils import set_seed
+
+    vocab = data.Vocabulary.from_labels(data.read_labels(cfg.data), cfg.data)
+    set_seed(0)
+    with use_precision("float32"):
+        bundle = build_model(cfg.model, list(vocab.categories), list(vocab.tags), cfg.data.category_column)
+    labels = RunLabels(cfg.data.category_column, list(vocab.categories), list(vocab.tags),
+                       [0.5, 0.45, 0.55][: len(vocab.tags)], cfg.model.image_size)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    bundle.model.save(cfg.run_dir / "model.keras")
+    (cfg.run_dir / "config.yaml").write_text(cfg.to_yaml())
+    labels.save(cfg.run_dir / "labels.json")
+    version = export_saved_model(bundle.model, labels, cfg.export.saved_model_dir, cfg.export.model_name,
+                                 model_cfg=cfg.model)
+    return cfg.run_dir, version
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny trained run, its SavedModel export, and a test set with one corrupt and one missing image."""
-    from vinted_classifier.export import export_run
-    from vinted_classifier.train import train
-
+    """A tiny run, its SavedModel export, and a test set with one corrupt and one missing image."""
     root = tmp_path_factory.mktemp("beam")
     dataset = write_tiny_dataset(root / "tiny", n_test=9)
     cfg = tiny_config(dataset, root / "runs", "data.bad_images=skip")
-    run_dir = train(cfg).run_dir
-    version = export_run(run_dir, cfg.export.saved_model_dir, cfg.export.model_name)
+    run_dir, version = _make_run(cfg)
     ids = pd.read_parquet(dataset / "test.parquet")["uuid"].tolist()
     corrupt, missing = ids[3], ids[6]
     raw = (dataset / f"{corrupt}.jpeg").read_bytes()
@@ -32,29 +55,39 @@ def exported(tmp_path_factory):
     return cfg, run_dir, version, ids, corrupt, missing
 
 
-def test_beam_direct_runner_writes_what_vinted_predict_writes(exported, tmp_path):
+def _split_input(ids: list[str], folder) -> str:
+    """The test ids as two parquet files of 2-row row groups: the job is 5 row groups over 2 files."""
+    folder.mkdir(parents=True)
+    for part, chunk in enumerate((ids[:5], ids[5:])):
+        table = pa.table({"uuid": pa.array(chunk, pa.string())})
+        pq.write_table(table, folder / f"part-{part}.parquet", row_group_size=2)
+    return str(folder / "part-*.parquet")
+
+
+def test_two_worker_processes_write_what_vinted_predict_writes(exported, tmp_path):
     from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict
     from vinted_classifier.predict import predict_test_set
 
     cfg, run_dir, version, ids, corrupt, missing = exported
     expected_path = tmp_path / "local" / "predictions.parquet"
     predict_test_set(run_dir, out_path=expected_path, bad_images="skip", rewrite="off")
-    job = BeamPredictJob(saved_model=str(version), input_parquet=str(cfg.data.data_dir / "test.parquet"),
+    job = BeamPredictJob(saved_model=str(version), input_parquet=_split_input(ids, tmp_path / "input"),
                          images=str(cfg.data.data_dir), out_path=str(tmp_path / "beam" / "predictions.parquet"),
                          batch_size=4, rewrite="off")
-    result = run_beam_predict(job, ["--runner=DirectRunner", "--direct_num_workers=2",
-                                    "--direct_running_mode=multi_processing"])
+    result = run_beam_predict(job, TWO_PROCESSES)
 
     assert result.state == "DONE"
     expected, written = pd.read_parquet(expected_path), pd.read_parquet(job.out_path)
     kept = [uuid for uuid in ids if uuid not in (corrupt, missing)]
     assert written["uuid"].tolist() == kept  # input order restored after two workers shuffled it
-    pd.testing.assert_frame_equal(written, expected)  # same codes, same flags, same dtypes
+    pd.testing.assert_frame_equal(written, expected)  # same codes, same flags, same dtypes, row for row
     assert pq.read_schema(job.out_path).equals(pq.read_schema(expected_path))
     detailed = pd.read_parquet(job.sibling("_detailed"))
     expected_detailed = pd.read_parquet(expected_path.with_name("predictions_detailed.parquet"))
-    assert list(detailed.columns) == list(expected_detailed.columns)
-    pd.testing.assert_series_equal(detailed["category1_name"], expected_detailed["category1_name"])
+    pd.testing.assert_frame_equal(detailed.drop(columns=[c for c in detailed if c.endswith("_probability")]),
+                                  expected_detailed.drop(columns=[c for c in detailed if c.endswith("_probability")]))
+    for column in (c for c in detailed if c.endswith("_probability")):  # SavedModel vs Keras: float32 rounding
+        pd.testing.assert_series_equal(detailed[column], expected_detailed[column], rtol=1e-4, atol=1e-6)
 
     rejected = pd.read_parquet(result.rejected_path)
     assert rejected["uuid"].tolist() == [corrupt, missing]  # input order
@@ -62,6 +95,40 @@ def test_beam_direct_runner_writes_what_vinted_predict_writes(exported, tmp_path
     assert reasons[corrupt].startswith("undecodable image: InvalidArgumentError")
     assert reasons[missing].startswith("missing image: none of [") and f"{missing}.jpeg" in reasons[missing]
     assert result.counters == {"images_read": len(ids) - 1, "images_scored": len(kept), "images_rejected": 2}
+    assert result.rows_merged == len(kept)
+    assert not (tmp_path / "beam" / "predictions_shards").exists()  # merged, then removed
+    assert sorted(p.name for p in (tmp_path / "beam").iterdir()) == [
+        "predictions.parquet", "predictions_detailed.parquet", "predictions_rejected.parquet"]
+
+
+def test_shards_keep_the_input_index_and_dead_letters_name_uuid_and_reason(exported, tmp_path):
+    from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict
+
+    cfg, _, version, ids, corrupt, missing = exported
+    job_ids = [ids[0], corrupt, ids[1], ids[0], missing, ids[2]]  # ids[0] twice: a duplicate uuid
+    pq.write_table(pa.table({"uuid": job_ids}), tmp_path / "ids.parquet")
+    out = tmp_path / "out" / "predictions.parquet"
+    (tmp_path / "out" / "predictions_shards").mkdir(parents=True)
+    pq.write_table(pa.table({"index": [99]}), tmp_path / "out" / "predictions_shards" / "rejected-00000-of-00001.parquet")
+    job = BeamPredictJob(saved_model=str(version), input_parquet=str(tmp_path / "ids.parquet"),
+                         images=str(cfg.data.data_dir), out_path=str(out), batch_size=2, rewrite="off",
+                         shards_only=True)
+    result = run_beam_predict(job, ["--runner=DirectRunner", "--direct_num_workers=1"])
+
+    assert result.out_path == str(tmp_path / "out" / "predictions_shards")
+    shards = sorted((tmp_path / "out" / "predictions_shards").glob("*.parquet"))
+    scored = pd.concat([pd.read_parquet(p) for p in shards if p.name.startswith("predictions-")]).sort_values("index")
+    rejected = pd.concat([pd.read_parquet(p) for p in shards if p.name.startswith("rejected-")]).sort_values("index")
+    assert 99 not in rejected["index"].tolist()  # the earlier job's shard was removed first
+    assert list(zip(scored["index"], scored["uuid"])) == [(2, ids[1]), (5, ids[2])]
+    assert {"category1", "category2", "category1_name", "category1_probability"} <= set(scored.columns)
+    assert rejected["index"].tolist() == [0, 1, 3, 4]
+    assert rejected["uuid"].tolist() == [ids[0], corrupt, ids[0], missing]
+    reasons = rejected["reason"].tolist()
+    assert reasons[0] == reasons[2] == "duplicate uuid: on input rows [0, 3]"
+    assert reasons[1].startswith("undecodable image: InvalidArgumentError")
+    assert reasons[3].startswith("missing image: none of [")
+    assert not out.exists()  # shards only: no merge
 
 
 def test_cli_runner_options_reach_beam_and_bad_input_is_named(exported, tmp_path, capsys):
