@@ -1,4 +1,4 @@
-"""``vinted`` command line: demo, train, evaluate, predict, export, serve, weights.
+"""``vinted`` command line: demo, train, evaluate, predict, export, serve, weights, drift, cache.
 
 Every model command takes ``--config FILE`` (YAML, repeatable: later files win) and any
 number of ``--set section.key=value`` overrides, e.g. ``--set train.head_epochs=3``.
@@ -85,9 +85,18 @@ def cmd_export(args) -> int:
     from .serving_files import CONFIG_DIR_NAME, real_server_args
 
     cfg = _cfg(args)
+    if not args.direct:
+        from .release.staging import stage_run
+
+        path = stage_run(cfg, precision=args.precision)
+        print(f"staged candidate {path.name} at {path}: not served until `vinted release` passes it")
+        # Registered in the MLflow registry by `vinted release` once pushed, not here.
+        untracked = cfg.tracking.model_copy(update={"registered_model_name": None})
+        log_export(cfg.model_copy(update={"tracking": untracked}), cfg.run_dir, path)
+        return 0
     path = export_run(cfg.run_dir, cfg.export.saved_model_dir, cfg.export.model_name, precision=args.precision)
     info = read_export_info(path)
-    print(f"exported SavedModel version {path.name} to {path}")
+    print(f"exported SavedModel version {path.name} to {path} (--direct: no release checks)")
     if (tracked := log_export(cfg, cfg.run_dir, path)) is not None:
         registered = tracked.get("registered")
         print(f"  MLflow: {tracked['source']}" + (f"; registered {registered['name']} v{registered['version']}"
@@ -97,6 +106,34 @@ def cmd_export(args) -> int:
     decision = decide_rewrite(cfg.inference.mixed_precision_rewrite)
     print(f"  serving files: {config_dir}; on this host: {decision.describe()}")
     print("  real server: tensorflow_model_server " + " ".join(real_server_args(config_dir, decision)))
+    return 0
+
+
+def cmd_release(args) -> int:
+    from .release.gate import run_release
+    from .release.report import format_table
+
+    cfg = _cfg(args)
+    report = run_release(cfg, args.candidate, force=args.force, canary=args.canary,
+                         progress=lambda text: print(f"release: {text}", flush=True))
+    print(format_table(report))
+    print(f"report: {report['record']}")
+    if report["decision"] == "blocked":
+        return 1
+    return 0
+
+
+def cmd_rollout(args) -> int:
+    from .release import rollout
+
+    cfg = _cfg(args)
+    where = (cfg.export.saved_model_dir, cfg.export.model_name)
+    state = (rollout.promote(*where) if args.command == "promote"
+             else rollout.rollback(*where, remove=args.remove))
+    event = state["events"][-1]
+    print(f"{event['event']}: labels {event['labels_before']} -> {event['labels_after']}"
+          + (f"; version {event['version']} removed from the served path" if event.get("removed") else ""))
+    print(f"model config: {cfg.export.saved_model_dir / 'serving_config' / 'models.config'}")
     return 0
 
 
@@ -119,12 +156,49 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def cmd_drift(args) -> int:
+    from .monitoring.report import batch_images, drift_report, thresholds_from, write_report
+
+    cfg = _cfg(args)
+    paths = batch_images(args.images, args.parquet, args.image_dir, cfg.data.id_column)
+    report = drift_report(args.against, paths, thresholds_from(cfg.monitoring), cfg.monitoring.reference_images)
+    written = write_report(report, args.out)
+    print(report.table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    drifted = report.table.loc[report.table["drift"], "feature"].tolist()
+    print(f"{report.images} images vs the reference of {args.against}: "
+          f"{'DRIFT in ' + ', '.join(drifted) if drifted else 'no drift above the thresholds'}"
+          f"{f' ({len(report.unreadable)} unreadable images skipped)' if report.unreadable else ''}")
+    print(f"table {written['table']}, figure {written['figure']}")
+    return 0
+
+
 def cmd_weights(args) -> int:
     from . import weights
 
     if args.action == "install":
         return weights.install_bundled()
     print(weights.describe_sources(args.backbone))
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .features import clear_store, store_status
+
+    cfg = _cfg(args)
+    root = cfg.feature_cache_root
+    if args.action == "clear":
+        entries, size = clear_store(root)
+        print(f"feature store {root}: removed {entries} feature vector(s), {size / 2**20:.1f} MiB")
+        return 0
+    rows = store_status(root)
+    total = sum(row["bytes"] for row in rows)
+    print(f"feature store {root}: {sum(row['entries'] for row in rows)} feature vector(s), {total / 2**20:.1f} MiB "
+          f"of a {cfg.train.feature_cache_max_gb:g} GiB cap (train.feature_cache_max_gb)")
+    for row in rows:
+        key = row["key"] or {}
+        print(f"  {row['folder']}: {row['entries']} vector(s), {row['bytes'] / 2**20:.1f} MiB  {key.get('backbone')} "
+              f"{'x'.join(map(str, key.get('image_size', [])))} {key.get('pooling')} {key.get('precision')} "
+              f"weights {key.get('weights')}")
     return 0
 
 
@@ -187,6 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     sub.choices["export"].add_argument(
         "--precision", choices=["float32", "bfloat16", "float16"], default=None,
         help="dtype the graph computes in (default: export.precision, float32: runs on every host)")
+    sub.choices["export"].add_argument(
+        "--direct", action="store_true",
+        help="write straight into the served base path (export.saved_model_dir), skipping the release gate")
+    release = sub.add_parser("release", help="check the staged candidate; push it to the served path if all pass")
+    _config_args(release)
+    release.add_argument("--candidate", type=Path, default=None,
+                         help="a staged version folder (default: the newest in release.staging_dir)")
+    release.add_argument("--force", action="store_true", help="push even if checks fail (recorded as forced)")
+    release.add_argument("--canary", action="store_true", help="label the pushed version canary, stable unchanged")
+    release.set_defaults(func=cmd_release)
+    for name, text in [("promote", "the canary version becomes stable"),
+                       ("rollback", "point stable back at the previous released version")]:
+        command = sub.add_parser(name, help=text)
+        _config_args(command)
+        command.set_defaults(func=cmd_rollout)
+    sub.choices["rollback"].add_argument("--remove", action="store_true",
+                                         help="also remove the rolled-back version from the served path")
 
     predict = sub.add_parser("predict", help="write predictions.parquet for test.parquet")
     _config_args(predict)
@@ -221,6 +312,19 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--folds", type=int, default=5)
     cv.add_argument("--name", default="cv", help="CV folder under output_dir (default: cv)")
     cv.set_defaults(func=cmd_cv)
+    drift = sub.add_parser("drift", help="a batch of images vs a model's reference statistics: table + figure")
+    _config_args(drift)
+    drift.add_argument("--against", required=True, help="an export version folder, a model's base path (newest "
+                                                        "version) or a run folder")
+    drift.add_argument("--images", default=None, help="a folder of images (e.g. a day's uploads)")
+    drift.add_argument("--parquet", default=None, help="a parquet of uuids; images <uuid>.jpeg beside it or in --image-dir")
+    drift.add_argument("--image-dir", default=None, help="with --parquet: the images' folder")
+    drift.add_argument("--out", default="drift_report", help="folder for drift.csv, drift.json, drift.png")
+    drift.set_defaults(func=cmd_drift)
+    cache = sub.add_parser("cache", help="the shared feature store (train, search, cv): status or clear")
+    _config_args(cache)
+    cache.add_argument("action", nargs="?", choices=["status", "clear"], default="status")
+    cache.set_defaults(func=cmd_cache)
     sub.add_parser("serve", help="tensorflow_model_server if on PATH, else our TF-Serving-compatible server "
                                  "(flags: see `vinted serve --help`)")
 
@@ -228,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and not (args.command == "predict" and args.runner):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # only Beam takes options we do not know
     args.beam_args = unknown
-    quiet_native_logs(args.verbose, import_tensorflow=args.command not in ("demo", "weights"))
+    quiet_native_logs(args.verbose, import_tensorflow=args.command not in ("demo", "weights", "cache"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -38,6 +38,7 @@ async def predict_image(serving, request, match, ctx: dict):
     from tf_serving_compat import tensor_json as tj
     from tf_serving_compat.app import json_response, parse_version
     from tf_serving_compat.errors import ServingError, invalid
+    from tf_serving_compat.observers import notify_predict
     from tf_serving_compat.versions import DEFAULT_SIGNATURE
 
     body = await serving.read_body(request, ctx)
@@ -59,6 +60,7 @@ async def predict_image(serving, request, match, ctx: dict):
     array = np.empty(1, dtype=object)
     array[0] = data
     outputs = await serving.execute(loaded, info, {aliases[0]: array})
+    notify_predict(serving.observers, loaded, info.name, {aliases[0]: array}, outputs)
     return json_response(tj.dumps(describe_prediction(loaded.name, loaded.version, loaded.labels, outputs)))
 
 
@@ -133,11 +135,23 @@ def project_routes() -> list:
     return [ExtraRoute(UPLOAD_PATTERN, frozenset({"POST"}), predict_image)]
 
 
-def build_project_app(**kwargs):
-    """``tf_serving_compat.server.build_app`` with the project's routes (tests, notebook)."""
+def project_observers() -> list:
+    """What watches the served model: the project's metrics and drift (``monitoring.metrics``).
+
+    Active when the server exports metrics (``--monitoring_config_file``); settings: the config's
+    ``monitoring`` section (defaults, ``configs/default.yaml``).
+    """
+    from .config import load_config
+    from .monitoring.metrics import ModelWatcher
+
+    return [ModelWatcher(load_config().monitoring)]
+
+
+def build_project_app(*, observe: bool = True, **kwargs):
+    """``tf_serving_compat.server.build_app`` with the project's routes and observers (tests, notebook)."""
     from tf_serving_compat.server import build_app
 
-    return build_app(extra_routes=project_routes(), **kwargs)
+    return build_app(extra_routes=project_routes(), observers=project_observers() if observe else (), **kwargs)
 
 
 # ---------------------------------------------------------------- the launcher
@@ -257,7 +271,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     from tf_serving_compat.server import main as serve
 
     print(f"{REAL_SERVER} not on PATH: using tf_serving_compat", file=sys.stderr, flush=True)
-    return serve([*real, *own], extra_routes=project_routes())
+    return serve([*real, *own], extra_routes=project_routes(), observers=project_observers())
 
 
 if __name__ == "__main__":
