@@ -24,6 +24,7 @@ A version folder holds, besides the SavedModel:
 ``assets/labels.json``, ``assets/export.json``   vocabulary/thresholds; precision and provenance
 ``assets.extra/tf_serving_warmup_requests``        PredictionLog records replayed before AVAILABLE
 ``assets.extra/{config.yaml,run.json,metrics.json}``  the run it came from
+``assets.extra/reference_stats.json``              held-out prediction/input statistics (docs/monitoring.md)
 
 A version is written to a hidden temporary folder and renamed into place in one step,
 so a server polling the base path never sees a half-written version.
@@ -350,6 +351,7 @@ def export_run(run_dir: str | Path, base_dir: str | Path | None = None, model_na
 
     Also (re)writes ``<base_dir>/serving_config/`` for the real ``tensorflow_model_server``.
     """
+    from .monitoring.reference import run_reference_files
     from .runs import load_run
     from .serving_files import write_serving_config
     from .utils import package_versions
@@ -359,6 +361,7 @@ def export_run(run_dir: str | Path, base_dir: str | Path | None = None, model_na
     base_dir = Path(base_dir or cfg.export.saved_model_dir)
     model_name = model_name or cfg.export.model_name
     extra = {name: run_dir / name for name in PROVENANCE_FILES if (run_dir / name).is_file()}
+    extra.update(run_reference_files(model, labels, cfg, run_dir))
     path = export_saved_model(
         model, labels, base_dir, model_name, precision=precision or cfg.export.precision, model_cfg=cfg.model,
         warmup_images=run_images(cfg), extra_files=extra,
