@@ -1,0 +1,124 @@
+"""Throughput with the model statistics on vs off, alternating rounds in one run (REST, 16 clients).
+
+Both servers export Prometheus metrics (``--monitoring_config_file``); "on" adds the project's
+``ModelWatcher`` (prediction/input statistics, drift window), "off" is the generic server alone.
+``--model toy``: the serving tests' toy graph (decode + 8x8 resize), a nearly free model call, so
+the ratio is the watcher's worst case. ``--model vgg19``: the default architecture (VGG19 160x128,
+export as ``vinted export`` writes it) with random weights (``model.weights=none``): the real
+serving compute, no training needed.
+
+    .venv/bin/python bench/bench_monitoring.py --model vgg19 --rounds 4 --requests 4 --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(PROJECT), str(PROJECT / "bench"), str(PROJECT / "tests" / "serving")]
+
+LAUNCH = """
+import sys
+from tf_serving_compat.server import main
+from vinted_classifier.serving import project_observers, project_routes
+observers = project_observers() if sys.argv[1] == "on" else []
+raise SystemExit(main(sys.argv[2:], extra_routes=project_routes(), observers=observers))
+"""
+
+
+def start(mode: str, base: Path, monitoring: Path, log_dir: Path, batching: Path):
+    from serve_load import free_port
+
+    port = free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
+    command = [sys.executable, "-c", LAUNCH, mode, "--host", "127.0.0.1", "--rest_api_port", str(port), "--port", "0",
+               "--model_name", "my_model", "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0",
+               f"--monitoring_config_file={monitoring}", "--enable_batching",
+               f"--batching_parameters_file={batching}"]
+    stderr = open(log_dir / f"server-{mode}.stderr", "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT, env=env), \
+        f"http://127.0.0.1:{port}"
+
+
+def vgg19_export(base_dir: Path) -> Path:
+    """A VGG19 export with random weights and the demo's labels (same graph and cost as a trained one)."""
+    from vinted_classifier.config import load_config
+    from vinted_classifier.export import export_saved_model
+    from vinted_classifier.model import build_model
+    from vinted_classifier.runs import RunLabels
+
+    cfg = load_config(None, ["model.weights=none", "model.augment=false"])
+    categories = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS", "TOPS", "KNITWEAR", "JUMPSUITS"]
+    tags = ["polka dot", "floral", "checker"]
+    bundle = build_model(cfg.model, categories, tags)
+    labels = RunLabels("cc3", categories, tags, [0.5, 0.5, 0.5], cfg.model.image_size)
+    return export_saved_model(bundle.model, labels, base_dir, "my_model", 1, model_cfg=cfg.model)
+
+
+def main(argv=None) -> int:
+    import requests
+    from serve_helpers import V1_BIAS, install_version, template
+    from bench_serve import batching_text
+    from serve_load import make_jpegs, run_load, wait_healthy
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["toy", "vgg19"], default="toy")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=30, help="per client per round")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
+    base = work / "my_model"
+    if args.model == "toy":
+        install_version(template(V1_BIAS), base, 1)
+    else:
+        vgg19_export(work)
+    monitoring = work / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    images = make_jpegs(32, args.image_size)
+    batching = work / "batching.txt"
+    batching.write_text(batching_text(5))  # as bench_serve.py: batching on, 5 ms
+    servers = {mode: start(mode, base, monitoring, work, batching) for mode in ("off", "on")}
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for process, url in servers.values():
+            wait_healthy(url, 300, process)
+            run_load(url, "my_model", images, 2, 5, 60, 1)  # warm both
+        for round_ in range(args.rounds):
+            for mode in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
+                stats = run_load(servers[mode][1], "my_model", images, args.clients, args.requests, 300, 1)
+                if stats["errors"]:
+                    raise RuntimeError(f"{mode}: {stats['error_kinds']}")
+                results[mode].append(stats["throughput_rps"])
+                print(f"round {round_ + 1} {mode:>3}: {stats['throughput_rps']:.1f} req/s, "
+                      f"p99 {stats['latency_ms']['p99']} ms", flush=True)
+        text = requests.get(servers["on"][1] + "/monitoring/prometheus/metrics", timeout=10).text
+        counted = sum(float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("vinted_predictions_total{"))
+        dropped = sum(float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("vinted_monitoring_dropped_total{"))
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(30)
+    off, on = sum(results["off"]) / len(results["off"]), sum(results["on"]) / len(results["on"])
+    summary = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": results,
+               "mean_rps_off": round(off, 2), "mean_rps_on": round(on, 2), "ratio_on_off": round(on / off, 3),
+               "model": args.model, "rows_counted_by_watcher": counted, "rows_dropped": dropped, "args": vars(args)}
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
