@@ -79,44 +79,240 @@ def _cpu() -> str:
     return f"{machine.get('cpu_model', 'unknown CPU')} ({flags}), {machine.get('usable_cores')} cores"
 
 
+BEAM_VARIANTS = {  # name -> (label, BeamPredictJob overrides)
+    "beam": ("Beam DirectRunner, 2 worker processes", {}),
+    "beam_shared": ("Beam, 2 workers sharing one model (large_model)", {"share_model": True}),
+    "beam_1thread": ("Beam, 2 workers, 1 TensorFlow thread each", {"threads_per_worker": 1}),
+}
+
+
 def run(ctx: harness.Context) -> list[dict]:
+    """``vinted predict`` vs Beam variants, alternating; env BENCH_BEAM_COPIES (test set copies, default 7:
+    3,003 images) and BENCH_BEAM_VARIANTS (comma-separated names of BEAM_VARIANTS, default ``beam``)."""
+    import dataclasses
+    import os
+
     import pandas as pd
 
     from vinted_classifier import data
     from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict
     from vinted_classifier.predict import predict_test_set
 
-    copies = ctx.pick(1, 1)
+    copies = int(os.environ.get("BENCH_BEAM_COPIES", ctx.pick(7, 1)))
+    names = os.environ.get("BENCH_BEAM_VARIANTS", "beam").split(",")
     cfg = harness.bench_config(ctx)
     cfg = harness.bench_config(ctx, _scaled_test_set(ctx, cfg, copies))
     run_dir, version = _make_run(ctx, cfg)
     ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()
     batch = cfg.train.batch_size
-    repeats = ctx.pick(2, 1)
-    local_out, beam_out = ctx.work / "local" / "predictions.parquet", ctx.work / "beam" / "predictions.parquet"
-    job = BeamPredictJob(saved_model=str(version), input_parquet=str(cfg.data.data_dir / cfg.data.test_file),
-                         images=str(cfg.data.images), out_path=str(beam_out), batch_size=batch, rewrite="auto")
+    repeats = int(os.environ.get("BENCH_BEAM_ROUNDS", ctx.pick(2, 1)))
+    local_out = ctx.work / "local" / "predictions.parquet"
+    base_job = BeamPredictJob(saved_model=str(version), input_parquet=str(cfg.data.data_dir / cfg.data.test_file),
+                              images=str(cfg.data.images), out_path="", batch_size=batch, rewrite="auto")
     beam_args = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
     def local():
         predict_test_set(run_dir, out_path=local_out, batch_size=batch, rewrite="auto")
 
-    def beam():
-        result = run_beam_predict(job, beam_args)
-        assert result.counters["images_scored"] == len(ids), result.counters
+    def beam_variant(name):
+        job = dataclasses.replace(base_job, out_path=str(ctx.work / name / "predictions.parquet"),
+                                  **BEAM_VARIANTS[name][1])
 
-    times = harness.interleaved({"beam": beam, "local": local}, repeats=repeats, warmup=0)
-    same_uuids = pd.read_parquet(beam_out)["uuid"].tolist() == pd.read_parquet(local_out)["uuid"].tolist()
-    assert same_uuids, "Beam and vinted predict wrote different uuids"
+        def call():
+            result = run_beam_predict(job, beam_args)
+            assert result.counters["images_scored"] == len(ids), result.counters
+        return call
+
+    variants = {name: beam_variant(name) for name in names}
+    times = harness.interleaved({**variants, "local": local}, repeats=repeats, warmup=0)
+    local_frame = pd.read_parquet(local_out)
+    for name in names:
+        written = pd.read_parquet(ctx.work / name / "predictions.parquet")
+        assert written["uuid"].tolist() == local_frame["uuid"].tolist(), f"{name} and vinted predict differ in uuids"
     return [harness.ratio_rows(
-        "beam", "Beam DirectRunner, 2 worker processes", "vinted predict (one process)", times, len(ids),
-        "beam", "local", goal=0.8,
+        "beam", BEAM_VARIANTS[name][0], "vinted predict (one process)", times, len(ids), name, "local", goal=0.8,
         note=f"{len(ids)} images (the demo test set x{copies}), {cfg.model.backbone} float32 graph + rewrite auto, "
-             f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}, batch {batch}, {repeats} rounds, "
-             f"model load and worker start included; on {_cpu()}")]
+             f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}, batch {batch}, {repeats} rounds alternating, "
+             f"model load, worker start and the merge included; on {_cpu()}") for name in names]
+
+
+# --------------------------------------------------------------------------- scale: memory vs job size
+
+SCALE_CACHE = "~/.cache/vinted-classifier/beam-scale"
+SCALE_HELP = """Memory of Beam scoring vs job size: `python -m bench.bench_beam scale --sizes 10000 100000`.
+
+Each size runs in a fresh process: a synthetic job of N tiny JPEGs (32x32; 512 distinct images
+hard-linked under N uuids, generated once under ~/.cache) scored by a tiny exported model
+(MobileNetV2 32x32, untrained) on the DirectRunner with 2 worker processes, merged into the one
+ordered file. A sampler reads VmHWM (peak RSS) of the driver and of every descendant process every
+0.2 s. What is measured is the pipeline's memory and per-element cost, not the backbone's."""
+
+
+def synthetic_job(n_images: int, cache: str = SCALE_CACHE):
+    """(folder, ids parquet): ``n_images`` uuids and ``<uuid>.jpeg`` files, made once and reused."""
+    import io
+    import os
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = Path(cache).expanduser() / f"n{n_images}"
+    ids_path = folder / "test.parquet"
+    if ids_path.is_file():
+        return folder, ids_path
+    distinct = Path(cache).expanduser() / "distinct"
+    distinct.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sources = []
+    for k in range(512):
+        path = distinct / f"{k:03d}.jpeg"
+        if not path.is_file():
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+            path.write_bytes(buffer.getvalue())
+        sources.append(path)
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    ids = [f"{i:08d}-{rng.integers(1 << 62):016x}" for i in range(n_images)]
+    for i, uuid in enumerate(ids):
+        os.link(sources[i % len(sources)], images / f"{uuid}.jpeg")
+        if i % 20_000 == 0:
+            print(f"  linked {i}/{n_images} images", flush=True)
+    pq.write_table(pa.table({"uuid": pa.array(ids, pa.string())}), ids_path.with_suffix(".tmp"), row_group_size=10_000)
+    ids_path.with_suffix(".tmp").rename(ids_path)
+    return folder, ids_path
+
+
+def tiny_export(cache: str = SCALE_CACHE):
+    """A tiny SavedModel export (MobileNetV2 at 32x32, no pretrained weights), made once."""
+    from pathlib import Path
+
+    from vinted_classifier.config import load_config
+    from vinted_classifier.export import export_saved_model
+    from vinted_classifier.model import build_model
+    from vinted_classifier.precision import use_precision
+    from vinted_classifier.runs import RunLabels
+
+    base = Path(cache).expanduser() / "saved_model"
+    made = sorted((p for p in (base / "tiny").glob("[0-9]*") if (p / "saved_model.pb").is_file()),
+                  key=lambda p: int(p.name))
+    if made:  # found without importing TensorFlow: the driver being measured must not load it
+        return made[-1]
+    cfg = load_config(None, ["model.backbone=mobilenet_v2", "model.image_height=32", "model.image_width=32",
+                             "model.dense_units=16"], presets=["tiny"])
+    categories, tags = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"], ["polka dot", "floral", "checker"]
+    with use_precision("float32"):
+        bundle = build_model(cfg.model, categories, tags, "cc3")
+    labels = RunLabels("cc3", categories, tags, [0.5, 0.5, 0.5], cfg.model.image_size)
+    return export_saved_model(bundle.model, labels, base, "tiny", model_cfg=cfg.model)
+
+
+class PeakRss:
+    """Samples VmHWM (peak RSS, kB) of this process and every descendant, keeping each pid's largest value."""
+
+    def __init__(self, interval_s: float = 0.2):
+        import threading
+
+        self.peaks_kb: dict[int, tuple[str, int]] = {}
+        self._interval, self._stop = interval_s, threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self):
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def _sample(self):
+        import psutil
+
+        me = psutil.Process()
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                with open(f"/proc/{process.pid}/status") as status:
+                    hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+                role = "driver" if process.pid == me.pid else " ".join(process.cmdline()[:4])
+            except (OSError, StopIteration, psutil.Error):
+                continue
+            old = self.peaks_kb.get(process.pid, ("", 0))[1]
+            self.peaks_kb[process.pid] = (role, max(old, hwm))
+
+
+def _is_python_worker(command: str) -> bool:
+    """An SDK worker interpreter (not the shell that the DirectRunner starts it through)."""
+    return "sdk_worker_main" in command and "python" in command.split()[0]
+
+
+def scale_once(n_images: int, workers: int = 2, share_model: bool = False) -> dict:
+    """Score the synthetic job of ``n_images``; peak RSS per process (MiB), wall time, counters."""
+    import time
+
+    from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict
+
+    folder, ids_path = synthetic_job(n_images)
+    version = tiny_export()
+    out = folder / "out" / "predictions.parquet"
+    job = BeamPredictJob(saved_model=str(version), input_parquet=str(ids_path), images=str(folder / "images"),
+                         out_path=str(out), batch_size=64, rewrite="off", detailed=True, share_model=share_model)
+    args = ["--runner=DirectRunner", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    started = time.perf_counter()
+    with PeakRss() as rss:
+        result = run_beam_predict(job, args)
+    wall = time.perf_counter() - started
+    assert result.counters["images_scored"] == n_images, result.counters
+    driver = next(kb for role, kb in rss.peaks_kb.values() if role == "driver")
+    workers_kb = sorted(kb for role, kb in rss.peaks_kb.values() if _is_python_worker(role))
+    others = {role: kb for role, kb in rss.peaks_kb.values() if role != "driver" and not _is_python_worker(role)}
+    return {"images": n_images, "wall_s": round(wall, 1), "img_per_s": round(n_images / wall, 1),
+            "driver_peak_mib": round(driver / 1024, 1), "worker_peak_mib": [round(kb / 1024, 1) for kb in workers_kb],
+            "other_children_peak_mib": {k: round(v / 1024, 1) for k, v in others.items()},
+            "rows_merged": result.rows_merged, "counters": result.counters}
+
+
+def scale_main(argv: list[str]) -> int:
+    """Each size in a fresh interpreter (so one size's peak cannot hide in another's), one JSON line each."""
+    import argparse
+    import json
+    import subprocess
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_beam scale", description=SCALE_HELP)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--share-model", action="store_true")
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child's size
+    args = parser.parse_args(argv)
+    if args.one is not None:
+        print("RESULT " + json.dumps(scale_once(args.one, args.workers, args.share_model)), flush=True)
+        return 0
+    tiny_export()  # here, not in the measured child
+    for size in args.sizes:
+        synthetic_job(size)
+        command = [sys.executable, "-m", "bench.bench_beam", "scale", "--one", str(size), "--workers", str(args.workers)]
+        if args.share_model:
+            command.append("--share-model")
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            print(f"size {size} failed (rc {done.returncode}):\n{done.stderr[-4000:]}", flush=True)
+            return 1
+        print(lines[-1][len("RESULT "):], flush=True)
+    return 0
 
 
 if __name__ == "__main__":
     import sys
 
+    if sys.argv[1:2] == ["scale"]:
+        sys.exit(scale_main(sys.argv[2:]))
     sys.exit(harness.child_main(sys.modules[__name__]))

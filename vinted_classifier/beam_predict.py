@@ -8,9 +8,8 @@ from row-group reads to sharded parquet sinks.
 
 Pipeline (``vinted_classifier.beam.transforms``)::
 
-    input parquet(s): one element per row group (footers only, read by the launcher)
+    input parquet(s): one element per slice of <= 50k rows of a row group (footers only, read by the launcher)
       -> ids with their global row index          --null id--------------------> rejected
-      -> GroupByKey(uuid): spreads work, dedups   --uuid on several rows-------> rejected
       -> image bytes through Beam's FileSystems   --missing/empty/not an image-> rejected
       -> RunInference(SavedModel serving_default on the bytes, batched)
                                                   --undecodable image----------> rejected
@@ -18,9 +17,10 @@ Pipeline (``vinted_classifier.beam.transforms``)::
       -> WriteToParquetBatched: <out stem>_shards/predictions-SSSSS-of-NNNNN.parquet (``index`` + detailed columns)
     rejected -> WriteToParquet: <out stem>_shards/rejected-SSSSS-of-NNNNN.parquet (index, uuid, reason)
 
-Then, unless ``shards_only``, ``beam.merge.merge_shards`` streams the shards into the homework's
-single ordered files (``<out>``, ``<out stem>_detailed``, ``<out stem>_rejected``) in bounded memory
-and removes the shards. Counters (namespace ``vinted``): images_read, images_scored, images_rejected.
+No step shuffles per-row data: each worker runs the whole chain on its slices. Then, unless
+``shards_only``, ``beam.merge`` streams the shards into the homework's single ordered files (``<out>``,
+``<out stem>_detailed``, ``<out stem>_rejected``) in bounded memory, moving a uuid found on several
+rows to the rejected file, and removes the shards. Counters (namespace ``vinted``): images_read, images_scored, images_rejected.
 Apache Beam is imported only when a pipeline is built (``pip install -e ".[beam]"``).
 """
 
@@ -146,12 +146,9 @@ def build_pipeline(pipeline, job: BeamPredictJob, row_groups: list, labels) -> N
     _, _, shard_schema = output_schemas(labels, job.id_column)
     _, rejected_shard_schema = rejected_schemas(job.id_column)
     ids = (pipeline
-           | "RowGroups" >> beam.Create(row_groups)
-           | "ReadIds" >> beam.ParDo(t.ReadRowGroupIds(job.id_column)).with_outputs(t.REJECTED, main="ids"))
-    unique = (ids.ids
-              | "GroupByUuid" >> beam.GroupByKey()
-              | "UniqueIds" >> beam.ParDo(t.KeepUniqueIds()).with_outputs(t.REJECTED, main="ids"))
-    read = unique.ids | "ReadImages" >> beam.ParDo(t.ReadImageBytes(job.images, job.image_extensions)).with_outputs(
+           | "RowGroupSlices" >> beam.Create(row_groups)  # with a reshuffle: the slices spread over workers
+           | "ReadIds" >> beam.ParDo(t.ReadSliceIds(job.id_column)).with_outputs(t.REJECTED, main="ids"))
+    read = ids.ids | "ReadImages" >> beam.ParDo(t.ReadImageBytes(job.images, job.image_extensions)).with_outputs(
         t.REJECTED, main="images")
     scored = (read.images
               | "Score" >> RunInference(KeyedModelHandler(make_model_handler(job, labels.category_output)))
@@ -159,7 +156,7 @@ def build_pipeline(pipeline, job: BeamPredictJob, row_groups: list, labels) -> N
                   t.REJECTED, main="tables"))
     _ = scored.tables | "WritePredictionShards" >> beam.io.WriteToParquetBatched(
         job.shard_prefix(PREDICTION_SHARDS), shard_schema, file_name_suffix=".parquet")
-    _ = ((ids[t.REJECTED], unique[t.REJECTED], read[t.REJECTED], scored[t.REJECTED])
+    _ = ((ids[t.REJECTED], read[t.REJECTED], scored[t.REJECTED])
          | "Rejected" >> beam.Flatten()
          | "RejectedRecords" >> beam.Map(t.rejected_record, job.id_column)
          | "WriteRejectedShards" >> beam.io.WriteToParquet(
@@ -196,20 +193,49 @@ def clear_shards(job: BeamPredictJob) -> None:
         FileSystems.delete(stale)
 
 
+def _shard_rows(paths: list[str]) -> int:
+    """Rows in these parquet files, from their footers."""
+    from .beam.inputs import open_parquet
+
+    total = 0
+    for path in paths:
+        with open_parquet(path) as parquet:
+            total += parquet.metadata.num_rows
+    return total
+
+
 def merge_job_shards(job: BeamPredictJob, labels) -> tuple[int, int]:
-    """The homework's single ordered files from the shards (bounded memory); then the shards are removed."""
+    """The homework's single ordered files from the shards (bounded memory), then the shards are removed.
+
+    A uuid scored on several input rows is left out of the predictions and listed on each of its rows
+    in the rejected file (the homework file has one row per uuid). Returns (predictions, rejected) rows.
+    """
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    from .beam.merge import MergedOutput, merge_shards
+    from .beam.merge import MergedOutput, find_duplicates, merge_shards
 
     homework, detail, _ = output_schemas(labels, job.id_column)
+    rejected_file, rejected_shard = rejected_schemas(job.id_column)
     outputs = [MergedOutput(job.out_path, homework)]
     if job.detailed:
         outputs.append(MergedOutput(job.sibling(DETAILED_SUFFIX), detail))
     predictions = shard_paths(job, PREDICTION_SHARDS)
-    rejected = shard_paths(job, REJECTED_SHARDS)
-    scored = merge_shards(predictions, outputs)
-    dead = merge_shards(rejected, [MergedOutput(job.sibling(REJECTED_SUFFIX), rejected_schemas(job.id_column)[0])])
+    duplicates = find_duplicates(predictions, job.id_column)
+    with tempfile.TemporaryDirectory(prefix="vinted-dups-") as scratch:
+        extra = []
+        if duplicates:
+            log.warning("%d row(s) hold a uuid that is on several rows; they go to the rejected file", len(duplicates))
+            extra = [str(Path(scratch) / "duplicates.parquet")]
+            indexes = sorted(duplicates)
+            pq.write_table(pa.table([pa.array(indexes, pa.int64()), pa.array([duplicates[i][0] for i in indexes]),
+                                     pa.array([duplicates[i][1] for i in indexes])], schema=rejected_shard), extra[0])
+        scored = merge_shards(predictions, outputs, drop=set(duplicates))
+        dead = merge_shards(shard_paths(job, REJECTED_SHARDS) + extra,
+                            [MergedOutput(job.sibling(REJECTED_SUFFIX), rejected_file)])
     FileSystems.delete([job.shard_folder()])
     return scored, dead
 
@@ -243,10 +269,11 @@ def run_beam_predict(job: BeamPredictJob, beam_args: list[str]) -> BeamPredictRe
     log.info("beam predict %s: %s", state, counters)
     if job.shards_only:
         return BeamPredictResult(job.shard_folder(), job.shard_prefix(REJECTED_SHARDS) + "-*.parquet", counters, state)
+    predictions_before = _shard_rows(shard_paths(job, PREDICTION_SHARDS))
+    if predictions_before != counters["images_scored"]:
+        raise RuntimeError(f"the shards in {job.shard_folder()} hold {predictions_before} predictions but the job "
+                           f"scored {counters['images_scored']} (incomplete shards, or another job wrote there)")
     scored, _ = merge_job_shards(job, labels)
-    if scored != counters["images_scored"]:
-        raise RuntimeError(f"merged {scored} predictions but the job scored {counters['images_scored']} "
-                           f"(shards in {job.shard_folder()} are incomplete or from another job)")
     return BeamPredictResult(job.out_path, job.sibling(REJECTED_SUFFIX), counters, state, scored)
 
 

@@ -102,33 +102,40 @@ def test_two_worker_processes_write_what_vinted_predict_writes(exported, tmp_pat
 
 
 def test_shards_keep_the_input_index_and_dead_letters_name_uuid_and_reason(exported, tmp_path):
-    from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict
+    from vinted_classifier.beam_predict import BeamPredictJob, merge_job_shards, run_beam_predict
+    from vinted_classifier.runs import RunLabels
 
     cfg, _, version, ids, corrupt, missing = exported
     job_ids = [ids[0], corrupt, ids[1], ids[0], missing, ids[2]]  # ids[0] twice: a duplicate uuid
     pq.write_table(pa.table({"uuid": job_ids}), tmp_path / "ids.parquet")
     out = tmp_path / "out" / "predictions.parquet"
-    (tmp_path / "out" / "predictions_shards").mkdir(parents=True)
-    pq.write_table(pa.table({"index": [99]}), tmp_path / "out" / "predictions_shards" / "rejected-00000-of-00001.parquet")
+    shard_folder = tmp_path / "out" / "predictions_shards"
+    shard_folder.mkdir(parents=True)
+    pq.write_table(pa.table({"index": [99]}), shard_folder / "rejected-00000-of-00001.parquet")  # an earlier job's
     job = BeamPredictJob(saved_model=str(version), input_parquet=str(tmp_path / "ids.parquet"),
                          images=str(cfg.data.data_dir), out_path=str(out), batch_size=2, rewrite="off",
                          shards_only=True)
     result = run_beam_predict(job, ["--runner=DirectRunner", "--direct_num_workers=1"])
 
-    assert result.out_path == str(tmp_path / "out" / "predictions_shards")
-    shards = sorted((tmp_path / "out" / "predictions_shards").glob("*.parquet"))
+    assert result.out_path == str(shard_folder) and not out.exists()  # shards only: no merge
+    shards = sorted(shard_folder.glob("*.parquet"))
     scored = pd.concat([pd.read_parquet(p) for p in shards if p.name.startswith("predictions-")]).sort_values("index")
     rejected = pd.concat([pd.read_parquet(p) for p in shards if p.name.startswith("rejected-")]).sort_values("index")
-    assert 99 not in rejected["index"].tolist()  # the earlier job's shard was removed first
-    assert list(zip(scored["index"], scored["uuid"])) == [(2, ids[1]), (5, ids[2])]
+    assert list(zip(scored["index"], scored["uuid"])) == [(0, ids[0]), (2, ids[1]), (3, ids[0]), (5, ids[2])]
     assert {"category1", "category2", "category1_name", "category1_probability"} <= set(scored.columns)
-    assert rejected["index"].tolist() == [0, 1, 3, 4]
-    assert rejected["uuid"].tolist() == [ids[0], corrupt, ids[0], missing]
+    assert list(zip(rejected["index"], rejected["uuid"])) == [(1, corrupt), (4, missing)]  # not the stale 99
     reasons = rejected["reason"].tolist()
-    assert reasons[0] == reasons[2] == "duplicate uuid: on input rows [0, 3]"
-    assert reasons[1].startswith("undecodable image: InvalidArgumentError")
-    assert reasons[3].startswith("missing image: none of [")
-    assert not out.exists()  # shards only: no merge
+    assert reasons[0].startswith("undecodable image: InvalidArgumentError")
+    assert reasons[1].startswith("missing image: none of [") and f"{missing}.jpeg" in reasons[1]
+
+    # The merge keeps a uuid on several rows out of the homework file and lists each of its rows.
+    labels = RunLabels.load(version / "assets" / "labels.json")
+    assert merge_job_shards(job, labels) == (2, 4)
+    assert pd.read_parquet(out)["uuid"].tolist() == [ids[1], ids[2]]
+    merged_rejected = pd.read_parquet(job.sibling("_rejected"))
+    assert merged_rejected["uuid"].tolist() == [ids[0], corrupt, ids[0], missing]
+    assert merged_rejected["reason"][0] == merged_rejected["reason"][2] == "duplicate uuid: on input rows [0, 3]"
+    assert not shard_folder.exists()
 
 
 def test_cli_runner_options_reach_beam_and_bad_input_is_named(exported, tmp_path, capsys):

@@ -33,6 +33,22 @@ def test_row_groups_are_numbered_across_files_in_path_order(tmp_path):
     assert slices == [RowGroupSlice(first, 0, 0, 2), RowGroupSlice(first, 1, 2, 1), RowGroupSlice(second, 0, 3, 2)]
 
 
+def test_slices_read_their_rows_with_global_indexes_and_reject_null_ids(tmp_path):
+    from vinted_classifier.beam.transforms import REJECTED, ReadSliceIds
+
+    path = _parquet(tmp_path / "ids.parquet", pd.DataFrame({"uuid": ["a", "b", None, "d", "e"]}), row_group_size=5)
+    out = list(ReadSliceIds("uuid").process(RowGroupSlice(path, 0, 11, 3, 1)))  # rows 1..3, global 11..13
+    assert out[0] == (11, "b") and out[2] == (13, "d")
+    assert out[1].tag == REJECTED and out[1].value == (12, None, f"null uuid at row 12 of {path}")
+
+
+def test_large_row_groups_are_cut_into_slices(tmp_path):
+    path = _parquet(tmp_path / "ids.parquet", pd.DataFrame({"uuid": [f"u{i}" for i in range(7)]}), row_group_size=5)
+    assert plan_row_groups(path, "uuid", slice_rows=2) == [
+        RowGroupSlice(path, 0, 0, 2, 0), RowGroupSlice(path, 0, 2, 2, 2), RowGroupSlice(path, 0, 4, 1, 4),
+        RowGroupSlice(path, 1, 5, 2, 0)]
+
+
 def test_row_group_planning_names_bad_inputs(tmp_path):
     path = _parquet(tmp_path / "ids.parquet", pd.DataFrame({"item": ["a"]}))
     with pytest.raises(ValueError, match=r"ids.parquet: missing column 'uuid'; found \['item'\]"):
@@ -124,7 +140,12 @@ def test_no_step_holds_the_whole_job(tmp_path):
     created = [node.transform.values for node in applied if isinstance(node.transform, beam.Create)]
     assert [len(values) for values in created if all(isinstance(v, RowGroupSlice) for v in values)] == [3]
     assert all(tuple(values) == (None,) for values in created if not isinstance(values[0], RowGroupSlice)), created
-    assert {"GroupByUuid", "Score", "WritePredictionShards", "WriteRejectedShards"} <= set(names)
+    assert {"RowGroupSlices", "ReadIds", "ReadImages", "Score", "WritePredictionShards", "WriteRejectedShards"} <= set(names)
+    # No per-row shuffle: the only GroupByKeys are Create's reshuffle of the slices and the sinks' own
+    # grouping of per-bundle file names.
+    grouping = [node.full_label for node in applied if type(node.transform).__name__ == "GroupByKey"]
+    assert grouping and all(name.split("/")[0] in {"RowGroupSlices", "WritePredictionShards", "WriteRejectedShards"}
+                            for name in grouping), grouping
     # A ten times larger job builds the same graph (same transforms, same Create sizes).
     assert [node.full_label for node in _graph(tmp_path / "big", 3000)] == names
 
@@ -159,6 +180,32 @@ def test_merge_restores_the_input_order_in_small_chunks(tmp_path):
     assert merged.schema.metadata == {b"k": b"v"}
     assert pq.read_table(narrow).column_names == ["uuid"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["all.parquet", "narrow.parquet"]  # no temp files left
+    kept = merge_shards(shards, [MergedOutput(str(narrow), pa.schema([("uuid", pa.string())]))],
+                        chunk_rows=50, read_rows=16, drop={int(expected[0]), int(expected[-1])})
+    assert kept == len(expected) - 2
+    assert pq.read_table(narrow).column("uuid").to_pylist() == [f"u{i}" for i in expected[1:-1]]
+
+
+def test_duplicates_are_found_across_shards_and_read_batches(tmp_path):
+    from vinted_classifier.beam.merge import find_duplicates
+
+    def shard(name, pairs):
+        table = pa.table({"index": pa.array([i for i, _ in pairs], pa.int64()), "uuid": [u for _, u in pairs]})
+        pq.write_table(table, tmp_path / name)
+        return str(tmp_path / name)
+
+    unique = [(i, f"u{i:03d}") for i in range(100)]
+    shards = [shard("a.parquet", unique[:50] + [(100, "u007"), (101, "x"), (102, "x")]),
+              shard("b.parquet", unique[50:] + [(103, "u007"), (104, "u090")])]
+    found = find_duplicates(shards, "uuid", chunk_rows=20, read_rows=3)  # duplicates straddle runs and batches
+    assert found == {7: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
+                     100: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
+                     103: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
+                     90: ("u090", "duplicate uuid: on input rows [90, 104]"),
+                     104: ("u090", "duplicate uuid: on input rows [90, 104]"),
+                     101: ("x", "duplicate uuid: on input rows [101, 102]"),
+                     102: ("x", "duplicate uuid: on input rows [101, 102]")}
+    assert find_duplicates([shard("c.parquet", unique)], "uuid", chunk_rows=7, read_rows=2) == {}
 
 
 def test_merge_refuses_an_index_claimed_by_two_shards(tmp_path):

@@ -8,6 +8,9 @@ Workers write shards in whatever order rows reached them. ``merge_shards``:
    the rows up to the smallest "last index" among them (all smaller indexes are then known), sorts
    that slice and appends it to every output (memory: k batches of ``read_rows`` rows).
 
+``find_duplicates`` runs the same external sort on the uuid to find uuids scored on several rows
+(the pipeline itself never shuffles per-row data, so this is where duplicates are caught).
+
 So memory does not grow with the job, only with the number of runs (job / chunk_rows) times a small
 batch. Outputs are written to a local temporary file and moved into place (locally by rename,
 elsewhere by one streamed upload), so a reader never sees half a file.
@@ -39,9 +42,10 @@ class MergedOutput:
 class _SortedRun:
     """A spilled, sorted run, read back ``read_rows`` rows at a time."""
 
-    def __init__(self, path: Path, read_rows: int):
+    def __init__(self, path: Path, read_rows: int, key: str = INDEX):
         import pyarrow.parquet as pq
 
+        self.key = key
         self._batches = pq.ParquetFile(path).iter_batches(batch_size=read_rows)
         self.current = None
         self.refill()
@@ -52,46 +56,87 @@ class _SortedRun:
         batch = next(self._batches, None)
         self.current = None if batch is None else pa.Table.from_batches([batch])
 
-    def take_through(self, bound: int):
-        """Rows with index <= bound from the current batch (the batch is sorted)."""
-        indexes = self.current.column(INDEX).to_numpy()
-        count = int(np.searchsorted(indexes, bound, side="right"))
+    def take_through(self, bound):
+        """Rows with key <= bound from the current batch (the batch is sorted on the key)."""
+        keys = self.current.column(self.key).to_numpy(zero_copy_only=False)
+        count = int(np.searchsorted(keys, bound, side="right"))
         taken, self.current = self.current.slice(0, count), self.current.slice(count)
         if self.current.num_rows == 0:
             self.refill()
         return taken
 
 
-def _spill_sorted_runs(shards: list[str], folder: Path, chunk_rows: int) -> list[Path]:
-    """Every shard, ``chunk_rows`` at a time, sorted by index into local run files."""
+def _spill_sorted_runs(shards: list[str], folder: Path, chunk_rows: int, key: str = INDEX,
+                       columns: list[str] | None = None) -> list[Path]:
+    """Every shard, ``chunk_rows`` at a time, sorted on ``key`` into local run files."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from .inputs import open_parquet
 
+    folder.mkdir(parents=True, exist_ok=True)
     runs = []
     for shard in shards:
         with open_parquet(shard) as parquet:
             if INDEX not in parquet.schema_arrow.names:
                 raise ValueError(f"{shard}: shard has no {INDEX!r} column; found {parquet.schema_arrow.names}")
-            for batch in parquet.iter_batches(batch_size=chunk_rows):
+            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
                 if batch.num_rows:
                     run = folder / f"run-{len(runs):06d}.parquet"
-                    pq.write_table(pa.Table.from_batches([batch]).sort_by(INDEX), run)
+                    pq.write_table(pa.Table.from_batches([batch]).sort_by(key), run)
                     runs.append(run)
     return runs
 
 
-def _merged_slices(runs: list[Path], read_rows: int) -> Iterator:
-    """Tables of rows in increasing index order, each bounded by len(runs) * read_rows rows."""
+def _merged_slices(runs: list[Path], read_rows: int, key: str = INDEX) -> Iterator:
+    """Tables of rows in increasing ``key`` order, each bounded by len(runs) * read_rows rows."""
     import pyarrow as pa
 
-    open_runs = [run for run in (_SortedRun(path, read_rows) for path in runs) if run.current is not None]
+    open_runs = [run for run in (_SortedRun(path, read_rows, key) for path in runs) if run.current is not None]
     while open_runs:
-        bound = min(run.current.column(INDEX)[-1].as_py() for run in open_runs)
+        bound = min(run.current.column(key)[-1].as_py() for run in open_runs)
         parts = [run.take_through(bound) for run in open_runs]
-        yield pa.concat_tables([part for part in parts if part.num_rows]).sort_by(INDEX)
+        yield pa.concat_tables([part for part in parts if part.num_rows]).sort_by(key)
         open_runs = [run for run in open_runs if run.current is not None]
+
+
+def find_duplicates(shards: list[str], id_column: str, *, chunk_rows: int = 200_000,
+                    read_rows: int = 4096) -> dict[int, tuple[str, str]]:
+    """{index: (uuid, reason)} for every row whose uuid is on several rows: an external sort on the uuid
+    (memory: a chunk, then k small batches; the answer itself is as large as the duplicates)."""
+    import pyarrow as pa
+
+    duplicates: dict[int, tuple[str, str]] = {}
+
+    def report(group) -> None:
+        for uuid, indexes in _groups_of_several(group, id_column):
+            for index in indexes:
+                duplicates[index] = (uuid, f"duplicate uuid: on input rows {indexes[:10]}")
+
+    with tempfile.TemporaryDirectory(prefix="vinted-dups-") as scratch:
+        runs = _spill_sorted_runs(shards, Path(scratch), chunk_rows, id_column, [id_column, INDEX])
+        carry = None  # rows of the last uuid seen: the next slice may hold more of it
+        for table in _merged_slices(runs, read_rows, id_column):
+            table = table if carry is None else pa.concat_tables([carry, table])
+            keys = table.column(id_column).to_numpy(zero_copy_only=False)
+            split = int(np.searchsorted(keys, keys[-1], side="left"))
+            report(table.slice(0, split))
+            carry = table.slice(split)
+        if carry is not None:
+            report(carry)
+    return duplicates
+
+
+def _groups_of_several(table, id_column: str):
+    """(uuid, sorted indexes) for each uuid on more than one row of a uuid-sorted table."""
+    keys = table.column(id_column).to_numpy(zero_copy_only=False)
+    indexes = table.column(INDEX).to_numpy()
+    if len(keys) < 2:
+        return
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1], [True]]))
+    for start, stop in zip(starts[:-1], starts[1:]):
+        if stop - start > 1:
+            yield keys[start], sorted(int(i) for i in indexes[start:stop])
 
 
 def _publish(local: Path, target: str) -> None:
@@ -118,12 +163,17 @@ def _check_increasing(indexes: np.ndarray, last: int, shards: list[str]) -> None
 
 
 def merge_shards(shards: list[str], outputs: list[MergedOutput], *, chunk_rows: int = 200_000,
-                 read_rows: int = 4096) -> int:
-    """Merge index-keyed shards into each output in index order; returns the number of rows.
+                 read_rows: int = 4096, drop: set[int] | frozenset[int] = frozenset()) -> int:
+    """Merge index-keyed shards into each output in index order, leaving out the indexes in ``drop``;
+    returns the number of rows written.
 
     Raises if an index repeats (two shards claiming one input row means the job ran twice into one folder).
     """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
+    dropped = pa.array(sorted(drop), pa.int64())
 
     rows, last = 0, -1
     with tempfile.TemporaryDirectory(prefix="vinted-merge-") as scratch:
@@ -136,6 +186,8 @@ def merge_shards(shards: list[str], outputs: list[MergedOutput], *, chunk_rows: 
                 indexes = table.column(INDEX).to_numpy()
                 _check_increasing(indexes, last, shards)
                 last = int(indexes[-1])
+                if len(dropped):
+                    table = table.filter(pc.invert(pc.is_in(table.column(INDEX), value_set=dropped)))
                 rows += table.num_rows
                 for writer, output in zip(writers, outputs):
                     writer.write_table(table.select(output.schema.names).cast(output.schema))

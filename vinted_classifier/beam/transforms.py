@@ -1,9 +1,8 @@
 """The DoFns and the ModelHandler of the Beam scoring pipeline (this module imports Apache Beam).
 
-Elements, stage by stage:
-  RowGroupSlice -> (uuid, index) -> grouped by uuid (one shuffle: spreads the work over workers
-  and finds duplicate uuids) -> (index, uuid) -> ((index, uuid), image bytes) -> RunInference ->
-  pyarrow tables of formatted rows (sharded parquet sink); every rejected row -> (index, uuid, reason).
+Elements, stage by stage (one fused stage per worker: no per-row data is shuffled):
+  RowGroupSlice -> (index, uuid) -> ((index, uuid), image bytes) -> RunInference -> pyarrow tables
+  of formatted rows (sharded parquet sink); every rejected row -> (index, uuid, reason).
 """
 
 from __future__ import annotations
@@ -29,36 +28,31 @@ def _rejected(index: int, uuid, reason: str):
     return beam.pvalue.TaggedOutput(REJECTED, (index, uuid, reason))
 
 
-class ReadRowGroupIds(beam.DoFn):
-    """RowGroupSlice -> (uuid, global index) for each row, streamed in batches; a null id is rejected."""
+class ReadSliceIds(beam.DoFn):
+    """RowGroupSlice -> (index, uuid) for each of its rows (only the id column is read); a null id is rejected."""
 
-    def __init__(self, id_column: str, batch_rows: int = 8192):
-        self._id_column, self._batch_rows = id_column, batch_rows
+    def __init__(self, id_column: str):
+        self._id_column = id_column
 
     def process(self, piece):
-        index = piece.first_index
         with open_parquet(piece.path) as parquet:
-            for batch in parquet.iter_batches(batch_size=self._batch_rows, row_groups=[piece.row_group],
-                                              columns=[self._id_column]):
-                for uuid in batch.column(0).to_pylist():
-                    if uuid is None:
-                        yield _rejected(index, None, f"null {self._id_column} at row {index} of {piece.path}")
-                    else:
-                        yield uuid, index
-                    index += 1
+            column = parquet.read_row_group(piece.row_group, columns=[self._id_column]).column(0)
+        for index, uuid in enumerate(column.slice(piece.offset, piece.num_rows).to_pylist(), piece.first_index):
+            if uuid is None:
+                yield _rejected(index, None, f"null {self._id_column} at row {index} of {piece.path}")
+            else:
+                yield index, uuid
 
 
-class KeepUniqueIds(beam.DoFn):
-    """(uuid, [indexes]) -> (index, uuid); a uuid on several rows is rejected on every one of them."""
+class RejectDuplicateIds(beam.DoFn):
+    """(uuid, [indexes]) -> dead letters for a uuid on several rows (the optional duplicate check)."""
 
     def process(self, grouped):
         uuid, indexes = grouped
-        indexes = sorted(indexes)
-        if len(indexes) == 1:
-            yield indexes[0], uuid
-            return
-        for index in indexes:
-            yield _rejected(index, uuid, f"duplicate uuid: on input rows {indexes[:10]}")
+        if len(indexes) > 1:
+            indexes = sorted(indexes)
+            for index in indexes:
+                yield index, uuid, f"duplicate uuid: on input rows {indexes[:10]}"
 
 
 class ReadImageBytes(beam.DoFn):
