@@ -190,6 +190,7 @@ class MonitoringConfig(_Strict):
     window_size: int = Field(1000, ge=1)       # drift window: the last N predictions ...
     window_seconds: float = Field(3600.0, gt=0)  # ... of at most this age
     queue_size: int = Field(256, ge=1)         # requests waiting for the statistics thread; more are dropped, counted
+    brightness_per_second: float = Field(25.0, gt=0)  # images decoded for brightness at most (size: every image)
     # Alert thresholds (deploy/monitoring/alerts.yml uses the same; a test keeps them equal).
     category_linf_threshold: float = Field(0.15, gt=0, le=1)
     tag_linf_threshold: float = Field(0.10, gt=0, le=1)

@@ -138,3 +138,17 @@ def test_reference_round_trip_and_errors_name_the_field(tmp_path):
     path.write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_reference(path)
+
+
+def test_rate_limit_allows_a_burst_then_the_rate():
+    from vinted_classifier.monitoring.metrics import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(2.0, clock=lambda: now[0])
+    assert [limit() for _ in range(3)] == [True, True, False]  # a second's worth, then nothing
+    now[0] = 0.5
+    assert [limit(), limit()] == [True, False]                 # half a second: one more
+    now[0] = 100.0
+    assert sum(limit() for _ in range(5)) == 2                  # never more than one second's worth
+    stats = image_stats(_jpeg(np.full((8, 8, 3), 50, np.uint8)), brightness=False)
+    assert stats == {"width": 8.0, "height": 8.0, "aspect_ratio": 1.0, "brightness": None}

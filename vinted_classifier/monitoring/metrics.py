@@ -1,7 +1,9 @@
 """The project's Prometheus metrics, fed by an observer of the generic server (``tf_serving_compat.observers``).
 
 ``ModelWatcher.on_predict`` only queues the request's tensors (references, no copy); one daemon
-thread turns them into statistics, so the request path pays a queue put. When the queue is full
+thread turns them into statistics, so the request path pays a queue put. Every image's size is read
+from its header; at most ``brightness_per_second`` images are also decoded (at 1/8 scale) for their
+brightness, which bounds the watcher's CPU whatever the traffic. When the queue is full
 the request is dropped from the statistics and counted (``vinted_monitoring_dropped_total``).
 Every name starts with ``vinted_`` so nobody mistakes them for TF Serving's ``:tensorflow:serving:``.
 Drift gauges and the model's age are computed when Prometheus scrapes.
@@ -67,6 +69,23 @@ def reject_reason(code: str, message: str) -> str:
     return "invalid_argument" if code == "INVALID_ARGUMENT" else code.lower()
 
 
+class RateLimit:
+    """At most ``rate`` yeses per second, bursts up to one second's worth (a token bucket)."""
+
+    def __init__(self, rate: float, clock=time.monotonic):
+        self.rate, self.clock = rate, clock
+        self._tokens, self._last = rate, clock()
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
 class RequestSampler:
     """Privacy-safe request log: a fraction of rows' image hash, size and prediction, never the image."""
 
@@ -114,6 +133,7 @@ class ModelWatcher:
         self._thread: threading.Thread | None = None
         self._sampler: RequestSampler | None = None
         self._sample_seed = sample_seed
+        self._brightness_budget = RateLimit(self.settings.brightness_per_second)
 
     # ------------------------------------------------------------ the observer protocol
 
@@ -204,9 +224,8 @@ class ModelWatcher:
         if category_key not in outputs:
             return
         model, version = loaded.name, str(loaded.version)
-        images = input_stats(inputs)
-        rows, nonfinite = observations(outputs[category_key], outputs.get("tags"),
-                                       labels.get("thresholds") or [0.5] * np.shape(outputs.get("tags", [[]]))[-1],
+        images = input_stats(inputs, self._brightness_budget)
+        rows, nonfinite = observations(outputs[category_key], outputs.get("tags"), labels.get("thresholds"),
                                        images, outputs.get("tag_flags"))
         if nonfinite:
             self.nonfinite.labels(model, version, signature_name).inc(nonfinite)
@@ -281,8 +300,8 @@ class ModelWatcher:
                     continue
         return out
 
-    def drift_by_version(self) -> dict[tuple[str, int], tuple[Any, _VersionState]]:
-        """(scores or None without a reference, state) of every loaded version."""
+    def drift_by_version(self) -> dict[tuple[str, int], tuple[Any, _VersionState, int]]:
+        """(drift scores or None without a reference, state, rows in the window) of every loaded version."""
         now = self.clock()
         out = {}
         for loaded in self.loaded_versions():
@@ -295,6 +314,9 @@ class ModelWatcher:
                 window = summarise(rows, len(ref.categories), len(ref.tags), ref.edges)
                 scores = drift_scores(ref.summary, window)
             out[(loaded.name, int(loaded.version))] = (scores, state, len(rows))
+        with self._versions_lock:  # unloaded versions: their windows go, their series stop
+            for key in set(self._versions) - set(out):
+                del self._versions[key]
         return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .drift import NUMERIC_FEATURES, Observation, Summary, summarise
+from .drift import Observation, Summary, summarise
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _BRIGHTNESS_PIXELS = 64 * 64  # non-JPEG images are reduced to about this many pixels first
 
 
-def image_stats(data: bytes) -> dict[str, float] | None:
-    """width, height, aspect_ratio, brightness (mean luma 0..255) of an encoded image; None if unreadable."""
+def image_stats(data: bytes, brightness: bool = True) -> dict[str, float] | None:
+    """width, height, aspect_ratio, brightness (mean luma 0..255; None unless asked) of an encoded image;
+    None if unreadable. The size costs a header parse; the brightness a reduced decode."""
     from PIL import Image
 
     try:
@@ -28,14 +29,17 @@ def image_stats(data: bytes) -> dict[str, float] | None:
             width, height = image.size
             if width < 1 or height < 1:
                 return None
-            image.draft("L", (max(1, width // 8), max(1, height // 8)))  # JPEG only; others ignore it
-            factor = int(math.sqrt(image.size[0] * image.size[1] / _BRIGHTNESS_PIXELS))
-            small = image.reduce(factor) if factor >= 2 else image
-            brightness = float(np.asarray(small.convert("L"), dtype=np.float64).mean())
+            luma = _brightness(image, width, height) if brightness else None
     except Exception:  # noqa: BLE001 - an unreadable image has no statistics; the graph reports it
         return None
-    return {"width": float(width), "height": float(height), "aspect_ratio": width / height,
-            "brightness": brightness}
+    return {"width": float(width), "height": float(height), "aspect_ratio": width / height, "brightness": luma}
+
+
+def _brightness(image, width: int, height: int) -> float:
+    image.draft("L", (max(1, width // 8), max(1, height // 8)))  # JPEG only; other formats ignore it
+    factor = int(math.sqrt(image.size[0] * image.size[1] / _BRIGHTNESS_PIXELS))
+    small = image.reduce(factor) if factor >= 2 else image
+    return float(np.asarray(small.convert("L"), dtype=np.float64).mean())
 
 
 def pixel_stats(pixels: np.ndarray) -> list[dict[str, float] | None]:
@@ -52,18 +56,21 @@ def pixel_stats(pixels: np.ndarray) -> list[dict[str, float] | None]:
     return out
 
 
-def input_stats(inputs: dict[str, np.ndarray]) -> list[dict[str, float] | None]:
-    """Per-row image statistics of a request: its string input (encoded images) or its [N,H,W,3] input."""
+def input_stats(inputs: dict[str, np.ndarray], brightness=lambda: True) -> list[dict[str, float] | None]:
+    """Per-row image statistics of a request: its string input (encoded images) or its [N,H,W,3] input.
+
+    ``brightness()`` is asked per encoded image whether to decode it for its brightness (a rate cap).
+    """
     for array in inputs.values():
         if array.dtype == object or array.dtype.kind in "SU":
-            return [image_stats(value) for value in array.reshape(-1)]
+            return [image_stats(value, brightness()) for value in array.reshape(-1)]
     for array in inputs.values():
         if array.ndim == 4:
             return pixel_stats(array)
     return []
 
 
-def observations(category_probs: np.ndarray, tag_probs: np.ndarray | None, thresholds, images=None,
+def observations(category_probs: np.ndarray, tag_probs: np.ndarray | None, thresholds=None, images=None,
                  tag_flags: np.ndarray | None = None) -> tuple[list[Observation], int]:
     """(one Observation per row, rows with a non-finite output).
 
@@ -76,8 +83,10 @@ def observations(category_probs: np.ndarray, tag_probs: np.ndarray | None, thres
     finite = np.isfinite(category_probs).all(axis=1) & np.isfinite(tag_probs).all(axis=1)
     if tag_flags is not None:
         flags = np.asarray(tag_flags).astype(bool)
-    else:
-        flags = tag_probs >= np.asarray(thresholds, dtype=np.float64)[: tag_probs.shape[1]]
+    else:  # the export's tuned thresholds; 0.5 where a model carries none
+        n_tags = tag_probs.shape[1]
+        cut = np.asarray(thresholds if thresholds is not None and len(thresholds) == n_tags else [0.5] * n_tags)
+        flags = tag_probs >= cut
     images = list(images or []) + [None] * rows
     out = []
     for i in range(rows):
