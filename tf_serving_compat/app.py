@@ -153,6 +153,7 @@ class ServingApp:
         started = time.perf_counter()
         ctx: dict[str, Any] = {"model": None, "version": None, "bytes_in": 0}
         try:
+            _require_host(scope)
             response = await self._route(request, ctx)
         except ClientDisconnect:
             # The client went away mid-request: nobody to answer; an abort, not a server error.
@@ -400,6 +401,12 @@ class ServingApp:
         ok = all(models.values())
         body = {"status": "ok" if ok else "unavailable", "models": models}
         return json_response(json.dumps(body), 200 if ok else 503)
+
+
+def _require_host(scope: dict) -> None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request without a Host header is answered 400."""
+    if scope.get("http_version") == "1.1" and not any(name == b"host" for name, _ in scope.get("headers", ())):
+        raise HttpError(400, "Missing Host header: HTTP/1.1 requests must send one (RFC 9112, section 3.2)")
 
 
 class _Dispatcher:

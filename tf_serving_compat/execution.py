@@ -140,22 +140,25 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def measure_memory_per_item(run: RunFn, inputs: dict[str, np.ndarray]) -> float | None:
-    """Peak RSS a call of ``inputs`` adds, per item (None where /proc cannot tell).
+def peak_rss_growth(call: Callable[[], object]) -> float | None:
+    """Bytes the process's peak RSS rose above its RSS before ``call`` (None where /proc cannot tell).
 
-    Call it with inputs that already ran once (warm-up), so one-time graph and kernel set-up is
-    not counted as per-item cost. Other threads' allocations in the meantime make the figure
-    larger, never smaller: the execution batch it sizes errs on the safe side.
+    Other threads' allocations in the meantime make it larger, never smaller: the execution batch
+    it sizes errs on the safe side.
     """
-    items = batch_size_of(inputs)
     from .images import release_freed_memory
 
     release_freed_memory()
     before = _current_rss_bytes()
     if before is None or not _reset_peak_rss():
+        call()
         return None
-    run(inputs)
+    call()
     peak = _peak_rss_bytes()
-    if peak is None:
-        return None
-    return max(0, peak - before) / items
+    return None if peak is None else float(max(0, peak - before))
+
+
+def measure_memory_per_item(run: RunFn, inputs: dict[str, np.ndarray]) -> float | None:
+    """Peak RSS growth of one ``run(inputs)`` per item: meaningful the first time a batch this large runs."""
+    growth = peak_rss_growth(lambda: run(inputs))
+    return None if growth is None else growth / batch_size_of(inputs)

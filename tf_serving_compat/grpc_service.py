@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import ServingError, invalid
 from .observers import notify_predict, notify_reject
-from .tensor_json import DTYPES
+from .tensor_json import ARRAY_MAX_RANK, DTYPES
 
 log = logging.getLogger("tf_serving_compat")
 
@@ -102,8 +102,9 @@ def tensor_from_proto(alias: str, proto: Any, want_dtype: str, byte_limit: int) 
     dims = [int(d.size) for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise invalid(f"input tensor alias: {alias} has a negative dimension in {dims}")
-    if len(dims) > 254:
-        raise invalid(f"input tensor alias: {alias} has rank {len(dims)} > 254")
+    if len(dims) > ARRAY_MAX_RANK:
+        raise invalid(f"input tensor alias: {alias} has rank {len(dims)} > {ARRAY_MAX_RANK}, the most this server "
+                      "supports")
     elements = 1
     for d in dims:
         elements *= d

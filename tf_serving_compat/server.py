@@ -515,7 +515,9 @@ def _run_rest(serving: ServingApp, args: argparse.Namespace, received: list[int]
         previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
                     for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        stack = {"loop": "asyncio", "http": "h11"} if args.http_stack == "asyncio" else {"loop": "auto", "http": "auto"}
+        from .http_protocols import protocol_class
+
+        stack = {"loop": "asyncio" if args.http_stack == "asyncio" else "auto", "http": protocol_class(args.http_stack)}
         uvicorn.run(serving.app, host=args.host, port=args.rest_api_port, access_log=False,
                     log_level="warning", timeout_graceful_shutdown=30, lifespan="on", **stack)
     finally:

@@ -55,6 +55,9 @@ _MAX_LOSSLESS_INT = {"DT_FLOAT": 2**24 - 1, "DT_DOUBLE": 2**53 - 1}
 _B64_RE = re.compile(r"^[A-Za-z0-9+/\s]*={0,2}\s*$")
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 MAX_RANK = 254  # TensorShape::MaxDimensions()
+# numpy holds at most 64 dimensions (NPY_MAXDIMS): deeper values are refused with a 400 up front,
+# 63 for one row of "instances" (the batch adds one). No model here takes more than a handful.
+ARRAY_MAX_RANK = 64
 _ERROR_VALUE_CHARS = 256  # error messages quote the offending JSON, truncated
 
 
@@ -302,12 +305,16 @@ def dense_shape(value: Any) -> list[int]:
     return shape
 
 
-def json_to_array(value: Any, dtype: str) -> np.ndarray:
+def json_to_array(value: Any, dtype: str, max_rank: int = ARRAY_MAX_RANK, name: str | None = None) -> np.ndarray:
     """A dense JSON value (scalar or nested lists) -> numpy array, checking rank and sizes."""
     shape = dense_shape(value)
     rank = len(shape)
+    where = f" for input {name}" if name else ""
     if rank > MAX_RANK:  # also bounds the recursion below
-        raise invalid(f"JSON Value nested {rank} levels deep exceeds the maximum tensor rank of {MAX_RANK}")
+        raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {MAX_RANK}")
+    if rank > max_rank:
+        raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {max_rank} "
+                      "this server supports")
     flat: list = []
 
     def fill(node: Any, level: int) -> None:
@@ -395,7 +402,7 @@ def _parse_instances(instances: list, input_dtypes: dict[str, str]) -> dict[str,
     def add(value: Any, name: str) -> None:
         if name not in input_dtypes:
             raise invalid(f"JSON object: does not have named input: {name}")
-        array = json_to_array(value, input_dtypes[name])
+        array = json_to_array(value, input_dtypes[name], ARRAY_MAX_RANK - 1)  # one row of a batch
         seen = items[name]
         if seen:
             first = seen[0]
@@ -440,6 +447,11 @@ def _parse_instances(instances: list, input_dtypes: dict[str, str]) -> dict[str,
     return result
 
 
+def _input_array(name: str, value: Any, dtype: str) -> np.ndarray:
+    """``json_to_array`` for one named input of the columnar format (rank errors name the input)."""
+    return json_to_array(value, dtype, name=name)
+
+
 def _parse_inputs(value: Any, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
     names = sorted(input_dtypes)
     if not isinstance(value, dict) or is_b64_object(value):
@@ -448,12 +460,12 @@ def _parse_inputs(value: Any, input_dtypes: dict[str, str]) -> dict[str, np.ndar
                 "inputs is a plain value/list, but expecting an object as multiple input tensors "
                 "required as per tensorinfo_map"
             )
-        return {names[0]: json_to_array(value, input_dtypes[names[0]])}
+        return {names[0]: _input_array(names[0], value, input_dtypes[names[0]])}
     result = {}
     for name in names:
         if name not in value:
             raise invalid(f"Missing named input: {name} in 'inputs' object.")
-        result[name] = json_to_array(value[name], input_dtypes[name])
+        result[name] = _input_array(name, value[name], input_dtypes[name])
     extra = sorted(set(value) - set(names))
     if extra:
         shown = ",".join(extra)[:_ERROR_VALUE_CHARS]

@@ -175,7 +175,7 @@ class LoadedVersion:
         # Peak memory one item adds to a model call (execution.measure_memory_per_item), from the
         # largest warm-up record; None when there was none to measure with.
         self.bytes_per_item: float | None = None
-        self._largest_warmup: tuple[str, dict[str, np.ndarray]] | None = None
+        self._measured_with: tuple[int, str] | None = None
 
     def signature(self, name: str) -> SignatureInfo:
         key = name or DEFAULT_SIGNATURE
@@ -224,8 +224,11 @@ class LoadedVersion:
         path = self.path / WARMUP_FILE
         if not path.is_file():
             return 0
+        from .execution import batch_size_of
+
         records = read_warmup_requests(path)
-        for _ in range(max(1, iterations)):
+        for iteration in range(max(1, iterations)):
+            largest = 0
             for index, (signature_name, inputs) in enumerate(records):
                 try:
                     info = self.signature(signature_name)
@@ -234,39 +237,31 @@ class LoadedVersion:
                     if missing or extra:
                         raise invalid(f"inputs {sorted(inputs)} do not match signature {info.name} "
                                       f"inputs {sorted(info.inputs)}")
-                    self.run(info.name, inputs)
-                    self._keep_if_largest(info.name, inputs)
+                    if iteration == 0:
+                        self._run_measured(info.name, inputs, largest)
+                        largest = max(largest, batch_size_of(inputs))
+                    else:
+                        self.run(info.name, inputs)
                 except ServingError as exc:
                     raise ServingError(exc.code, f"Failed to warm up model {self.name} version {self.version} "
                                                  f"with {path} record {index}: {exc.message}") from None
         return len(records)
 
 
-    def _keep_if_largest(self, signature_name: str, inputs: dict[str, np.ndarray]) -> None:
-        from .execution import batch_size_of
+    def _run_measured(self, signature_name: str, inputs: dict[str, np.ndarray], items_before: int) -> None:
+        """Run a warm-up record and, if it is the largest so far, take ``bytes_per_item`` from it.
 
-        if self._largest_warmup is None or batch_size_of(inputs) > batch_size_of(self._largest_warmup[1]):
-            self._largest_warmup = (signature_name, inputs)
+        TensorFlow's oneDNN CPU allocator keeps a pool that grows to the largest call and is never
+        returned, so a repeated call shows no growth: what is measured is the pool's growth during
+        the first pass over the records, divided by the items beyond the largest earlier record.
+        """
+        from .execution import batch_size_of, peak_rss_growth
 
-    def measure_memory(self) -> float | None:
-        """Measure ``bytes_per_item`` with the largest warm-up record (one extra call, at load)."""
-        from .execution import batch_size_of, measure_memory_per_item
-
-        if self._largest_warmup is None:
-            return None
-        signature_name, inputs = self._largest_warmup
-        self._largest_warmup = None
-        try:
-            self.bytes_per_item = measure_memory_per_item(lambda batch: self.run(signature_name, batch), inputs)
-        except ServingError as exc:
-            log.warning("Could not measure memory per item of %s version %d: %s", self.name, self.version,
-                        exc.message)
-            return None
-        if self.bytes_per_item is not None:
-            log.info("Model %s version %d: %.1f MiB peak memory per item (measured with a %d-item warm-up "
-                     "request of %s)", self.name, self.version, self.bytes_per_item / 2**20,
-                     batch_size_of(inputs), signature_name)
-        return self.bytes_per_item
+        items = batch_size_of(inputs)
+        growth = peak_rss_growth(lambda: self.run(signature_name, inputs))
+        if growth is not None and items > items_before:
+            self.bytes_per_item = growth / (items - items_before)
+            self._measured_with = (items, signature_name)
 
 
 def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -313,7 +308,6 @@ def load_version(name: str, version: int, path: Path, *, enable_warmup: bool = T
         if count:
             log.info("Finished reading warmup data for model %s version %d: %d warmup records, %d iteration(s) "
                      "in %.2fs", name, version, count, max(1, warmup_iterations), time.monotonic() - started)
-            loaded.measure_memory()
     return loaded
 
 
@@ -468,6 +462,7 @@ class ModelManager:
             log.error("Failed to load servable version {name: %s version: %d}: %s: %s",
                       self.name, version, code, message)
             return False
+        self._settle_memory_estimate(loaded)
         with self._lock:
             self._loaded[version] = loaded
             self._set_status(version, "AVAILABLE")
@@ -475,6 +470,18 @@ class ModelManager:
         log.info("Successfully loaded servable version {name: %s version: %d} in %.2fs",
                  self.name, version, time.monotonic() - started)
         return True
+
+    def _settle_memory_estimate(self, loaded: LoadedVersion) -> None:
+        """A version measured after others of this model ran may see the allocator's pool already
+        grown (little or no growth): it takes the largest estimate any version of the model had."""
+        previous = [v.bytes_per_item for v in self._loaded.values() if v.bytes_per_item is not None]
+        if previous and (loaded.bytes_per_item is None or loaded.bytes_per_item < max(previous)):
+            loaded.bytes_per_item = max(previous)
+        if loaded.bytes_per_item is not None:
+            measured = f" (measured with a {loaded._measured_with[0]}-item warm-up request of {loaded._measured_with[1]})" \
+                if loaded._measured_with else ""
+            log.info("Model %s version %d: %.2f MiB peak memory per item%s", self.name, loaded.version,
+                     loaded.bytes_per_item / 2**20, measured)
 
     # -- lookups
 

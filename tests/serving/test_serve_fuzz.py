@@ -170,7 +170,7 @@ async def _asgi_call(app, method: str, raw_path: str, headers: list[tuple[bytes,
 @given(method=method, path=path, body=body, content_type=content_type, length=content_length,
        splits=st.integers(1, 3), disconnect=st.sampled_from([False] * 9 + [True]))
 def test_hostile_rest_requests_never_5xx(fuzz_stack, method, path, body, content_type, length, splits, disconnect):
-    headers = [(b"content-type", content_type)]
+    headers = [(b"host", b"127.0.0.1:9000"), (b"content-type", content_type)]  # HTTP/1.1 requires Host
     if length == "exact":
         headers.append((b"content-length", str(len(body)).encode()))
     elif length is not None:
