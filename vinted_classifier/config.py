@@ -117,9 +117,14 @@ class TrainConfig(_Strict):
     # Bit-identical weights and metrics for two runs on the same machine (op determinism, seeded
     # data order); slower, see docs/experiments.md.
     deterministic: bool = False
-    # Plan head and fine-tune epochs from step times measured at the start so the run fits this
-    # many minutes (null: no budget; the epoch counts above are then used as they are).
-    time_budget_minutes: float | None = Field(None, gt=0)
+    # The whole `vinted train` (start-up, caching, epochs, evaluation) fits this many minutes: step
+    # times measured at the start choose the cached views, head/fine-tune epochs and, if need be, a
+    # training subsample (docs/experiments.md). 10: the demo set's main job on a 2-core AVX2 CPU.
+    # null: no budget; the counts above are then used as they are.
+    time_budget_minutes: float | None = Field(10.0, gt=0)
+    # The shared feature store (null: <output_dir>/feature_cache) and its size cap (oldest entries go first).
+    feature_cache_dir: Path | None = None
+    feature_cache_max_gb: float = Field(10.0, gt=0)
     # 0: silent; 1: one short line per epoch (loss, top-1, top-2, tag F1) and progress bars on a terminal;
     # 2: also Keras's own per-batch progress bar with every metric.
     verbose: int = Field(1, ge=0, le=2)
@@ -232,7 +237,8 @@ class RunConfig(_Strict):
             return path if path is None or Path(path).is_absolute() else PROJECT_ROOT / path
 
         for section, key in [(self, "output_dir"), (self.data, "data_dir"), (self.data, "image_dir"),
-                             (self.export, "saved_model_dir"), (self.release, "staging_dir")]:
+                             (self.export, "saved_model_dir"), (self.release, "staging_dir"),
+                             (self.train, "feature_cache_dir")]:
             value = getattr(section, key)
             if value is not None and not Path(value).is_absolute():
                 object.__setattr__(section, key, rooted(Path(value)))
@@ -241,6 +247,11 @@ class RunConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
+
+    @property
+    def feature_cache_root(self) -> Path:
+        """The shared feature store: ``train.feature_cache_dir``, else ``<output_dir>/feature_cache``."""
+        return Path(self.train.feature_cache_dir or Path(self.output_dir) / "feature_cache")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

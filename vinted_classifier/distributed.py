@@ -177,6 +177,27 @@ def barrier(strategy) -> None:
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
+def chief_values(strategy, is_chief: bool, values: list[float]) -> list[float]:
+    """The chief's ``values`` on every worker (an all-reduce SUM where the others add zeros).
+
+    Each of the chief's local replicas adds its share (``1 / local replicas``), so the sum is the
+    chief's numbers whatever the number of GPUs per worker. Every worker must call it together.
+    """
+    import tensorflow as tf
+
+    local_replicas = len(strategy.extended.worker_devices)
+    share = tf.constant([float(v) / local_replicas if is_chief else 0.0 for v in values], tf.float64)
+    total = strategy.reduce("SUM", strategy.run(lambda: tf.identity(share)), axis=None)
+    return [float(v) for v in total.numpy()]
+
+
+def agreement(strategy, cluster: ClusterInfo):
+    """``values -> the chief's values`` for a multi-worker run (the chief plans, everyone follows); else None."""
+    if strategy is None or not cluster.multi_worker:
+        return None
+    return lambda values: chief_values(strategy, cluster.is_chief, values)
+
+
 def worker_run_dir(run_dir: Path, cluster: ClusterInfo) -> Path:
     """Where this process writes: the run folder for the chief, a scratch folder of its own otherwise."""
     if cluster.is_chief:

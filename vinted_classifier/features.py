@@ -15,9 +15,12 @@ buffer draws from rows already in random order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,3 +150,186 @@ def feature_dataset(cache: FeatureCache, *, batch_size: int, category_output: st
 
     # Batch the raw records first: one vectorised decode per batch instead of one per row.
     return ds.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- the shared feature store
+#
+# One content-addressed store of frozen-backbone feature vectors under ``<output_dir>/feature_cache``
+# (``train.feature_cache_dir``), shared by ``train``, ``search``, ``cv`` and every later run on the
+# same images. A folder per model key (backbone, a fingerprint of its weights, image size, pooling,
+# precision), then one small file per (image bytes hash, view, augmentation seed): the clean view
+# (0) does not depend on the seed and is shared by every seed; view v > 0 is one draw of the random
+# augmentation, made under the run's seed, and reused by every run with that seed. Entries are
+# written to a unique temporary name and renamed into place, so concurrent writers (two commands,
+# or the workers of one multi-worker run) never expose a partial file: the last rename of identical
+# content wins. A run then joins its rows (features + labels, in its order) into one flat file that
+# ``feature_dataset`` streams, as before.
+
+STORE_VERSION = 1
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of every weight value of ``model``: any change of weights changes the features."""
+    digest = hashlib.blake2b(digest_size=12)
+    for weight in model.weights:
+        value = np.ascontiguousarray(np.asarray(weight))
+        digest.update(f"{weight.path}:{value.dtype}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def model_key(bundle, *, backbone: str, image_size, pooling: str, precision: str) -> dict:
+    """Everything besides the image that determines a feature vector."""
+    return {"version": STORE_VERSION, "backbone": backbone, "weights": weights_fingerprint(bundle.feature_extractor),
+            "image_size": list(image_size), "pooling": pooling, "precision": precision}
+
+
+def file_hash(path: str | Path) -> str:
+    """The same content hash ``data.check_images`` records (blake2b-128 of the file's bytes)."""
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+
+
+class FeatureStore:
+    """Per-image feature vectors for one model key; counts what it computed and what it reused."""
+
+    def __init__(self, root: str | Path, key: dict):
+        self.root, self.key = Path(root), dict(key)
+        self.folder = self.root / hashlib.blake2b(json.dumps(self.key, sort_keys=True).encode(),
+                                                  digest_size=8).hexdigest()
+        self.computed = self.reused = 0
+
+    def entry(self, image_hash: str, view: int, seed: int) -> Path:
+        name = f"{image_hash}.v{view}" + (f".s{seed}" if view else "") + ".f32"
+        return self.folder / image_hash[:2] / name
+
+    def get(self, image_hash: str, view: int, seed: int) -> np.ndarray | None:
+        try:
+            return np.fromfile(self.entry(image_hash, view, seed), RECORD_DTYPE)
+        except FileNotFoundError:
+            return None
+
+    def put(self, image_hash: str, view: int, seed: int, vector: np.ndarray) -> None:
+        target = self.entry(image_hash, view, seed)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            np.ascontiguousarray(vector, RECORD_DTYPE).tofile(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_key(self) -> None:
+        if not (self.folder / "key.json").is_file():
+            write_json(self.folder / "key.json", self.key)
+
+
+def store_status(root: str | Path) -> list[dict]:
+    """One row per model key in the store: the key, its entries and bytes (for ``vinted cache status``)."""
+    rows = []
+    for folder in sorted(p for p in Path(root).glob("*") if p.is_dir()):
+        entries = [f for f in folder.glob("*/*.f32")]
+        key_file = folder / "key.json"
+        rows.append({"folder": folder.name, "key": json.loads(key_file.read_text()) if key_file.is_file() else None,
+                     "entries": len(entries), "bytes": sum(f.stat().st_size for f in entries)})
+    return rows
+
+
+def clear_store(root: str | Path) -> tuple[int, int]:
+    """Delete every entry (and key folder) under ``root``; return (entries, bytes) removed."""
+    entries = list(Path(root).glob("*/*/*.f32"))
+    removed = sum(f.stat().st_size for f in entries)
+    for folder in (p for p in Path(root).glob("*") if p.is_dir()):
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(entries), removed
+
+
+def enforce_size_cap(root: str | Path, max_bytes: int) -> tuple[int, int]:
+    """Delete the least recently written entries until the store holds at most ``max_bytes``; (entries, bytes) removed."""
+    entries = []
+    for path in Path(root).glob("*/*/*.f32"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # another process removed it meanwhile
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = freed = 0
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total - freed <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        removed, freed = removed + 1, freed + size
+    if removed:
+        log.info("feature store %s over its %.2f GiB cap: removed %d oldest entries (%.1f MiB)", root,
+                 max_bytes / 2**30, removed, freed / 2**20)
+    return removed, freed
+
+
+def compute_missing(bundle, store: FeatureStore, paths: list[str], hashes: list[str], *, views: int, seed: int,
+                    image_size, batch_size: int, desc: str) -> None:
+    """Run the backbone over the images whose entries (clean view, then ``views`` augmented ones) are missing."""
+    import tensorflow as tf
+
+    wanted = range(1 + (views if bundle.augmenter is not None else 0))
+    missing_views = {i: [v for v in wanted if not store.entry(hashes[i], v, seed).is_file()] for i in range(len(paths))}
+    todo = [i for i, missing in missing_views.items() if missing]
+    store.reused += sum(len(wanted) - len(missing_views[i]) for i in range(len(paths)))
+    if not todo:
+        return
+    store.write_key()
+    extract = tf.function(lambda x: bundle.feature_extractor(x, training=False), reduce_retracing=True)
+    augment = (tf.function(lambda x: bundle.augmenter(x, training=True), reduce_retracing=True)
+               if bundle.augmenter is not None else None)
+    images = pipeline_images([paths[i] for i in todo], image_size=image_size, batch_size=batch_size)
+    batches = -(-len(todo) // batch_size)
+    done = 0
+    for batch in progress.bar(images, total=batches, desc=f"{desc}: backbone features of {len(todo)} image(s)",
+                              unit="batch"):
+        rows = todo[done:done + int(batch.shape[0])]
+        done += len(rows)
+        for view in sorted({v for i in rows for v in missing_views[i]}):
+            features = np.asarray(extract(batch if view == 0 else augment(batch)), RECORD_DTYPE)
+            for i, vector in zip(rows, features):
+                if view in missing_views[i]:
+                    store.put(hashes[i], view, seed, vector)
+                    store.computed += 1
+
+
+def pipeline_images(paths: list[str], *, image_size, batch_size: int):
+    from . import pipeline
+
+    return pipeline.make_dataset(paths, image_size=image_size, batch_size=batch_size)
+
+
+def join_rows(store: FeatureStore, path: Path, hashes: list[str], codes: np.ndarray, tags: np.ndarray, *,
+              views: int, seed: int, order: np.ndarray | None = None, key: dict | None = None) -> FeatureCache:
+    """The flat file ``feature_dataset`` reads: view by view, each image's features + code + tags, in ``order``."""
+    order = np.arange(len(hashes)) if order is None else np.asarray(order)
+    labels = np.concatenate([np.asarray(codes, RECORD_DTYPE)[:, None], np.asarray(tags, RECORD_DTYPE)], axis=1)
+    dim = None
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        for view in range(1 + views):
+            for i in order:
+                vector = store.get(hashes[i], view, seed)
+                if vector is None:
+                    raise FileNotFoundError(f"feature store entry {store.entry(hashes[i], view, seed)} vanished while "
+                                            "in use (another command cleared the store or its size cap is too small)")
+                if dim is None:
+                    dim = len(vector)
+                elif len(vector) != dim:
+                    raise ValueError(f"feature store entry {store.entry(hashes[i], view, seed)} holds {len(vector)} "
+                                     f"values, expected {dim}: delete it (vinted cache clear)")
+                out.write(np.concatenate([vector, labels[i]]).tobytes())
+    cache = FeatureCache(path, len(order) * (1 + views), int(dim), labels.shape[1] - 1, dict(key or {}))
+    write_json(_meta_path(path), {k: v for k, v in asdict(cache).items() if k != "path"})
+    return cache
+
+
+def cached_features(bundle, store: FeatureStore, path: Path, paths: list[str], hashes: list[str], codes, tags, *,
+                    views: int, seed: int, image_size, batch_size: int, order=None, desc: str) -> FeatureCache:
+    """Compute what the store lacks, then join this split's rows into ``path``."""
+    views = views if bundle.augmenter is not None else 0
+    compute_missing(bundle, store, paths, hashes, views=views, seed=seed, image_size=image_size,
+                    batch_size=batch_size, desc=desc)
+    return join_rows(store, path, hashes, codes, tags, views=views, seed=seed, order=order,
+                     key={"store": store.folder.name, "views": views, "seed": seed})

@@ -1,8 +1,10 @@
-"""Progress bars (counts, rate, ETA) for the slow loops: demo generation, image checks, feature caching, prediction.
+"""Progress (counts, rate, ETA) for the slow loops: demo generation, image checks, feature caching, prediction.
 
-A bar is drawn on stderr when stderr is a terminal and the package logs at INFO; never in
-logs, CI or tests (not a terminal), with ``-q``-style logging above INFO, or inside
-``shown(False)`` (what ``train.verbose=0`` sets). ``VINTED_PROGRESS=0/1`` forces it off/on.
+A bar is drawn on stderr when stderr is a terminal and the package logs at INFO. Without a
+terminal (a log file, CI, a notebook's captured output) a long step prints a plain line instead,
+at most every ``LINE_INTERVAL_SECONDS`` (count, rate, ETA), so a log shows where a run is; steps
+shorter than that print nothing. Neither shows with logging above INFO or inside ``shown(False)``
+(what ``train.verbose=0`` sets). ``VINTED_PROGRESS=0/1`` forces bars off/on.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import contextvars
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 _FORCED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("vinted_progress_forced", default=None)
 ENV_VAR = "VINTED_PROGRESS"
+LINE_INTERVAL_SECONDS = 30.0  # without a terminal: at most one line per step this often
 
 
 def enabled() -> bool:
@@ -40,8 +44,72 @@ def shown(flag: bool | None) -> Iterator[None]:
         _FORCED.reset(token)
 
 
+def lines_enabled() -> bool:
+    """Whether a step started now would print plain progress lines (no bar, but someone may read the log)."""
+    if _FORCED.get() is False or os.environ.get(ENV_VAR) == "0" or enabled():
+        return False
+    return logging.getLogger("vinted_classifier").isEnabledFor(logging.INFO)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def progress_line(desc: str, done: int, total: int | None, seconds: float, unit: str) -> str:
+    """``caching features: 120/240 batch (50%), 4.0 batch/s, ETA 0:30``: what one plain line says."""
+    rate = done / seconds if seconds > 0 else 0.0
+    if total is None:
+        return f"{desc}: {done} {unit}, {rate:.1f} {unit}/s, {_clock(seconds)} elapsed"
+    eta = (total - done) / rate if rate > 0 else None
+    return (f"{desc}: {done}/{total} {unit} ({done / total:.0%}), {rate:.1f} {unit}/s, "
+            f"ETA {'?' if eta is None else _clock(eta)}")
+
+
+class PlainLines:
+    """A ``tqdm`` look-alike (iterate, ``update``, ``close``, ``with``) that prints a line every interval."""
+
+    def __init__(self, iterable: Iterable | None, *, total: int | None, desc: str, unit: str,
+                 interval: float | None = None):
+        self.iterable, self.desc, self.unit = iterable, desc, unit
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.interval = LINE_INTERVAL_SECONDS if interval is None else interval
+        self.n, self.printed, self.printed_at = 0, 0, None
+        self.started = self.last = time.monotonic()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._print(now)
+
+    def _print(self, now: float) -> None:
+        self.printed, self.printed_at = self.printed + 1, self.n
+        print(progress_line(self.desc, self.n, self.total, now - self.started, self.unit), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.printed and self.n != self.printed_at:  # a step that spoke says where it finished
+            self._print(time.monotonic())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str, unit: str = "img") -> Any:
-    """A ``tqdm`` bar (a silent pass-through when not :func:`enabled`); use as iterator or context manager."""
+    """A ``tqdm`` bar on a terminal, plain lines without one, else a silent pass-through; iterator or ``with``."""
+    if lines_enabled():
+        return PlainLines(iterable, total=total, desc=desc, unit=unit)
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled(), leave=False,
@@ -63,6 +131,22 @@ def keras_callback(total_batches: int | None, desc: str):
             self.bar.close()
 
     return _PredictProgress()
+
+
+def fit_lines_callback(phase: str):
+    """Without a terminal: a plain line at most every interval inside a long epoch (a CPU fine-tune epoch takes minutes)."""
+    import keras
+
+    class _BatchLines(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs = self.params.get("epochs") or 0
+            self.lines = PlainLines(None, total=self.params.get("steps"), unit="batch",
+                                    desc=f"{phase} epoch {epoch + 1}/{epochs}")
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.lines.update(1)
+
+    return _BatchLines()
 
 
 def epoch_line(logs: dict, *, phase: str, epoch: int, epochs: int, seconds: float, category_output: str) -> str:

@@ -19,9 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import data, pipeline, progress
 from .config import RunConfig
-from .distributed import barrier, cluster_from_env, local_model, make_strategy, shard_by_data, worker_run_dir
+from .distributed import agreement, barrier, cluster_from_env, local_model, make_strategy, shard_by_data, worker_run_dir
 from .distributed import scope as distribution_scope
 from .utils import package_versions, set_seed, write_json
 
@@ -48,6 +50,8 @@ def _callbacks(cfg: RunConfig, run_dir: Path, phase: str, *, checkpoint: bool, b
     ]
     if cfg.train.verbose >= 1:
         callbacks.append(progress.epoch_line_callback(phase, cfg.data.category_column))
+        if progress.lines_enabled():
+            callbacks.append(progress.fit_lines_callback(phase))
     if cfg.train.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=cfg.train.early_stopping_patience, restore_best_weights=True,
@@ -83,46 +87,73 @@ def _compile(bundle_model, cfg: RunConfig, prepared: data.PreparedData, learning
                   loss_weights=cfg.train.loss_weights, label_smoothing=cfg.train.label_smoothing)
 
 
-def cache_features(bundle, cfg: RunConfig, prepared: data.PreparedData, folder: Path,
-                   splits: tuple[str, ...] = ("train", "val")) -> dict:
-    """Frozen-backbone features of ``splits`` (train: plus augmented views) in ``folder``; reused when complete.
+def feature_store(bundle, cfg: RunConfig):
+    """The shared, content-addressed feature store for this model (``features.FeatureStore``)."""
+    import keras
 
-    Phase 1 and the hyperparameter search both train heads on these files.
+    from .features import FeatureStore, model_key
+
+    return FeatureStore(cfg.feature_cache_root, model_key(
+        bundle, backbone=cfg.model.backbone, image_size=cfg.model.image_size, pooling=cfg.model.pooling,
+        precision=keras.mixed_precision.global_policy().name))
+
+
+def image_hashes(prepared: data.PreparedData, split: str, id_column: str) -> list[str]:
+    """Each row's image content hash (recorded by the image check; hashed here where it was not)."""
+    from .features import file_hash
+
+    known = prepared.image_report.hashes
+    frame = prepared.frames[split]
+    return [known.get(uuid) or file_hash(path) for uuid, path in zip(frame[id_column], frame["path"])]
+
+
+def cache_features(bundle, cfg: RunConfig, prepared: data.PreparedData, folder: Path,
+                   splits: tuple[str, ...] = ("train", "val"), counts: dict | None = None) -> dict:
+    """Frozen-backbone features of ``splits`` (train: plus augmented views) joined into files in ``folder``.
+
+    The vectors come from the shared store (``feature_store``): only images it lacks go through the
+    backbone, so phase 1, the hyperparameter search, CV and later runs on the same images compute
+    each image's features once. ``counts`` (if given) receives how many were computed and reused.
     """
-    from .features import write_feature_cache
+    from .features import cached_features, enforce_size_cap
 
     started = time.perf_counter()
-    category = cfg.data.category_column
-    key = {"backbone": cfg.model.backbone, "weights": bundle.weights_source, "pooling": cfg.model.pooling,
-           "image_size": list(cfg.model.image_size), "seed": cfg.seed}
+    store = feature_store(bundle, cfg)
     views = cfg.train.cached_augmented_views if cfg.model.augment else 0
-    log.info("caching backbone features: %d train image(s) x %d view(s), %d val", len(prepared.paths("train")),
-             1 + views, len(prepared.paths("val")))
+    log.info("caching backbone features: %d train image(s) x %d view(s), %d val (store %s)",
+             len(prepared.paths("train")), 1 + views, len(prepared.paths("val")), store.folder)
     caches = {}
-    for split, split_views in ((s, views if s == "train" else 0) for s in splits):
+    for split in splits:
+        split_views = views if split == "train" else 0
         n_images = len(prepared.paths(split))
-        # When the rows fit the reader's shuffle buffer, every epoch is an exact full shuffle (the
-        # same batches as the uncached path). When they do not, the extraction pass shuffles the
-        # images once, so that the bounded buffer draws from rows already in random order.
-        shuffle = split == "train" and n_images * (1 + split_views) > cfg.train.feature_shuffle_buffer
-        images = pipeline.make_dataset(
-            prepared.paths(split), image_size=cfg.model.image_size, batch_size=cfg.train.batch_size,
-            codes=prepared.codes(split), tags=prepared.tags(split), category_output=category,
-            shuffle=shuffle, seed=cfg.seed)
-        caches[split] = write_feature_cache(
-            bundle, images, folder / f"{split}.f32", category_output=category,
-            augment_views=split_views, key=dict(key, split=split, images=n_images, shuffled=shuffle))
-    log.info("cached features: %s rows, dim %d in %.1fs", {s: c.rows for s, c in caches.items()},
-             caches[splits[0]].feature_dim, time.perf_counter() - started)
+        # When the rows fit the reader's shuffle buffer, every epoch is an exact full shuffle. When
+        # they do not, the rows are written in a random order, so that the bounded buffer draws
+        # from rows already shuffled.
+        order = None
+        if split == "train" and n_images * (1 + split_views) > cfg.train.feature_shuffle_buffer:
+            order = np.random.default_rng(cfg.seed).permutation(n_images)
+        caches[split] = cached_features(
+            bundle, store, folder / f"{split}.f32", prepared.paths(split),
+            image_hashes(prepared, split, cfg.data.id_column), prepared.codes(split), prepared.tags(split),
+            views=split_views, seed=cfg.seed, image_size=cfg.model.image_size, batch_size=cfg.train.batch_size,
+            order=order, desc=f"caching {split}")
+    enforce_size_cap(cfg.feature_cache_root, int(cfg.train.feature_cache_max_gb * 2**30))
+    log.info("cached features: %s rows, dim %d in %.1fs (%d vector(s) computed, %d reused from the store)",
+             {s: c.rows for s, c in caches.items()}, caches[splits[0]].feature_dim, time.perf_counter() - started,
+             store.computed, store.reused)
+    if counts is not None:
+        counts.update(computed=counts.get("computed", 0) + store.computed,
+                      reused=counts.get("reused", 0) + store.reused, store=str(store.folder))
     return caches
 
 
-def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path) -> dict:
+def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path,
+                                   counts: dict) -> dict:
     """Phase 1 with cached features: the backbone runs once per (view of an) image, not per epoch."""
     from .features import feature_dataset
 
     category = cfg.data.category_column
-    caches = cache_features(bundle, cfg, prepared, run_dir / "feature_cache")
+    caches = cache_features(bundle, cfg, prepared, run_dir / "feature_cache", counts=counts)
     class_weights = None
     if cfg.data.class_weights:
         class_weights = data.class_weights(prepared.codes("train"), len(prepared.vocab.categories))
@@ -160,8 +191,11 @@ def _phase1_value(bundle, cfg: RunConfig, prepared: data.PreparedData) -> float:
     return float(scores[monitor[4:]])
 
 
-def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path):
-    """Train both phases; return the merged history and which phase's weights the model holds."""
+def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path, store_counts: dict):
+    """Train both phases; return the merged history and which phase's weights the model holds.
+
+    ``store_counts`` receives the feature store's computed/reused vectors (phase 1 with the cache).
+    """
     from .experiments.phases import choose_phase, kept_epoch, warmup_learning_rate, warmup_steps
     from .model import LAST_BLOCK_PREFIXES, set_trainable
 
@@ -176,7 +210,7 @@ def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Pa
         counts = set_trainable(bundle, "head", prefixes)
         log.info("phase 1 (frozen backbone): %s", counts)
         if cfg.train.cache_features:
-            history = _train_head_on_cached_features(bundle, cfg, prepared, run_dir)
+            history = _train_head_on_cached_features(bundle, cfg, prepared, run_dir, store_counts)
         else:
             history = _fit_full_model(bundle, cfg, prepared, run_dir, phase="head",
                                       epochs=cfg.train.head_epochs, learning_rate=cfg.train.head_learning_rate)
@@ -247,8 +281,10 @@ def train(cfg: RunConfig) -> TrainResult:
         if cfg.train.time_budget_minutes is not None:
             from .experiments.budget import plan_run
 
-            cfg, budget = plan_run(bundle, cfg, prepared, elapsed_seconds=time.perf_counter() - started)
-        history, phase_choice = _run_phases(bundle, cfg, prepared, run_dir)
+            cfg, prepared, budget = plan_run(bundle, cfg, prepared, elapsed_seconds=time.perf_counter() - started,
+                                             agree=agreement(strategy, cluster))
+        feature_counts: dict = {}
+        history, phase_choice = _run_phases(bundle, cfg, prepared, run_dir, feature_counts)
     train_seconds = time.perf_counter() - started
     if not cluster.is_chief:  # trained in sync with the chief, which writes the run; drop the scratch folder
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -267,7 +303,7 @@ def train(cfg: RunConfig) -> TrainResult:
         "total_seconds": round(time.perf_counter() - started, 1), "duplicates": prepared.duplicates,
         "split_sizes": {k: len(v) for k, v in prepared.frames.items()}, "splits_file": str(prepared.splits_file),
         "image_report": prepared.image_report.describe(), "best_model": phase_choice.to_dict(),
-        "deterministic": cfg.train.deterministic, "time_budget": budget,
+        "deterministic": cfg.train.deterministic, "time_budget": budget, "feature_store": feature_counts or None,
     })
     for stale in ("phase1.done", "phase1.weights.h5", "best_checkpoint.keras"):
         (run_dir / stale).unlink(missing_ok=True)

@@ -73,16 +73,65 @@ def test_deterministic_runs_give_bit_identical_weights(tiny_dataset, tmp_path, o
     assert json.loads((first.run_dir / "run.json").read_text())["deterministic"] is True
 
 
-def test_time_budget_plans_the_epochs_the_run_then_trains(tiny_dataset, tmp_path):
+def test_time_budget_plans_the_run_and_the_run_stays_within_its_plan(tiny_dataset, tmp_path, caplog):
     cfg = tiny_config(tiny_dataset, tmp_path / "budget", "train.time_budget_minutes=2", "train.head_epochs=3",
                       "train.finetune_epochs=1", "tracking.enabled=false")
-    result = train_module.train(cfg)
-    budget = json.loads((result.run_dir / "run.json").read_text())["time_budget"]
+    with caplog.at_level("INFO", logger="vinted_classifier"):
+        result = train_module.train(cfg)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    budget = run["time_budget"]
     plan, times = budget["plan"], budget["step_times"]
     assert set(times) == {"backbone_seconds_per_image", "head_seconds_per_step", "finetune_seconds_per_step"}
     assert all(v > 0 for v in times.values())
     assert 1 <= plan["head_epochs"] <= 3 and 0 <= plan["finetune_epochs"] <= 1
     assert plan["budget_seconds"] == pytest.approx(120 - budget["seconds_before_plan"], abs=0.06)
-    # No early stopping in the tiny run: the history is exactly the planned epochs.
+    # Within the budget as planned: the prediction fits, and the run did exactly what was planned
+    # (no early stopping in the tiny run), on the planned images and views.
+    assert plan["fits"] and plan["predicted_seconds"] <= plan["budget_seconds"]
     assert len(result.history["loss"]) == plan["head_epochs"] + plan["finetune_epochs"]
+    assert run["split_sizes"]["train"] == plan["train_images"] == budget["requested"]["train_images"]
+    assert plan["augmented_views"] == 0 and not plan["subsampled"]  # the tiny preset has no augmentation
+    assert f"plan: {_describe(plan)}" in caplog.text, "the logged plan is the recorded one"
     assert "time_budget_minutes: 2" in (result.run_dir / "config.yaml").read_text(), "config.yaml keeps the request"
+
+
+def _describe(plan: dict) -> str:
+    from vinted_classifier.experiments.budget import Plan
+
+    return Plan(**{k: v for k, v in plan.items() if k != "fits"}).describe()
+
+
+def _fixed_step_times(monkeypatch, seconds_per_image: float):
+    """Step times as if measured on a slow host, so that the plan must cut (no clock in what is asserted)."""
+    from vinted_classifier.experiments import budget
+
+    times = budget.StepTimes(seconds_per_image, 0.001, 4 * seconds_per_image)
+    monkeypatch.setattr(budget, "measure_step_times", lambda *args, **kwargs: times)
+
+
+def test_a_budget_too_small_for_the_whole_split_trains_a_stratified_subsample(tiny_dataset, tmp_path, monkeypatch):
+    # 5 s/image: evaluation (val + holdout) + 20 s overhead, then each cached training image costs 5 s
+    from vinted_classifier.experiments import budget
+
+    _fixed_step_times(monkeypatch, 5.0)
+    monkeypatch.setattr(budget, "MIN_IMAGES_PER_CATEGORY", 1)  # the tiny set has 4 training images per category
+    # 2 min: the whole split (12 images) would need 50 + (12 + 3 val) x 5 = 125 s
+    cfg = tiny_config(tiny_dataset, tmp_path / "sub", "train.time_budget_minutes=2", "tracking.enabled=false")
+    result = train_module.train(cfg)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    plan, full = run["time_budget"]["plan"], run["time_budget"]["requested"]["train_images"]
+    assert plan["subsampled"] and plan["fits"] and plan["train_images"] < full
+    assert run["split_sizes"]["train"] == plan["train_images"]  # trained on the subsample ...
+    val, holdout = run["split_sizes"]["val"], run["split_sizes"]["holdout"]
+    assert plan["evaluation_seconds"] == (val + holdout) * 5.0 + 20.0  # ... evaluated on whole val and holdout
+    assert run["feature_store"]["computed"] == plan["train_images"] + val
+
+
+def test_a_budget_nothing_fits_is_refused_before_training(tiny_dataset, tmp_path, monkeypatch):
+    from vinted_classifier.experiments.budget import BudgetTooSmall
+
+    _fixed_step_times(monkeypatch, 60.0)  # evaluating val + holdout alone takes minutes
+    cfg = tiny_config(tiny_dataset, tmp_path / "refused", "train.time_budget_minutes=1", "tracking.enabled=false")
+    with pytest.raises(BudgetTooSmall, match=r"cannot fit even the smallest run .* Give at least \d+\.\d min"):
+        train_module.train(cfg)
+    assert not (cfg.run_dir / "model.keras").exists() and not (cfg.run_dir / "history_head.csv").exists()

@@ -2,54 +2,99 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from vinted_classifier.experiments.budget import StepTimes, Workload, plan_epochs
+from vinted_classifier.experiments.budget import (BudgetTooSmall, StepTimes, Workload, plan_budget,
+                                                  stratified_subsample)
 
 # Binary-exact numbers, so every planned second can be compared with ==.
 TIMES = StepTimes(backbone_seconds_per_image=0.5, head_seconds_per_step=0.25, finetune_seconds_per_step=2.0)
-WORK = Workload(train_images=100, val_images=20, holdout_images=20, batch_size=10, cached_views=3)
-# fixed = caching (300 cached rows + 20 val) x 0.5 + evaluation (20 + 20) x 0.5 = 160 + 20 = 180 s
-# head epoch = ceil(300 / 10) steps x 0.25 = 7.5 s; fine-tune epoch = 10 steps x 2 + 20 val x 0.5 = 30 s
-# phase 2 also pays phase 1's baseline on val once: 20 x 0.5 = 10 s
+WORK = Workload(train_images=100, val_images=20, holdout_images=20, batch_size=10, augmented_views=2,
+                min_train_images=10)
+# evaluation = (20 val + 20 holdout) x 0.5 = 20 s
+# caching with v augmented views = (100 x (1 + v) + 20 val) x 0.5 = 160 / 110 / 60 s for v = 2 / 1 / 0
+# head epoch = ceil(100 x (1 + v) / 10) steps x 0.25 = 7.5 / 5 / 2.5 s
+# fine-tune epoch = 10 steps x 2 + 20 val x 0.5 = 30 s, plus phase 1's baseline on val once: 10 s
 
 
-def test_head_epochs_fill_a_budget_that_leaves_no_room_for_fine_tuning():
-    plan = plan_epochs(300, TIMES, WORK, max_head_epochs=30, max_finetune_epochs=2)
-    assert (plan.fixed_seconds, plan.head_epoch_seconds, plan.finetune_epoch_seconds) == (180, 7.5, 30)
-    assert (plan.head_epochs, plan.finetune_epochs) == (16, 0)  # floor(120 / 7.5)
-    assert plan.predicted_seconds == 300 and plan.fits
+def plan(budget, work=WORK, **kwargs):
+    return plan_budget(budget, TIMES, work, **{"max_head_epochs": 30, "max_finetune_epochs": 5, **kwargs})
 
 
-def test_configured_head_epochs_cap_phase_1_and_phase_2_gets_the_rest():
-    plan = plan_epochs(600, TIMES, WORK, max_head_epochs=12, max_finetune_epochs=5)
-    assert (plan.head_epochs, plan.finetune_epochs) == (12, 5)  # room for floor((330 - 10) / 30) = 10
-    assert plan.predicted_seconds == 180 + 12 * 7.5 + 10 + 5 * 30
-    wide = plan_epochs(600, TIMES, WORK, max_head_epochs=12, max_finetune_epochs=20)
-    assert wide.finetune_epochs == 10 and wide.predicted_seconds == 580 and wide.fits
-    assert "12 head epoch(s) x 7.5s + 10 fine-tune epoch(s) x 30.0s" in wide.describe()
+def test_a_large_budget_buys_every_view_every_head_epoch_and_phase_2():
+    p = plan(600)
+    assert (p.augmented_views, p.head_epochs, p.finetune_epochs, p.train_images) == (2, 30, 5, 100)
+    assert (p.caching_seconds, p.evaluation_seconds, p.head_epoch_seconds, p.finetune_epoch_seconds) == (160, 20, 7.5, 30)
+    # room for floor((600 - 405 - 10) / 30) = 6 fine-tune epochs, capped at the configured 5
+    assert p.predicted_seconds == 20 + 160 + 30 * 7.5 + 10 + 5 * 30 == 565 and p.fits and not p.subsampled
 
 
-def test_a_budget_below_the_fixed_cost_gets_the_minimum_plan_and_says_so():
-    plan = plan_epochs(100, TIMES, WORK, max_head_epochs=30, max_finetune_epochs=2)
-    assert (plan.head_epochs, plan.finetune_epochs, plan.predicted_seconds) == (1, 0, 187.5)
-    assert not plan.fits and "does NOT fit" in plan.describe()
+def test_phase_2_is_dropped_when_the_rest_leaves_less_than_one_fine_tune_epoch():
+    p = plan(420)
+    assert (p.augmented_views, p.head_epochs, p.finetune_epochs) == (2, 30, 0)
+    assert p.predicted_seconds == 405  # 420 - 405 - 10 baseline = 5 s < one 30 s epoch
 
 
-def test_without_the_cache_a_head_epoch_is_a_backbone_pass():
-    uncached = Workload(100, 20, 20, 10, cached_views=3, cache_features=False)
-    plan = plan_epochs(400, TIMES, uncached, max_head_epochs=30, max_finetune_epochs=2)
-    # fixed = evaluation only (20 s); head epoch = (100 + 20) x 0.5 = 60 s -> floor(380 / 60) = 6
-    assert (plan.fixed_seconds, plan.head_epoch_seconds, plan.head_epochs, plan.finetune_epochs) == (20, 60, 6, 0)
+def test_views_are_dropped_before_the_floor_of_head_epochs():
+    p = plan(200)  # 2 views leave 20 s = 2 head epochs < 10; 1 view leaves 70 s = 14 epochs
+    assert (p.augmented_views, p.head_epochs, p.finetune_epochs, p.caching_seconds) == (1, 14, 0, 110)
+    assert p.predicted_seconds == 200 and p.fits
+    p = plan(150)  # 1 view leaves 20 s = 4 epochs; the clean view alone leaves 70 s = 28 epochs
+    assert (p.augmented_views, p.head_epochs, p.predicted_seconds) == (0, 28, 150)
+    assert "100 training image(s) x (1 + 0 augmented view(s))" in p.describe()
+
+
+def test_without_enough_time_for_the_whole_split_a_stratified_subsample_is_planned():
+    p = plan(100)  # the whole split: 100 - 80 = 20 s = 8 head epochs < 10
+    # n images cost (n + 20) x 0.5 to cache and ceil(n / 10) x 0.25 per epoch: 90 leaves 25 s >= 10 x 2.25
+    # (91 leaves 24.5 s < 10 x 2.5), and 25 s buy floor(25 / 2.25) = 11 epochs
+    assert (p.train_images, p.subsampled, p.augmented_views, p.head_epochs, p.finetune_epochs) == (90, True, 0, 11, 0)
+    assert p.predicted_seconds == 20 + 55 + 11 * 2.25 == 99.75 and p.fits
+    assert "90 training image(s) (stratified subsample)" in p.describe()
+
+
+def test_nothing_that_fits_within_15_percent_is_refused_with_the_minimum_it_needs():
+    # the smallest run: 10 images, 1 head epoch = 20 + (10 + 20) x 0.5 + 0.25 = 35.25 s > 30 x 1.15
+    with pytest.raises(BudgetTooSmall, match=r"10 training image\(s\).*needs 0\.6 min.*at least 0\.6 min"):
+        plan(30)
+    p = plan(31)  # 35.25 <= 31 x 1.15: run the minimum, saying it is over
+    assert (p.train_images, p.head_epochs, p.predicted_seconds, p.fits) == (10, 1, 35.25, False)
+    assert "over by 14% (minimum plan)" in p.describe()
+
+
+def test_without_the_cache_a_head_epoch_is_a_backbone_pass_and_views_cost_nothing():
+    uncached = Workload(100, 20, 20, 10, augmented_views=2, cache_features=False)
+    p = plan(400, uncached, min_head_epochs=3)
+    # evaluation 20 s; head epoch = (100 + 20) x 0.5 = 60 s -> floor(380 / 60) = 6; nothing left for phase 2
+    assert (p.caching_seconds, p.head_epoch_seconds, p.head_epochs, p.augmented_views, p.finetune_epochs) == (0, 60, 6, 0, 0)
+
+
+def test_prediction_and_overhead_in_the_same_command_are_planned():
+    busy = Workload(100, 20, 20, 10, augmented_views=2, predict_images=40, overhead_seconds=5.0)
+    p = plan(600, busy)
+    assert p.evaluation_seconds == (20 + 20 + 40) * 0.5 + 5 == 45
+    assert p.predicted_seconds == 45 + 160 + 30 * 7.5 + 10 + 5 * 30
 
 
 def test_no_phase_1_means_no_caching_cost():
-    plan = plan_epochs(100, TIMES, WORK, max_head_epochs=0, max_finetune_epochs=4)
-    assert (plan.fixed_seconds, plan.head_epochs, plan.finetune_epochs) == (20, 0, 2)  # floor((80 - 10) / 30)
+    p = plan(100, max_head_epochs=0, max_finetune_epochs=4)
+    assert (p.caching_seconds, p.head_epochs, p.finetune_epochs) == (0, 0, 2)  # floor((100 - 20 - 10) / 30)
 
 
 def test_bad_budgets_and_workloads_are_named():
     with pytest.raises(ValueError, match="-5"):
-        plan_epochs(-5, TIMES, WORK, max_head_epochs=1, max_finetune_epochs=0)
+        plan(-5)
     with pytest.raises(ValueError, match="train_images=0"):
-        plan_epochs(60, TIMES, Workload(0, 1, 1, 4, 1), max_head_epochs=1, max_finetune_epochs=0)
+        plan(60, Workload(0, 1, 1, 4, 1))
+
+
+def test_stratified_subsample_keeps_each_category_share_and_is_reproducible():
+    codes = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    for size, expected in [(10, [6, 3, 1]), (5, [3, 1, 1]), (4, [2, 1, 1]), (2, [1, 1, 0]), (100, [60, 30, 10])]:
+        rows = stratified_subsample(codes, size, seed=7)
+        assert len(rows) == size and len(set(rows)) == size
+        assert np.bincount(codes[rows], minlength=3).tolist() == expected, size
+    np.testing.assert_array_equal(stratified_subsample(codes, 10, seed=7), stratified_subsample(codes, 10, seed=7))
+    with pytest.raises(ValueError, match="subsample size 0 must be between 1 and the 100 training rows"):
+        stratified_subsample(codes, 0, seed=7)

@@ -56,3 +56,32 @@ def test_quiet_when_not_verbose_hides_bars_inside_the_call():
         assert seen(Cfg()) is False
         Cfg.train.verbose = 1
         assert seen(Cfg()) is True
+
+
+def test_without_a_terminal_long_steps_print_plain_lines_with_count_rate_and_eta(monkeypatch, capsys):
+    import logging
+
+    monkeypatch.delenv(progress.ENV_VAR, raising=False)
+    monkeypatch.setattr(logging.getLogger("vinted_classifier"), "level", logging.INFO)
+    monkeypatch.setattr(progress, "LINE_INTERVAL_SECONDS", 0.0)  # every item is "long" here
+    assert not progress.enabled() and progress.lines_enabled()
+    assert list(progress.bar(range(3), desc="caching features", unit="batch")) == [0, 1, 2]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "caching features: 1/3 batch (33%)", "caching features: 2/3 batch (67%)", "caching features: 3/3 batch (100%)"]
+    assert all(" batch/s, ETA " in line for line in lines)
+    with progress.shown(False):
+        assert not progress.lines_enabled()
+        assert sum(progress.bar(range(3), desc="quiet")) == 3
+    assert capsys.readouterr().err == ""
+
+
+def test_a_short_step_prints_nothing_and_lines_say_count_rate_eta_exactly(monkeypatch, capsys):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("vinted_classifier"), "level", logging.INFO)
+    assert sum(progress.PlainLines(range(4), total=None, desc="quick", unit="img", interval=3600)) == 6
+    assert capsys.readouterr().err == ""
+    assert progress.progress_line("caching", 120, 240, 30.0, "batch") == "caching: 120/240 batch (50%), 4.0 batch/s, ETA 0:30"
+    assert progress.progress_line("scoring", 0, 10, 5.0, "img") == "scoring: 0/10 img (0%), 0.0 img/s, ETA ?"
+    assert progress.progress_line("reading", 50, None, 4000.0, "row") == "reading: 50 row, 0.0 row/s, 1:06:40 elapsed"

@@ -1,18 +1,28 @@
-"""``train.time_budget_minutes``: measure step times at the start, then plan the epochs to fit.
+"""``train.time_budget_minutes``: measure step times at the start, then plan the whole run to fit.
 
-The plan is a pure function of measured per-unit times and the workload (``plan_epochs``), so it
-is tested with exact arithmetic; only ``measure_step_times`` touches the clock. Cost model:
+The plan is a pure function of measured per-unit times and the workload (``plan_budget``), so it
+is tested with exact arithmetic; only ``measure_step_times`` touches the clock. Every cost of the
+command is planned, in seconds:
 
-* fixed: caching features (``train x views + val`` images through the frozen backbone), the
-  final evaluation (``val + holdout``), and, when phase 2 runs, phase 1's baseline on ``val``;
-* one head epoch: its measured step time x steps over the cached rows (uncached: a backbone
-  pass over ``train + val`` images);
-* one fine-tune epoch: measured training step x ``ceil(train / batch)`` + a ``val`` pass.
+* caching: ``(train x (1 + augmented views) + val) x backbone s/image`` (phase 1 with the cache);
+* one head epoch: ``ceil(cached train rows / batch) x head s/step`` (without the cache: a backbone
+  pass over ``train + val``);
+* one fine-tune epoch: ``ceil(train / batch) x fine-tune s/step + val x backbone s/image``, plus
+  phase 1's baseline on ``val`` once when phase 2 runs;
+* evaluation and anything else the command does with the backbone: ``(val + holdout +
+  predicted) x backbone s/image``, plus a fixed ``overhead_seconds`` (graph tracing, saving).
 
-Phase 1 is planned first (it is cheap and carries most of the accuracy), phase 2 gets what is
-left. Early stopping can still end a phase sooner, so a run finishes within the budget or
-under it, never planned over it (unless even the minimum, one head epoch, does not fit: then
-the plan says so).
+What to buy, in order of value per second (measured on the demo set, docs/experiments.md):
+
+1. evaluation, the clean view and ``min_head_epochs`` head epochs: the model itself;
+2. augmented views, most first (each is a backbone pass over the training split, ~+1 point top-1);
+3. more head epochs, up to the configured count (cheap on cached features; early stopping ends them);
+4. fine-tune epochs (2.5-7 min each on a 2-core CPU, rarely better than phase 1 on the demo set).
+
+When even (1) does not fit, the training split is subsampled, stratified by category (val and
+holdout never are: they measure the result). When even the smallest subsample
+(``min_train_images``) with one head epoch is predicted to miss the budget by more than
+``TOLERANCE`` (15%), the run is refused before it starts (``BudgetTooSmall``), naming the minimum.
 """
 
 from __future__ import annotations
@@ -20,9 +30,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
 
 log = logging.getLogger(__name__)
+
+TOLERANCE = 0.15  # a plan predicted to miss by more is refused, not started
+MIN_HEAD_EPOCHS = 10  # phase 1 on the demo set early-stops after ~12; fewer is a worse model, not a cheaper one
+MIN_IMAGES_PER_CATEGORY = 5  # the smallest subsample keeps this many training images of each category
+
+
+class BudgetTooSmall(ValueError):
+    """Even the smallest plan is predicted to miss the time budget by more than ``TOLERANCE``."""
 
 
 @dataclass(frozen=True)
@@ -40,69 +60,171 @@ class Workload:
     val_images: int
     holdout_images: int
     batch_size: int
-    cached_views: int  # 1 + augmented views per training image (phase 1 with the cache)
+    augmented_views: int  # the configured maximum of cached augmented views per training image
     cache_features: bool = True
+    predict_images: int = 0  # images the same command also predicts (beyond val and holdout)
+    overhead_seconds: float = 0.0  # fixed costs not proportional to images: tracing, saving, figures
+    min_train_images: int = 1  # the smallest (stratified) training subsample worth training
 
 
 @dataclass(frozen=True)
-class EpochPlan:
+class Plan:
+    budget_seconds: float
+    train_images: int  # < the workload's train_images: a stratified subsample
+    augmented_views: int
     head_epochs: int
     finetune_epochs: int
-    budget_seconds: float
-    fixed_seconds: float
+    caching_seconds: float
+    evaluation_seconds: float  # incl. the workload's prediction and overhead
     head_epoch_seconds: float
     finetune_epoch_seconds: float
+    finetune_baseline_seconds: float  # phase 1's value on val, paid once when phase 2 runs
     predicted_seconds: float
-    fits: bool
+    subsampled: bool
+
+    @property
+    def fits(self) -> bool:
+        return self.predicted_seconds <= self.budget_seconds
 
     def describe(self) -> str:
-        verdict = "fits" if self.fits else "does NOT fit (minimum plan)"
-        return (f"time budget {self.budget_seconds / 60:.1f} min: {self.head_epochs} head epoch(s) x "
+        data = (f"{self.train_images} training image(s) (stratified subsample)" if self.subsampled
+                else f"{self.train_images} training image(s)")
+        verdict = "fits" if self.fits else f"over by {self.predicted_seconds / self.budget_seconds - 1:.0%} (minimum plan)"
+        return (f"time budget {self.budget_seconds / 60:.1f} min: {data} x (1 + {self.augmented_views} augmented "
+                f"view(s)) cached in {self.caching_seconds:.1f}s + {self.head_epochs} head epoch(s) x "
                 f"{self.head_epoch_seconds:.1f}s + {self.finetune_epochs} fine-tune epoch(s) x "
-                f"{self.finetune_epoch_seconds:.1f}s + fixed {self.fixed_seconds:.1f}s = "
+                f"{self.finetune_epoch_seconds:.1f}s + evaluation {self.evaluation_seconds:.1f}s = "
                 f"{self.predicted_seconds / 60:.1f} min, {verdict}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return dict(asdict(self), fits=self.fits)
 
 
-def plan_epochs(budget_seconds: float, times: StepTimes, work: Workload, *, max_head_epochs: int,
-                max_finetune_epochs: int) -> EpochPlan:
-    """The most head epochs (up to the configured count), then the most fine-tune epochs, that fit."""
-    if budget_seconds <= 0:
+def caching_seconds(times: StepTimes, work: Workload, train_images: int, views: int) -> float:
+    """The backbone over every cached row: each training image's views, and val once."""
+    if not work.cache_features:
+        return 0.0
+    return (train_images * (1 + views) + work.val_images) * times.backbone_seconds_per_image
+
+
+def head_epoch_seconds(times: StepTimes, work: Workload, train_images: int, views: int) -> float:
+    if not work.cache_features:  # every epoch runs the backbone over train and val
+        return (train_images + work.val_images) * times.backbone_seconds_per_image
+    return math.ceil(train_images * (1 + views) / work.batch_size) * times.head_seconds_per_step
+
+
+def evaluation_seconds(times: StepTimes, work: Workload) -> float:
+    images = work.val_images + work.holdout_images + work.predict_images
+    return images * times.backbone_seconds_per_image + work.overhead_seconds
+
+
+def finetune_epoch_seconds(times: StepTimes, work: Workload, train_images: int) -> float:
+    return (math.ceil(train_images / work.batch_size) * times.finetune_seconds_per_step
+            + work.val_images * times.backbone_seconds_per_image)
+
+
+def _plan(budget: float, times: StepTimes, work: Workload, train_images: int, views: int, head: int,
+          max_finetune_epochs: int) -> Plan:
+    """Phase 2 gets what the rest leaves; everything else is given."""
+    caching = caching_seconds(times, work, train_images, views) if head > 0 else 0.0
+    evaluation = evaluation_seconds(times, work)
+    head_epoch = head_epoch_seconds(times, work, train_images, views)
+    finetune_epoch = finetune_epoch_seconds(times, work, train_images)
+    baseline = work.val_images * times.backbone_seconds_per_image
+    used = evaluation + caching + head * head_epoch
+    finetune = 0
+    if max_finetune_epochs > 0 and budget - used - baseline >= finetune_epoch:
+        finetune = min(max_finetune_epochs, math.floor((budget - used - baseline) / finetune_epoch))
+    predicted = used + (baseline + finetune * finetune_epoch if finetune else 0.0)
+    return Plan(budget, train_images, views, head, finetune, caching, evaluation, head_epoch, finetune_epoch,
+                baseline, predicted, subsampled=train_images < work.train_images)
+
+
+def _affordable_head_epochs(budget: float, times: StepTimes, work: Workload, train_images: int, views: int,
+                            max_head_epochs: int) -> int:
+    left = budget - evaluation_seconds(times, work) - caching_seconds(times, work, train_images, views)
+    epoch = head_epoch_seconds(times, work, train_images, views)
+    if left < 0:
+        return 0
+    return max_head_epochs if epoch == 0 else min(max_head_epochs, math.floor(left / epoch))
+
+
+def plan_budget(budget_seconds: float, times: StepTimes, work: Workload, *, max_head_epochs: int,
+                max_finetune_epochs: int, min_head_epochs: int = MIN_HEAD_EPOCHS) -> Plan:
+    """The most valuable plan that fits (module docstring); raises ``BudgetTooSmall`` when none comes close."""
+    if not budget_seconds > 0:
         raise ValueError(f"time budget must be positive, got {budget_seconds} s")
     if work.batch_size < 1 or work.train_images < 1:
         raise ValueError(f"workload needs >= 1 training image and batch size, got {work}")
-    per_image = times.backbone_seconds_per_image
-    train_steps = math.ceil(work.train_images / work.batch_size)
-    if work.cache_features:
-        cached_rows = work.train_images * work.cached_views
-        caching = (cached_rows + work.val_images) * per_image
-        head_epoch = math.ceil(cached_rows / work.batch_size) * times.head_seconds_per_step
-    else:
-        caching = 0.0
-        head_epoch = (work.train_images + work.val_images) * per_image
-    evaluation = (work.val_images + work.holdout_images) * per_image
-    baseline = work.val_images * per_image  # phase 1's value on the full model, paid only with phase 2
-    finetune_epoch = train_steps * times.finetune_seconds_per_step + work.val_images * per_image
-    fixed = (caching if max_head_epochs > 0 else 0.0) + evaluation
-    left = budget_seconds - fixed
-    head = min(max_head_epochs, max(0, math.floor(left / head_epoch))) if head_epoch > 0 else max_head_epochs
-    if max_head_epochs > 0:
-        head = max(head, 1)
-    left -= head * head_epoch
-    finetune = 0
-    if max_finetune_epochs > 0 and left - baseline > 0:
-        finetune = min(max_finetune_epochs, math.floor((left - baseline) / finetune_epoch))
-    predicted = fixed + head * head_epoch + (baseline + finetune * finetune_epoch if finetune else 0.0)
-    return EpochPlan(head, finetune, budget_seconds, fixed, head_epoch, finetune_epoch, predicted,
-                     fits=predicted <= budget_seconds)
+    if max_head_epochs == 0:  # phase 2 only: nothing to cache, nothing to subsample
+        return _plan(budget_seconds, times, work, work.train_images, 0, 0, max_finetune_epochs)
+    floor_epochs = min(min_head_epochs, max_head_epochs)
+    views_allowed = work.augmented_views if work.cache_features else 0
+    for views in range(views_allowed, -1, -1):  # (1) + (2): the most views that leave the floor of head epochs
+        head = _affordable_head_epochs(budget_seconds, times, work, work.train_images, views, max_head_epochs)
+        if head >= floor_epochs:  # (3) + (4): head epochs up to the maximum, phase 2 with the rest
+            return _plan(budget_seconds, times, work, work.train_images, views, head, max_finetune_epochs)
+    # Nothing fits on the whole training split: the largest stratified subsample that does.
+    smallest = min(work.train_images, max(1, work.min_train_images))
+    def fits_floor(n: int) -> bool:
+        return _affordable_head_epochs(budget_seconds, times, work, n, 0, max_head_epochs) >= floor_epochs
+
+    if fits_floor(smallest):
+        size = _largest_true(fits_floor, smallest, work.train_images)
+        head = _affordable_head_epochs(budget_seconds, times, work, size, 0, max_head_epochs)
+        return _plan(budget_seconds, times, work, size, 0, head, 0)
+    minimum = _plan(budget_seconds, times, work, smallest, 0,
+                    max(1, _affordable_head_epochs(budget_seconds, times, work, smallest, 0, floor_epochs)), 0)
+    if minimum.predicted_seconds > budget_seconds * (1 + TOLERANCE):
+        raise BudgetTooSmall(
+            f"train.time_budget_minutes: {budget_seconds / 60:.1f} min left cannot fit even the smallest run "
+            f"({smallest} training image(s), no augmented views, 1 head epoch, no fine-tuning, evaluation of "
+            f"{work.val_images} val + {work.holdout_images} holdout image(s)): it needs "
+            f"{minimum.predicted_seconds / 60:.1f} min at the measured "
+            f"{times.backbone_seconds_per_image * 1e3:.1f} ms/image. Give at least "
+            f"{math.ceil(minimum.predicted_seconds / 60 / (1 + TOLERANCE) * 10) / 10:.1f} min after start-up, "
+            f"or use a smaller image size or dataset.")
+    return minimum
 
 
-def measure_step_times(bundle, cfg, prepared, *, batches: int = 2) -> StepTimes:
-    """Time a few real steps of each kind (after one untimed warm-up); the weights are put back."""
-    import numpy as np
+def _largest_true(predicate, low: int, high: int) -> int:
+    """The largest n in [low, high] with ``predicate(n)``, for a predicate true at ``low`` that turns false once."""
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if predicate(middle) else (low, middle - 1)
+    return low
 
+
+def stratified_subsample(codes: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted row indices of ``size`` rows keeping each category's share (largest remainder), >= 1 each.
+
+    The same ``codes``, ``size`` and ``seed`` give the same rows on every worker.
+    """
+    codes = np.asarray(codes)
+    if not 1 <= size <= len(codes):
+        raise ValueError(f"subsample size {size} must be between 1 and the {len(codes)} training rows")
+    categories, counts = np.unique(codes, return_counts=True)
+    exact = counts * size / len(codes)
+    take = np.minimum(counts, np.maximum(np.floor(exact).astype(int), 1 if size >= len(categories) else 0))
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")  # largest remainders first
+    for index in np.concatenate([order, order]):
+        if take.sum() >= size:
+            break
+        if take[index] < counts[index]:
+            take[index] += 1
+    while take.sum() > size:  # the >= 1 floor overshot: trim the largest categories
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(codes == category), n, replace=False)
+              for category, n in zip(categories, take) if n > 0]
+    return np.sort(np.concatenate(chosen))
+
+
+def measure_step_times(bundle, cfg, prepared, *, batches: int = 2, finetune: bool = True) -> StepTimes:
+    """Time a few real steps of each kind (after one untimed warm-up); the weights are put back.
+
+    ``finetune=False`` skips the fine-tune step (seconds each on a CPU) and reports 0 for it.
+    """
     from .. import pipeline
     from ..model import LAST_BLOCK_PREFIXES, compile_model, feature_dim, set_trainable
 
@@ -125,38 +247,101 @@ def measure_step_times(bundle, cfg, prepared, *, batches: int = 2) -> StepTimes:
     x, y = next(iter(images))
     n_images = int(x.shape[0])
     saved = bundle.model.get_weights()
+    prefixes = cfg.train.finetune_layer_prefixes or LAST_BLOCK_PREFIXES[cfg.model.backbone]
     try:
         per_image = clock(lambda: bundle.feature_extractor(x, training=False), batches) / n_images
         features = np.random.default_rng(0).normal(size=(batch, feature_dim(bundle))).astype(np.float32)
         head_y = {k: np.resize(np.asarray(v), (batch, *np.asarray(v).shape[1:])) for k, v in y.items()}
-        prefixes = cfg.train.finetune_layer_prefixes or LAST_BLOCK_PREFIXES[cfg.model.backbone]
+        finetune_step = 0.0
+        if finetune:
+            set_trainable(bundle, "finetune", prefixes)
+            compile_(bundle.model)
+            # A partial batch costs less than a full one: scale to the configured batch size.
+            finetune_step = clock(lambda: bundle.model.train_on_batch(x, y), batches) * batch / n_images
         set_trainable(bundle, "head", prefixes)
         compile_(bundle.head)
         head_step = clock(lambda: bundle.head.train_on_batch(features, head_y), batches)
-        set_trainable(bundle, "finetune", prefixes)
-        compile_(bundle.model)
-        # A partial batch costs less than a full one: scale to the configured batch size.
-        finetune_step = clock(lambda: bundle.model.train_on_batch(x, y), batches) * batch / n_images
     finally:
         bundle.model.set_weights(saved)
     return StepTimes(per_image, head_step, finetune_step)
 
 
-def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float):
-    """Measure, plan, log; return (a copy of ``cfg`` with the planned epoch counts, the plan)."""
+def finetune_step_lower_bound(times: StepTimes, batch_size: int) -> float:
+    """A training step costs at least the forward pass of its batch: phase 2 can be ruled out unmeasured."""
+    return times.backbone_seconds_per_image * batch_size
+
+
+def workload(cfg, prepared) -> Workload:
+    """What ``vinted train`` does with the backbone, from the config and the splits."""
+    n_categories = len(prepared.vocab.categories)
+    return Workload(
+        train_images=len(prepared.paths("train")), val_images=len(prepared.paths("val")),
+        holdout_images=len(prepared.paths("holdout")), batch_size=cfg.train.batch_size,
+        augmented_views=cfg.train.cached_augmented_views if cfg.model.augment else 0,
+        cache_features=cfg.train.cache_features, overhead_seconds=OVERHEAD_SECONDS,
+        min_train_images=min(len(prepared.paths("train")), MIN_IMAGES_PER_CATEGORY * n_categories))
+
+
+# Measured on the demo set (docs/experiments.md): saving model.keras, figures and the tracing of
+# each fit/evaluate, not proportional to the images.
+OVERHEAD_SECONDS = 20.0
+
+
+def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
+    """Measure, plan, log; return (``cfg`` with the planned counts, ``prepared`` maybe subsampled, the record).
+
+    The fine-tune step is measured only when phase 2 could fit at its lower bound (the forward
+    pass), which saves its seconds-long steps on slow hosts. ``agree(values) -> values``:
+    multi-worker runs pass the chief's numbers to every worker so that all of them train the
+    chief's plan (``distributed.agree_with_chief``); every worker measures (the steps are collective).
+    """
     started = time.perf_counter()
-    times = measure_step_times(bundle, cfg, prepared)
-    views = 1 + (cfg.train.cached_augmented_views if cfg.model.augment else 0)
-    work = Workload(len(prepared.paths("train")), len(prepared.paths("val")), len(prepared.paths("holdout")),
-                    cfg.train.batch_size, views, cfg.train.cache_features)
-    spent = elapsed_seconds + (time.perf_counter() - started)
-    budget = cfg.train.time_budget_minutes * 60 - spent
-    plan = plan_epochs(max(budget, 1e-9), times, work, max_head_epochs=cfg.train.head_epochs,
-                       max_finetune_epochs=cfg.train.finetune_epochs)
-    log.info("measured: backbone %.1f ms/image, head step %.1f ms, fine-tune step %.0f ms; %.0fs already spent",
+    work = workload(cfg, prepared)
+
+    def measured_plan(finetune: bool):
+        times = measure_step_times(bundle, cfg, prepared, finetune=finetune)
+        if not finetune:
+            times = replace(times, finetune_seconds_per_step=finetune_step_lower_bound(times, work.batch_size))
+        spent = elapsed_seconds + (time.perf_counter() - started)
+        if agree is not None:
+            *numbers, spent = agree([*astuple_times(times), spent])
+            times = StepTimes(*numbers)
+        budget = cfg.train.time_budget_minutes * 60 - spent
+        if budget <= 0:
+            raise BudgetTooSmall(f"train.time_budget_minutes={cfg.train.time_budget_minutes}: start-up and "
+                                 f"measuring already took {spent / 60:.1f} min")
+        return times, spent, plan_budget(budget, times, work, max_head_epochs=cfg.train.head_epochs,
+                                         max_finetune_epochs=cfg.train.finetune_epochs)
+
+    times, spent, plan = measured_plan(finetune=False)
+    finetune_measured = plan.finetune_epochs > 0
+    if finetune_measured:  # phase 2 might fit: measure its real step and plan again
+        times, spent, plan = measured_plan(finetune=True)
+    log.info("measured: backbone %.1f ms/image, head step %.1f ms, fine-tune step %.0f ms%s; %.0fs already spent",
              times.backbone_seconds_per_image * 1e3, times.head_seconds_per_step * 1e3,
-             times.finetune_seconds_per_step * 1e3, spent)
+             times.finetune_seconds_per_step * 1e3, "" if finetune_measured else " (lower bound, not measured)",
+             spent)
     (log.info if plan.fits else log.warning)("plan: %s", plan.describe())
     planned = cfg.model_copy(deep=True)
     planned.train.head_epochs, planned.train.finetune_epochs = plan.head_epochs, plan.finetune_epochs
-    return planned, {"plan": plan.to_dict(), "step_times": asdict(times), "seconds_before_plan": round(spent, 1)}
+    planned.train.cached_augmented_views = plan.augmented_views
+    record = {"plan": plan.to_dict(), "step_times": asdict(times), "finetune_step_measured": finetune_measured,
+              "seconds_before_plan": round(spent, 1),
+              "requested": {"augmented_views": work.augmented_views, "head_epochs": cfg.train.head_epochs,
+                            "finetune_epochs": cfg.train.finetune_epochs, "train_images": work.train_images}}
+    if plan.subsampled:
+        prepared = subsample_train(prepared, plan.train_images, cfg.seed)
+        log.warning("time budget: training on a stratified subsample of %d of %d training images "
+                    "(val and holdout are whole)", plan.train_images, work.train_images)
+    return planned, prepared, record
+
+
+def astuple_times(times: StepTimes) -> tuple[float, float, float]:
+    return (times.backbone_seconds_per_image, times.head_seconds_per_step, times.finetune_seconds_per_step)
+
+
+def subsample_train(prepared, size: int, seed: int):
+    """``prepared`` with the training split cut to a stratified ``size`` rows; val and holdout unchanged."""
+    rows = stratified_subsample(prepared.codes("train"), size, seed)
+    frames = dict(prepared.frames, train=prepared.frames["train"].iloc[rows].reset_index(drop=True))
+    return replace(prepared, frames=frames)

@@ -75,9 +75,10 @@ def run_cv(cfg, folds: int, *, name: str = "cv") -> CVResult:
     """K-fold CV of the head recipe under ``<output_dir>/<name>/``; writes ``cv.json`` and ``cv.md``."""
     import tensorflow as tf
 
-    from .. import data, pipeline
+    from .. import data
     from ..evaluate import evaluate_predictions, tune_thresholds
-    from ..features import write_feature_cache
+    from ..features import cached_features
+    from ..train import feature_store, image_hashes
     from ..model import build_model
     from ..precision import resolve_precision, set_precision
     from ..utils import set_seed, write_json
@@ -95,12 +96,13 @@ def run_cv(cfg, folds: int, *, name: str = "cv") -> CVResult:
     categories, tag_names = list(prepared.vocab.categories), list(prepared.vocab.tags)
     bundle = build_model(cfg.model, categories, tag_names, category_output=cfg.data.category_column)
     views = cfg.train.cached_augmented_views if cfg.model.augment else 0
-    images = pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=cfg.train.batch_size,
-                                   codes=codes, tags=tags, category_output=cfg.data.category_column)
-    key = {"backbone": cfg.model.backbone, "weights": bundle.weights_source, "pooling": cfg.model.pooling,
-           "image_size": list(cfg.model.image_size), "seed": cfg.seed, "rows": len(paths), "split": "cv-pool"}
-    cache = write_feature_cache(bundle, images, folder / "feature_cache" / "pool.f32",
-                                category_output=cfg.data.category_column, augment_views=views, key=key)
+    # The pool is train + val: the shared store already holds their features after a train or search.
+    store = feature_store(bundle, cfg)
+    hashes = [*image_hashes(prepared, "train", cfg.data.id_column), *image_hashes(prepared, "val", cfg.data.id_column)]
+    cache = cached_features(bundle, store, folder / "feature_cache" / "pool.f32", paths, hashes, codes, tags,
+                            views=views, seed=cfg.seed, image_size=cfg.model.image_size,
+                            batch_size=cfg.train.batch_size, desc="caching the cv pool")
+    log.info("cv pool features: %d computed, %d reused from the store", store.computed, store.reused)
     del bundle
     features, cached_codes, _ = read_cache_arrays(cache)
     n = len(paths)
