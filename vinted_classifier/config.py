@@ -185,7 +185,10 @@ class ReleaseConfig(_Strict):
     # Load the candidate in a server subprocess and compare its REST and gRPC answers with offline ones.
     infra_validation: bool = True
     infra_timeout_seconds: float = Field(300.0, gt=0)
-    infra_atol: float = Field(1e-3, gt=0)  # probabilities, served vs in-process, same rewrite decision
+    # Probabilities, served vs in-process under the same rewrite decision: float32 graphs, and graphs the
+    # host's bf16/fp16 rewrite runs (one bf16 step near 1 is 0.0039; batch splits change the rounding).
+    infra_atol: float = Field(1e-3, gt=0)
+    infra_atol_low_precision: float = Field(1e-2, gt=0)
 
 
 class MonitoringConfig(_Strict):

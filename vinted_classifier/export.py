@@ -22,7 +22,7 @@ crawls on AVX-512 without bf16, so it is only for fleets known to have AVX512_BF
 A version folder holds, besides the SavedModel:
 
 ``assets/labels.json``, ``assets/export.json``   vocabulary/thresholds; precision and provenance
-``assets.extra/tf_serving_warmup_requests``        PredictionLog records replayed before AVAILABLE
+``assets.extra/tf_serving_warmup_requests``        PredictionLog records replayed before AVAILABLE (generated images)
 ``assets.extra/{config.yaml,run.json,metrics.json}``  the run it came from
 ``assets.extra/reference_stats.json``              held-out prediction/input statistics (docs/monitoring.md)
 
@@ -277,25 +277,9 @@ def read_warmup_file(path: str | Path) -> list:
             for raw in tf.data.TFRecordDataset(str(path))]
 
 
-def run_images(cfg, limit: int = WARMUP_IMAGES) -> list[bytes]:
-    """Up to ``limit`` real photos of the run's test set for warm-up requests (none if unavailable)."""
-    from . import data
-
-    try:
-        ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()
-    except (OSError, ValueError) as error:
-        log.debug("no test images for warm-up: %s", error)
-        return []
-    images = []
-    for uuid_ in ids:
-        for extension in cfg.data.image_extensions:
-            path = Path(cfg.data.images) / f"{uuid_}{extension}"
-            if path.is_file():
-                images.append(path.read_bytes())
-                break
-        if len(images) >= limit:
-            break
-    return images
+def synthetic_images(image_size: tuple[int, int], count: int = WARMUP_IMAGES) -> list[bytes]:
+    """``count`` distinct generated JPEGs for warm-up: no dataset photo (users' photos) enters an export."""
+    return [synthetic_jpeg(image_size, seed=seed) for seed in range(count)]
 
 
 # --------------------------------------------------------------------------- export
@@ -308,8 +292,8 @@ def export_saved_model(model, labels: RunLabels, base_dir: str | Path, model_nam
     """Write ``<base_dir>/<model_name>/<version>/`` atomically; return its path.
 
     ``precision``: the dtype the graph computes in (see the module docstring); ``model_cfg`` lets a
-    model trained under another policy be rebuilt in it. ``warmup_images``: encoded photos for the
-    warm-up records (a synthetic one when empty). ``extra_files``: copied into ``assets.extra/``.
+    model trained under another policy be rebuilt in it. ``warmup_images``: encoded images for the
+    warm-up records (generated ones when empty: never pass users' photos). ``extra_files``: copied into ``assets.extra/``.
     """
     from .utils import write_json
 
@@ -333,7 +317,7 @@ def export_saved_model(model, labels: RunLabels, base_dir: str | Path, model_nam
             "exported_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **(provenance or {})})
         extra = staging / "assets.extra"
-        images = list(warmup_images or []) or [synthetic_jpeg(labels.image_size)]
+        images = list(warmup_images or []) or synthetic_images(labels.image_size)
         write_warmup_file(extra / WARMUP_FILE, warmup_records(model_name, labels, images))
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, extra / name)
@@ -346,10 +330,13 @@ def export_saved_model(model, labels: RunLabels, base_dir: str | Path, model_nam
 
 
 def export_run(run_dir: str | Path, base_dir: str | Path | None = None, model_name: str | None = None,
-               precision: str | None = None) -> Path:
+               precision: str | None = None, *, serving_config: bool = True) -> Path:
     """Export a finished run's best model with its labels, thresholds, warm-up and provenance.
 
-    Also (re)writes ``<base_dir>/serving_config/`` for the real ``tensorflow_model_server``.
+    Writes into ``base_dir`` directly: ``vinted export`` passes the release staging area
+    (``vinted_classifier.release``), tests and ``--direct`` the served base path. With
+    ``serving_config`` it (re)writes ``<base_dir>/serving_config/`` for the real
+    ``tensorflow_model_server``. Warm-up records use generated images only.
     """
     from .monitoring.reference import run_reference_files
     from .runs import load_run
@@ -364,10 +351,11 @@ def export_run(run_dir: str | Path, base_dir: str | Path | None = None, model_na
     extra.update(run_reference_files(model, labels, cfg, run_dir))
     path = export_saved_model(
         model, labels, base_dir, model_name, precision=precision or cfg.export.precision, model_cfg=cfg.model,
-        warmup_images=run_images(cfg), extra_files=extra,
+        warmup_images=synthetic_images(labels.image_size), extra_files=extra,
         provenance={"run_name": cfg.run_name, "run_dir": str(run_dir.resolve()),
                     "package_versions": package_versions(("tensorflow", "keras"))})
-    write_serving_config(base_dir, model_name)
+    if serving_config:
+        write_serving_config(base_dir, model_name)
     return path
 
 

@@ -34,10 +34,22 @@ MODEL_CONFIG_POLL_SECONDS = 60
 _HEADER = "# Written by `vinted export`; regenerated on every export (edits are overwritten).\n"
 
 
-def model_server_config(model_name: str, base_path: str) -> str:
-    """ModelServerConfig text: one TensorFlow model, TF Serving's default policy (latest version)."""
+def model_server_config(model_name: str, base_path: str, versions: list[int] | None = None,
+                        labels: dict[str, int] | None = None) -> str:
+    """ModelServerConfig text: one TensorFlow model.
+
+    Without ``versions``: TF Serving's default policy (latest version). With them (the release
+    gate, ``vinted_classifier.release.rollout``): exactly those versions stay loaded, and
+    ``labels`` (``stable``, ``canary``) name some of them for ``/labels/<label>`` requests.
+    """
+    policy = ""
+    if versions:
+        listed = " ".join(f"versions: {int(v)}" for v in sorted(set(versions)))
+        policy = f"    model_version_policy {{\n      specific {{ {listed} }}\n    }}\n"
+    label_lines = "".join(f"    version_labels {{ key: \"{key}\" value: {int(value)} }}\n"
+                          for key, value in sorted((labels or {}).items()))
     return (f"{_HEADER}model_config_list {{\n  config {{\n    name: \"{model_name}\"\n"
-            f"    base_path: \"{base_path}\"\n    model_platform: \"tensorflow\"\n  }}\n}}\n")
+            f"    base_path: \"{base_path}\"\n    model_platform: \"tensorflow\"\n{policy}{label_lines}  }}\n}}\n")
 
 
 def batching_config(max_batch_size: int = 32, batch_timeout_micros: int = 1000,
@@ -71,14 +83,21 @@ def session_config(mode: str) -> str:
     raise ValueError(f"session config mode {mode!r}: expected one of {', '.join(SESSION_FILES)}")
 
 
-def write_serving_config(saved_model_dir: str | Path, model_name: str) -> Path:
-    """Write every serving file for ``model_name`` under ``<saved_model_dir>/serving_config``."""
+def write_serving_config(saved_model_dir: str | Path, model_name: str, versions: list[int] | None = None,
+                         labels: dict[str, int] | None = None) -> Path:
+    """Write every serving file for ``model_name`` under ``<saved_model_dir>/serving_config``.
+
+    ``versions``/``labels``: the release gate's served versions and version labels (see
+    ``model_server_config``); without them the model config serves the latest version.
+    """
     saved_model_dir = Path(saved_model_dir)
     folder = saved_model_dir / CONFIG_DIR_NAME
     folder.mkdir(parents=True, exist_ok=True)
     files = {
-        "models.config": model_server_config(model_name, str((saved_model_dir / model_name).resolve())),
-        "models.container.config": model_server_config(model_name, f"{CONTAINER_MODELS_ROOT}/{model_name}"),
+        "models.config": model_server_config(model_name, str((saved_model_dir / model_name).resolve()),
+                                             versions, labels),
+        "models.container.config": model_server_config(model_name, f"{CONTAINER_MODELS_ROOT}/{model_name}",
+                                                       versions, labels),
         "batching.config": batching_config(),
         "monitoring.config": monitoring_config(),
         **{name: session_config(mode) for mode, name in SESSION_FILES.items()},

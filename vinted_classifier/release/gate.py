@@ -1,0 +1,202 @@
+"""``vinted release``: evaluate a staged candidate, validate it in a server, push it only if all pass.
+
+The TFX flow in one command: Evaluator (``checks`` on the frozen held-out split, against the
+served version on the same rows), InfraValidator (``infra``), Pusher (``staging.push``), with the
+decision recorded either way in ``<saved_model_dir>/releases/<model>/`` and, for a pushed version,
+in its ``assets.extra/release.json`` and ``provenance.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from pathlib import Path
+
+from ..config import load_config
+from ..export import existing_versions
+from ..runs import RunLabels
+from . import checks as C
+from . import holdout as H
+from .infra import validate_in_server
+from .provenance import provenance
+from .report import write_report
+from .rollout import STATE_DIR, load_state, record_push
+from .staging import latest_candidate, push, served_root
+
+log = logging.getLogger(__name__)
+GOLDEN_HOLDOUT_IMAGES = 8
+
+
+def candidate_run_config(candidate: Path, cfg):
+    """The config the candidate was trained with (its held-out split), else the caller's."""
+    path = candidate / "assets.extra" / "config.yaml"
+    return load_config(path) if path.is_file() else cfg
+
+
+def served_version(cfg) -> Path | None:
+    """What users get now: the ``stable`` label if the gate labelled one, else the newest version."""
+    root = served_root(cfg)
+    stable = load_state(Path(cfg.export.saved_model_dir), cfg.export.model_name)["labels"].get("stable")
+    if stable is not None and (root / str(stable)).is_dir():
+        return root / str(stable)
+    versions = existing_versions(root)
+    return root / str(versions[-1]) if versions else None
+
+
+def summary_metrics(holdout: H.Holdout, pred: C.Predictions) -> dict:
+    f1 = C.tag_f1(holdout.y_tags, pred.flags)
+    return {"top1": float(C.top_k_hits(holdout.y_cat, pred.p_cat, 1).mean()),
+            "top2": float(C.top_k_hits(holdout.y_cat, pred.p_cat, 2).mean()),
+            "tag_f1": {name: float(v) for name, v in zip(holdout.tag_names, f1)}, "rows": len(holdout.y_cat)}
+
+
+def _load(path: Path, what: str, found: list[C.Check]) -> H.SavedModelRunner | None:
+    try:
+        return H.SavedModelRunner(path)
+    except Exception as error:  # noqa: BLE001 - any load failure is a verdict, not a crash
+        found.append(C.Check(f"{what} loads in process", None, None, False if what == "candidate" else None,
+                             f"{path}: {type(error).__name__}: {str(error)[:500]}"))
+        return None
+
+
+def evaluate(cfg, run_cfg, candidate: Path, served: Path | None, progress, tolerance: float
+             ) -> tuple[list[C.Check], dict, dict]:
+    """(checks, metrics, golden) — golden: the images and in-process outputs infra validation compares with.
+
+    ``tolerance``: how far category probabilities may sum from 1 (the host's rewrite rounds them).
+    """
+    release = cfg.release
+    found: list[C.Check] = []
+    labels = RunLabels.load(candidate / "assets" / "labels.json")
+    progress(f"held-out rows of {run_cfg.data.data_dir} (seed {run_cfg.seed})")
+    holdout = H.load_holdout(run_cfg, labels)
+    images = holdout.images()
+    plain = H.plain_images(labels.image_size)
+    runner = _load(candidate, "candidate", found)
+    if runner is None:
+        return found, {}, {}
+    progress(f"candidate on {len(images)} held-out rows and {len(plain)} plain images")
+    cand = runner.predictions(images)
+    found.append(C.numerics_check("held-out", cand.p_cat, cand.p_tags, tolerance))
+    plain_out = runner.outputs(list(plain.values()))
+    for index, name in enumerate(plain):
+        found.append(C.numerics_check(name, plain_out[labels.category_output][index:index + 1],
+                                      plain_out["tags"][index:index + 1], tolerance))
+    golden_images = images[:GOLDEN_HOLDOUT_IMAGES] + list(plain.values())
+    golden = {"images": golden_images, "offline": runner.outputs(golden_images),
+              "category_output": labels.category_output}
+    if any(c.passed is False for c in found):
+        found.append(C.Check("quality checks", None, None, None, "not run: the candidate's outputs are not finite"))
+        return found, {}, golden
+    metrics = {"candidate": summary_metrics(holdout, cand)}
+    found += C.floor_checks(holdout.y_cat, holdout.y_tags, cand, holdout.tag_names, release)
+    progress("baselines: class prior and a linear probe on colour features")
+    found += C.baseline_checks(holdout.y_cat, cand, H.class_prior_top1(holdout.train_codes, holdout.y_cat),
+                               H.linear_probe_top1(holdout, run_cfg.seed), release)
+    served_runner = _load(served, "served", found) if served is not None else None
+    served_pred = None
+    if served_runner is not None and served_runner.labels.categories == labels.categories \
+            and served_runner.labels.tags == labels.tags:
+        progress(f"served version {served.name} on the same rows")
+        served_pred = served_runner.predictions(images)
+        metrics["served"] = {"version": int(served.name), **summary_metrics(holdout, served_pred)}
+        found += C.non_regression_checks(holdout.y_cat, holdout.y_tags, cand, served_pred, release, seed=run_cfg.seed)
+    else:
+        why = "nothing served yet" if served is None else f"served version {served} not comparable (load or vocabulary)"
+        found.append(C.Check("vs served", None, -release.regression_margin, None, why))
+    masks = H.slice_masks(holdout, run_cfg.data.category_column, list(run_cfg.data.extra_columns))
+    found += C.slice_checks(holdout.y_cat, cand, served_pred, masks, release, seed=run_cfg.seed)
+    found.append(C.ratio_check("cost size", float(H.version_bytes(candidate)),
+                               float(H.version_bytes(served)) if served_runner else None, release.max_size_ratio, "bytes"))
+    timing_images = images[:GOLDEN_HOLDOUT_IMAGES]
+    if served_runner is not None:
+        cand_s, served_s = H.compare_latency(runner, served_runner, timing_images)
+    else:
+        cand_s, served_s = runner.seconds_per_image(timing_images), None
+    found.append(C.ratio_check("cost latency", cand_s * 1e3, served_s * 1e3 if served_s else None,
+                               release.max_latency_ratio, "ms per image (in process, same host)"))
+    return found, metrics, golden
+
+
+def infra_tolerance(cfg, decision) -> float:
+    return cfg.release.infra_atol if decision.mode == "off" else cfg.release.infra_atol_low_precision
+
+
+def next_served_version(cfg) -> int:
+    """One above every version the served path has or the gate ever released (numbers are never reused)."""
+    state = load_state(Path(cfg.export.saved_model_dir), cfg.export.model_name)
+    used = existing_versions(served_root(cfg)) + [e["version"] for e in state["released"]]
+    return max(used, default=0) + 1
+
+
+def run_release(cfg, candidate: str | Path | None = None, *, force: bool = False, canary: bool = False,
+                progress=print) -> dict:
+    """Check ``candidate`` (default: the newest staged one); push it if every check passes or ``force``."""
+    from tf_serving_compat.host import configure_rewrite
+
+    candidate = Path(candidate) if candidate is not None else latest_candidate(cfg)
+    if not (candidate / "assets" / "labels.json").is_file():
+        raise FileNotFoundError(f"{candidate} is not a staged export (no assets/labels.json)")
+    run_cfg = candidate_run_config(candidate, cfg)
+    decision = configure_rewrite(cfg.inference.mixed_precision_rewrite)  # as the server will (same host)
+    served = served_version(cfg)
+    found, metrics, golden = evaluate(cfg, run_cfg, candidate, served, progress, infra_tolerance(cfg, decision))
+    if cfg.release.infra_validation and golden:
+        progress(f"infra validation: serving the candidate in a subprocess ({len(golden['images'])} golden images)")
+        found += validate_in_server(candidate, cfg.export.model_name, golden["images"], golden["offline"],
+                                    golden["category_output"], atol=infra_tolerance(cfg, decision),
+                                    timeout=cfg.release.infra_timeout_seconds,
+                                    rewrite=cfg.inference.mixed_precision_rewrite)
+    elif not cfg.release.infra_validation:
+        found.append(C.Check("infra validation", None, None, None, "off (release.infra_validation=false)"))
+    blocked_by = [c.name for c in found if c.passed is False]
+    stamp = _dt.datetime.now(_dt.timezone.utc)
+    report = {"model_name": cfg.export.model_name, "candidate": str(candidate),
+              "compared_with": str(served) if served else None, "utc": stamp.isoformat(timespec="seconds"),
+              "host_rewrite": decision.describe(), "release_config": cfg.release.model_dump(mode="json"),
+              "metrics": metrics, "checks": [c.to_dict() for c in found], "blocked_by": blocked_by,
+              "forced": bool(force and blocked_by), "decision": "blocked", "pushed_version": None, "label": None}
+    records = Path(cfg.export.saved_model_dir) / STATE_DIR / cfg.export.model_name
+    record = records / f"{stamp.strftime('%Y%m%dT%H%M%S%fZ')}-candidate-{candidate.name}.json"
+    if blocked_by and not force:
+        report["record"] = str(record)
+        write_report(record, report)
+        return report
+    version = next_served_version(cfg)
+    report.update(decision="forced" if blocked_by else "pushed", pushed_version=version,
+                  label="canary" if canary and served is not None else "stable", record=str(record))
+    pushed = push(candidate, served_root(cfg), version, {
+        "release.json": report, "provenance.json": provenance(run_cfg, candidate, metrics)})
+    adopted = existing_versions(served_root(cfg))
+    state = record_push(Path(cfg.export.saved_model_dir), cfg.export.model_name, version, canary=canary,
+                        forced=report["forced"], report_file=str(record),
+                        adopted=[v for v in adopted if v != version])
+    report["labels"] = state["labels"]
+    report["mlflow"] = register(cfg, pushed, report)
+    write_report(record, report)
+    progress(f"pushed {pushed}")
+    return report
+
+
+def register(cfg, pushed: Path, report: dict) -> dict | None:
+    """Log the pushed version to its MLflow training run; register it when a registry name is set."""
+    if not (cfg.tracking.enabled and cfg.tracking.registered_model_name):
+        return None
+    from ..experiments.tracking import log_export
+    from ..export import read_export_info
+
+    run_dir = read_export_info(pushed).get("run_dir")
+    try:
+        tracked = log_export(cfg, Path(run_dir), pushed) if run_dir else None
+        if tracked and tracked.get("registered"):
+            import mlflow
+
+            client = mlflow.MlflowClient()
+            for key in ("decision", "label", "pushed_version", "forced"):
+                client.set_model_version_tag(tracked["registered"]["name"], tracked["registered"]["version"],
+                                             f"release_{key}", str(report[key]))
+        return tracked
+    except Exception as error:  # noqa: BLE001 - the push happened; a tracking outage is reported, not fatal
+        log.warning("MLflow registration of %s failed: %s", pushed, error)
+        return {"error": str(error)[:300]}
+
