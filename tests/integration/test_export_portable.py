@@ -215,7 +215,8 @@ def test_cli_export_prints_precision_and_the_real_server_command(trained, tmp_pa
     config_file = tmp_path / "run.yaml"
     config_file.write_text(cfg.model_copy(update={"export": cfg.export.model_copy(
         update={"saved_model_dir": tmp_path / "sm"})}).to_yaml())
-    assert main(["export", "--config", str(config_file), "--set", "tracking.enabled=false"]) == 0
+    # --direct: the served base path itself (plain `vinted export` stages a candidate for `vinted release`).
+    assert main(["export", "--direct", "--config", str(config_file), "--set", "tracking.enabled=false"]) == 0
     out = capsys.readouterr().out
     assert "graph precision: float32 (trained computing in float32)" in out
     session_file = SESSION_FILES[decide_rewrite("auto").mode]

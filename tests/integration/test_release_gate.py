@@ -235,3 +235,19 @@ def test_rollback_under_load_loses_no_request(gate, tmp_path):
         log.close()
     assert len(outcomes) > 10 and set(outcomes) == {200}, [o for o in outcomes if o != 200][:5]
     assert rollout.load_state(gate.export.saved_model_dir, gate.export.model_name)["events"][-1]["event"] == "rollback"
+
+
+def test_warm_up_records_hold_no_dataset_image(gate):
+    """Privacy: the images inside every export are generated, never a (user's) photo from the dataset."""
+    import tensorflow as tf
+
+    candidate = gate.release.staging_dir / gate.export.model_name / "1"
+    sent = set()
+    for record in export.read_warmup_file(candidate / "assets.extra" / export.WARMUP_FILE):
+        inputs = record.predict_log.request.inputs
+        if "image_bytes" in inputs:
+            sent.update(tf.make_ndarray(inputs["image_bytes"]).ravel().tolist())
+    dataset = {path.read_bytes() for path in Path(gate.data.data_dir).glob("*.jpeg")}
+    assert len(sent) == export.WARMUP_IMAGES and len(dataset) > 100
+    assert not sent & dataset
+    assert sent == set(export.synthetic_images((gate.model.image_height, gate.model.image_width)))
