@@ -9,9 +9,10 @@ CONFIG ?= configs/default.yaml
 SET ?=
 DEMO_DIR ?= data/demo
 SERVE_ARGS ?=
+RELEASE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo-data train evaluate predict export serve all test test-fast notebook notebook-smoke bench bench-smoke conda-list clean search cv mlflow-ui
+.PHONY: help venv demo-data train evaluate predict export release rollback serve all test test-fast notebook notebook-smoke bench bench-smoke conda-list clean search cv mlflow-ui
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,13 +40,19 @@ evaluate: venv ## Re-evaluate the run on its held-out split
 predict: venv ## Write predictions.parquet for test.parquet
 	$(VINTED) predict $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
 
-export: venv ## Export the run as the next SavedModel version
+export: venv ## Stage the run as the next release candidate (model_training/staging; not served yet)
 	$(VINTED) export $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
+
+release: venv ## Check the staged candidate (docs/release.md) and push it to the served path if all pass
+	$(VINTED) release $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s)) $(RELEASE_ARGS)
+
+rollback: venv ## Point the stable label back at the previous released version (RELEASE_ARGS=--remove)
+	$(VINTED) rollback $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s)) $(RELEASE_ARGS)
 
 serve: venv ## REST :9000 + gRPC :8500 (real tensorflow_model_server if on PATH, else ours; SERVE_ARGS=...)
 	$(VINTED) serve --rest_api_port=9000 $(SERVE_ARGS)
 
-all: train predict export ## The main job: demo data -> train -> evaluate -> predictions.parquet -> SavedModel
+all: train predict export release ## The main job: demo data -> train -> evaluate -> predictions.parquet -> staged SavedModel -> release gate
 
 test: venv ## Run the test suite (offline, CPU)
 	$(PY) -m pytest -q
