@@ -61,7 +61,8 @@ def config(*, data_dir=None, backbone=None, image_size=None, epochs=None, finetu
     if not smoke:
         return load_config(None, overrides)
     workdir = Path(os.environ.get(WORKDIR_ENV) or tempfile.mkdtemp(prefix="vinted-notebook-smoke-"))
-    overrides += [f"output_dir={workdir / 'runs'}", f"export.saved_model_dir={workdir / 'saved_model'}"]
+    overrides += [f"output_dir={workdir / 'runs'}", f"export.saved_model_dir={workdir / 'saved_model'}",
+                  f"release.staging_dir={workdir / 'staging'}"]
     overrides += [f"data.data_dir={workdir / 'demo'}"] if data_dir is None else []
     return load_config(None, overrides, presets=["smoke"])
 
@@ -179,3 +180,25 @@ def export(run_dir: Path, cfg: RunConfig) -> Path:
     from vinted_classifier.export import export_run
 
     return export_run(run_dir, cfg.export.saved_model_dir, cfg.export.model_name)
+
+
+def release(run_dir: Path, cfg: RunConfig, smoke: bool = False) -> tuple[Path, str]:
+    """``vinted export`` + ``vinted release``: stage the run, run the release gate; (served version, report table).
+
+    Smoke runs (2 epochs on a tiny set) skip the server subprocess (the next cells start one) and push a
+    blocked candidate with ``force`` (recorded as forced) so the serving cells have a version. A full run
+    that is blocked stops here with the table.
+    """
+    from vinted_classifier.export import export_run
+    from vinted_classifier.release.gate import run_release
+    from vinted_classifier.release.report import format_table
+    from vinted_classifier.release.staging import served_root
+
+    if smoke:
+        cfg = cfg.model_copy(update={"release": cfg.release.model_copy(update={"infra_validation": False})})
+    candidate = export_run(run_dir, cfg.release.staging_dir, cfg.export.model_name, serving_config=False)
+    report = run_release(cfg, candidate, force=smoke, progress=lambda text: None)
+    table = format_table(report)
+    if report["pushed_version"] is None:
+        raise RuntimeError(f"the release gate blocked {candidate}:\n{table}")
+    return served_root(cfg) / str(report["pushed_version"]), table
