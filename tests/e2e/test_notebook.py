@@ -183,7 +183,8 @@ def test_smoke_config_keeps_everything_in_a_temp_workspace(module, tmp_path, mon
     monkeypatch.setenv(module.WORKDIR_ENV, str(tmp_path))
     cfg = module.config(smoke=True, image_size=(160, 128), epochs=30)
     assert (cfg.model.image_height, cfg.model.image_width, cfg.train.head_epochs) == (64, 48, 2)
-    for path in (cfg.output_dir, cfg.export.saved_model_dir, cfg.data.data_dir, module.predictions_path(cfg, True)):
+    for path in (cfg.output_dir, cfg.export.saved_model_dir, cfg.release.staging_dir, cfg.data.data_dir,
+                 module.predictions_path(cfg, True)):
         assert Path(path).is_relative_to(tmp_path), path
     full = module.config()
     assert module.predictions_path(full) == PROJECT_ROOT / "predictions.parquet"
