@@ -331,5 +331,18 @@ def cached_features(bundle, store: FeatureStore, path: Path, paths: list[str], h
     views = views if bundle.augmenter is not None else 0
     compute_missing(bundle, store, paths, hashes, views=views, seed=seed, image_size=image_size,
                     batch_size=batch_size, desc=desc)
-    return join_rows(store, path, hashes, codes, tags, views=views, seed=seed, order=order,
-                     key={"store": store.folder.name, "views": views, "seed": seed})
+    key = {"store": store.folder.name, "views": views, "seed": seed,
+           "rows": rows_digest(hashes, codes, tags, order)}
+    if (joined := load_feature_cache(path, key)) is not None:  # the same rows already joined (a rerun)
+        return joined
+    return join_rows(store, path, hashes, codes, tags, views=views, seed=seed, order=order, key=key)
+
+
+def rows_digest(hashes: list[str], codes, tags, order=None) -> str:
+    """What a joined file holds, row by row: images, labels and order."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update("\n".join(hashes).encode())
+    for array in (np.asarray(codes, np.int64), np.asarray(tags, np.float32),
+                  np.arange(len(hashes)) if order is None else np.asarray(order, np.int64)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
