@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import harness
 
 BENCHMARKS = ("precision", "pipeline", "frozen", "predict", "serve", "memory", "backbones", "export_precision",
-              "beam", "determinism", "serve_protocols")
+              "beam", "determinism", "serve_protocols", "large_requests")
 DOCS = harness.PROJECT / "docs" / "benchmarks.md"
 RESULTS = harness.BENCH_DIR / "results" / "latest.json"
 

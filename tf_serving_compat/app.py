@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -122,6 +124,7 @@ class ServingApp:
         self.metrics = metrics
         self.executor = concurrent.futures.ThreadPoolExecutor(options.model_threads, thread_name_prefix="model")
         self.admission = Admission(options.max_inflight_images)
+        self._client_key = os.urandom(16)  # per process: log lines correlate, addresses stay unknown
         self.app = _Dispatcher(self, Starlette(lifespan=self._lifespan))
         self._closed = False
         self.observers = list(observers)  # observers.PredictObserver: watch predictions, never alter them
@@ -189,8 +192,16 @@ class ServingApp:
             "bytes_out": len(response.body),
             "model": ctx["model"],
             "version": ctx["version"],
-            "client": (scope.get("client") or [None])[0],
+            "client": self.client_pseudonym(scope),
         }))
+
+    def client_pseudonym(self, scope: dict) -> str | None:
+        """The client's address as a keyed hash: logs never carry raw client IPs."""
+        client = scope.get("client")
+        if not client:
+            return None
+        digest = hashlib.blake2s(str(client[0]).encode(), key=self._client_key, digest_size=6).hexdigest()
+        return f"client-{digest}"
 
     async def read_body(self, request: Request, ctx: dict) -> bytes:
         limit = self.options.max_body_bytes

@@ -1,9 +1,10 @@
 """Prometheus metrics under TF Serving's names (``--monitoring_config_file``).
 
 TF Serving exports its monitoring counters as ``:tensorflow:serving:request_count`` etc. on
-``prometheus_config.path`` of the REST port. Counters are written with their exact TF Serving
-sample names (no ``_total`` suffix, which prometheus_client would add), histograms with
-``_bucket``/``_sum``/``_count``. Latencies are in microseconds, as TF Serving reports them.
+``prometheus_config.path`` of the REST port, with ``# TYPE`` counter/gauge/histogram. Counters keep
+their exact TF Serving names (no ``_total`` suffix), histograms have ``_bucket``/``_sum``/``_count``;
+latencies are in microseconds, as TF Serving reports them. Metrics TF Serving does not have are
+named ``:tf_serving_compat:...``, so nobody mistakes them for TF Serving's.
 """
 
 from __future__ import annotations
@@ -63,16 +64,23 @@ def load_monitoring_config(path: str | os.PathLike) -> PrometheusConfig:
     return parse_monitoring_config(Path(path).read_text())
 
 
-class _Counters:
-    """Exact-name counters (a prometheus_client collector)."""
+class _Scalars:
+    """Counters and gauges under their exact names, written as TF Serving's exporter writes them.
+
+    prometheus_client would rename a counter's ``# TYPE`` line to ``<name>_total``; TF Serving's
+    ``prometheus_exporter.cc`` writes ``# TYPE <name> counter`` (or ``gauge``) and samples under
+    the same name, with integer values. This writes exactly that.
+    """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._values: dict[tuple[str, tuple], float] = {}
-        self._docs: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._docs: dict[str, tuple[str, tuple[str, ...], str]] = {}
 
-    def declare(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
-        self._docs[name] = (doc, labels)
+    def declare(self, name: str, doc: str, labels: tuple[str, ...], kind: str) -> None:
+        if kind not in ("counter", "gauge"):
+            raise ValueError(f"metric kind must be counter or gauge, not {kind!r}")
+        self._docs[name] = (doc, labels, kind)
 
     def inc(self, name: str, *label_values: str, amount: float = 1.0) -> None:
         key = (name, tuple(str(v) for v in label_values))
@@ -87,34 +95,44 @@ class _Counters:
         with self._lock:
             return self._values.get((name, tuple(str(v) for v in label_values)), 0.0)
 
-    def collect(self):
-        from prometheus_client.metrics_core import Metric
-
+    def text(self) -> str:
         with self._lock:
             items = sorted(self._values.items())
-        for name, (doc, labels) in self._docs.items():
-            metric = Metric(name, doc, "unknown")
+        lines = []
+        for name, (doc, labels, kind) in self._docs.items():
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
             for (sample_name, values), value in items:
                 if sample_name == name:
-                    metric.add_sample(name, dict(zip(labels, values)), value)
-            yield metric
+                    pairs = ",".join(f'{label}="{_escape(v)}"' for label, v in zip(labels, values))
+                    number = str(int(value)) if float(value).is_integer() else repr(float(value))
+                    lines.append(f"{name}{{{pairs}}} {number}")
+        return "\n".join(lines) + "\n" if lines else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# Metrics that TF Serving does not have are named under ``:tf_serving_compat:``, never ``:tensorflow:``.
+BATCH_SIZE = ":tf_serving_compat:batching:processed_batch_size"
+QUEUE_DEPTH = ":tf_serving_compat:batching:queue_depth"
+MODEL_STATE = ":tf_serving_compat:model_state"
+REQUEST_COUNT = ":tensorflow:serving:request_count"
 
 
 class Metrics:
     """The server's metrics; ``exposition()`` is the Prometheus text for ``path``."""
 
     def __init__(self, path: str = DEFAULT_PATH):
-        from prometheus_client import CollectorRegistry, Histogram
+        from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 
+        disable_created_metrics()  # TF Serving has no *_created series
         self.path = path
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.counters = _Counters()
-        self.counters.declare(":tensorflow:serving:request_count",
-                              "The total number of requests.", ("model_name", "status"))
-        self.counters.declare(":tensorflow:serving:model_state",
-                              "Version states: 1 for the current state of each model version.",
-                              ("model_name", "model_version", "state"))
-        self.registry.register(self.counters)
+        self.registry = CollectorRegistry(auto_describe=True)  # histograms; scalars are written by _Scalars
+        self.counters = _Scalars()
+        self.counters.declare(REQUEST_COUNT, "The total number of requests.", ("model_name", "status"), "counter")
+        self.counters.declare(MODEL_STATE, "Version states: 1 for the current state of each model version "
+                              "(tf_serving_compat's own).", ("model_name", "model_version", "state"), "gauge")
         self.request_latency = Histogram(
             ":tensorflow:serving:request_latency", "Distribution of wall time (in microseconds) for Tensorflow "
             "Serving request.", ("model_name", "API", "entrypoint"), buckets=_LATENCY_BUCKETS_US,
@@ -123,13 +141,11 @@ class Metrics:
             ":tensorflow:serving:runtime_latency", "Distribution of wall time (in microseconds) for Tensorflow "
             "runtime.", ("model_name", "API", "runtime"), buckets=_LATENCY_BUCKETS_US, registry=self.registry)
         self.batch_size = Histogram(
-            ":tensorflow:serving:batching_session:processed_batch_size",
-            "Tracks the batch size distribution on processing.", ("model_name",), buckets=_BATCH_BUCKETS,
-            registry=self.registry)
+            BATCH_SIZE, "Rows per batched model call (tf_serving_compat's own).", ("model_name",),
+            buckets=_BATCH_BUCKETS, registry=self.registry)
         self.queue_depth = Histogram(
-            ":tensorflow:serving:batching_session:queue_depth",
-            "Batches waiting in the batching queues when a request is enqueued.", ("model_name",),
-            buckets=_QUEUE_BUCKETS, registry=self.registry)
+            QUEUE_DEPTH, "Batches waiting in the batching queues when a request is enqueued (tf_serving_compat's "
+            "own).", ("model_name",), buckets=_QUEUE_BUCKETS, registry=self.registry)
         self._states: dict[tuple[str, int], str] = {}
         self._state_lock = threading.Lock()
 
@@ -142,7 +158,7 @@ class Metrics:
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry)
+        return self.counters.text().encode() + generate_latest(self.registry)
 
     def observe_request(self, api: str, model: str | None, status: str | int, seconds: float,
                         entrypoint: str = "REST") -> None:
@@ -150,7 +166,7 @@ class Metrics:
         if isinstance(status, int):
             status = _HTTP_TO_CODE.get(status, "UNKNOWN") if status != 200 else "OK"
         model = model or ""
-        self.counters.inc(":tensorflow:serving:request_count", model, status)
+        self.counters.inc(REQUEST_COUNT, model, status)
         self.request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
 
     def observe_runtime(self, model: str, api: str, seconds: float) -> None:
@@ -167,8 +183,8 @@ class Metrics:
             previous = self._states.get((model, version))
             self._states[(model, version)] = state
             if previous is not None:
-                self.counters.set(":tensorflow:serving:model_state", model, version, previous, value=0)
-            self.counters.set(":tensorflow:serving:model_state", model, version, state, value=1)
+                self.counters.set(MODEL_STATE, model, version, previous, value=0)
+            self.counters.set(MODEL_STATE, model, version, state, value=1)
 
 
 _HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED",

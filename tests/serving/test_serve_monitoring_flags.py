@@ -73,21 +73,31 @@ def test_metrics_count_exactly_the_requests_sent(tmp_path):
             assert sample(text, count, model_name="my_model", status="OK") == ok + grpc_ok
             assert sample(text, count, model_name="my_model", status="INVALID_ARGUMENT") == bad
             assert sample(text, count, model_name="my_model", status="NOT_FOUND") == missing + grpc_missing
-            assert "# TYPE :tensorflow:serving:request_count untyped" in text  # TF Serving's exact sample name
+            # prometheus_exporter.cc's TYPE lines: counter/gauge/histogram under TF Serving's exact names;
+            # metrics TF Serving lacks are named :tf_serving_compat:..., never :tensorflow:...
+            types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
+            assert types == {":tensorflow:serving:request_count": "counter",
+                             ":tensorflow:serving:request_latency": "histogram",
+                             ":tensorflow:serving:runtime_latency": "histogram",
+                             ":tf_serving_compat:batching:processed_batch_size": "histogram",
+                             ":tf_serving_compat:batching:queue_depth": "histogram",
+                             ":tf_serving_compat:model_state": "gauge"}
+            assert f'{count}{{model_name="my_model",status="OK"}} {ok + grpc_ok}' in text.splitlines()  # integers
+            assert "_created" not in text and "_total" not in text
             latency = ":tensorflow:serving:request_latency_count"
             assert sample(text, latency, model_name="my_model", API="predict", entrypoint="REST") == ok + bad + missing
             assert sample(text, latency, model_name="my_model", API="predict", entrypoint="GRPC") == \
                 grpc_ok + grpc_missing
             model_calls = ok + grpc_ok  # the others fail before the model
             assert sample(text, ":tensorflow:serving:runtime_latency_count", model_name="my_model") == model_calls
-            batches = ":tensorflow:serving:batching_session:processed_batch_size"
+            batches = ":tf_serving_compat:batching:processed_batch_size"
             assert sample(text, batches + "_count", model_name="my_model") == model_calls
             assert sample(text, batches + "_sum", model_name="my_model") == model_calls  # one image each
-            assert sample(text, ":tensorflow:serving:batching_session:queue_depth_count",
+            assert sample(text, ":tf_serving_compat:batching:queue_depth_count",
                           model_name="my_model") == model_calls
-            assert sample(text, ":tensorflow:serving:model_state", model_name="my_model", model_version="1",
+            assert sample(text, ":tf_serving_compat:model_state", model_name="my_model", model_version="1",
                           state="AVAILABLE") == 1
-            assert sample(text, ":tensorflow:serving:model_state", model_name="my_model", model_version="1",
+            assert sample(text, ":tf_serving_compat:model_state", model_name="my_model", model_version="1",
                           state="LOADING") == 0
             assert sample(c.get(METRICS).text, count, model_name="my_model", status="OK") == ok + grpc_ok  # not counted
     finally:

@@ -65,7 +65,7 @@ def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
         assert upload.status_code == 200 and upload.json()["version"] == "1"
         _grpc_predict_equals_rest(f"127.0.0.1:{grpc_port}", url)
         metrics = requests.get(f"{url}/monitoring/prometheus/metrics").text
-        ok_count = '\n:tensorflow:serving:request_count{model_name="my_model",status="OK"} 5.0\n'
+        ok_count = '\n:tensorflow:serving:request_count{model_name="my_model",status="OK"} 5\n'
         assert ok_count in metrics, metrics[:2000]  # 2 predicts, status, upload over REST + 1 gRPC predict
 
         # A slow request (about 1,000 pixel images of JSON) is in flight when SIGTERM arrives.
@@ -99,6 +99,9 @@ def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
     assert set(first) >= {"method", "path", "status", "latency_ms", "bytes_in", "bytes_out", "model", "version"}
     assert (first["method"], first["status"], first["model"], first["version"]) == ("POST", 200, "my_model", 1)
     assert first["bytes_in"] > 0 and first["bytes_out"] > 0 and first["latency_ms"] > 0
+    # No raw client IP in logs: a per-process keyed hash, the same for every request from one address.
+    assert first["client"].startswith("client-") and "127.0.0.1" not in (tmp_path / "out.log").read_text()
+    assert {e["client"] for e in predict_lines} == {first["client"]}
     assert any(e["status"] == 400 and e["path"] == "/v1/models/my_model/versions/x" for e in log_lines)
     errors = (tmp_path / "err.log").read_text()
     assert "Serving model my_model versions [1]" in errors

@@ -246,6 +246,6 @@ def test_our_server_serves_the_real_binarys_flags_from_the_exports_serving_files
             response = c.post("/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())]})
             assert response.status_code == 200 and len(response.json()["predictions"][0]["cc3"]) == 4
             metrics = c.get("/monitoring/prometheus/metrics").text
-            assert ':tensorflow:serving:request_count{model_name="my_model",status="OK"} 1.0' in metrics
+            assert ':tensorflow:serving:request_count{model_name="my_model",status="OK"} 1' in metrics
     finally:
         app.close()
