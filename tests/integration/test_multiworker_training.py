@@ -44,23 +44,45 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _start(data: Path, out: Path, tf_config: dict | None) -> subprocess.Popen:
+BUDGET_WORKER = """
+import os, sys
+sys.path[:0] = [{tests!r}]
+from pathlib import Path
+from helpers import tiny_config
+from vinted_classifier.experiments import budget
+from vinted_classifier.train import train
+if os.environ.get("SLOW_WORKER") == "1":  # this worker's own measurement alone would refuse the run
+    measure = budget.measure_step_times
+    def slow(*args, **kwargs):
+        times = measure(*args, **kwargs)  # the real steps: they are collective, every worker runs them
+        return budget.StepTimes(50.0, times.head_seconds_per_step, 200.0)
+    budget.measure_step_times = slow
+cfg = tiny_config(Path({data!r}), Path({out!r}), "train.finetune_epochs=1", "tracking.enabled=false",
+                  "train.time_budget_minutes=4")
+result = train(cfg)
+print("EPOCHS", len(result.history["loss"]))
+"""
+
+
+def _start(data: Path, out: Path, tf_config: dict | None, *, script: str = WORKER,
+           env_extra: dict | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(PROJECT))
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(PROJECT), **(env_extra or {}))
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    code = WORKER.format(tests=str(PROJECT / "tests"), data=str(data), out=str(out))
+    code = script.format(tests=str(PROJECT / "tests"), data=str(data), out=str(out))
     return subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(process: subprocess.Popen, what: str) -> None:
+def _finish(process: subprocess.Popen, what: str) -> str:
     try:
         output, _ = process.communicate(timeout=600)
     except subprocess.TimeoutExpired:
         process.kill()
         output, _ = process.communicate()
     assert process.returncode == 0, f"{what} failed:\n{output[-15000:]}"
+    return output
 
 
 def test_tf_config_parsing_and_worker_folders(tmp_path):
@@ -92,7 +114,7 @@ def test_two_workers_train_like_one(tmp_path):
 
     two, one = tmp_path / "two" / "default", tmp_path / "one" / "default"
     # The chief alone wrote the run; the other worker's scratch folder is gone.
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".workers", "default"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".workers", "default", "feature_cache"]
     assert list((tmp_path / "two" / ".workers").iterdir()) == []
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert {"model.keras", "metrics.json", "labels.json", "run.json", "history.json"} <= {p.name for p in two.iterdir()}
@@ -106,3 +128,20 @@ def test_two_workers_train_like_one(tmp_path):
     metrics_two = json.loads((two / "metrics.json").read_text())
     metrics_one = json.loads((one / "metrics.json").read_text())
     assert metrics_two.keys() == metrics_one.keys()
+
+
+@pytest.mark.slow
+def test_two_workers_with_a_budget_train_the_chiefs_plan(tmp_path):
+    data = write_tiny_dataset(tmp_path / "tiny")
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    # Worker 1 measures 50 s per image: planning alone it would refuse the run (or train other epochs
+    # than the chief and wait on its collectives forever). It follows the chief's plan instead.
+    workers = [_start(data, tmp_path / "two", {"cluster": cluster, "task": {"type": "worker", "index": i}},
+                      script=BUDGET_WORKER, env_extra={"SLOW_WORKER": str(i)}) for i in range(2)]
+    outputs = [_finish(process, f"worker {index}") for index, process in enumerate(workers)]
+    budget = json.loads((tmp_path / "two" / "default" / "run.json").read_text())["time_budget"]
+    plan = budget["plan"]
+    assert plan["fits"] and budget["step_times"]["backbone_seconds_per_image"] < 50.0, "the chief's own measurement"
+    planned = plan["head_epochs"] + plan["finetune_epochs"]
+    assert [line for out in outputs for line in out.splitlines() if line.startswith("EPOCHS")] == [f"EPOCHS {planned}"] * 2
