@@ -158,14 +158,32 @@ def test_the_linear_probe_blocks_the_tiny_model_at_the_default_margin(gate):
     report = released(gate.model_copy(update={"release": strict}), gate.release.staging_dir / "my_model" / "1")
     probe = next(c for c in report["checks"] if c["name"] == "beats linear probe")
     assert probe["passed"] is False and "beats linear probe" in report["blocked_by"]
+    assert "candidate not released before" in report["blocked_by"]  # it is version 1 already
+    assert report["checks"][0]["detail"] == "already pushed as version 1"
     assert "linear probe on colour features 1.0000" in probe["detail"]
 
 
+def test_cli_release_exits_1_when_blocked_and_prints_the_table(gate, tmp_path, capsys):
+    from vinted_classifier.cli import main
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(gate.to_yaml())
+    nan = stage_variant(gate, nan_head)
+    assert main(["release", "--config", str(config_file), "--candidate", str(nan),
+                 "--set", "release.infra_validation=false"]) == 1
+    out = capsys.readouterr().out
+    assert "decision: BLOCKED; failed: numerics held-out, numerics black" in out
+    assert "numerics held-out" in out and "FAIL" in out and "report: " in out
+    empty = tmp_path / "empty"
+    assert main(["release", "--config", str(config_file), "--set", f"release.staging_dir={empty}"]) == 2
+    assert f"no candidate in the staging area {empty / 'my_model'}" in capsys.readouterr().err
+
+
 def test_force_pushes_a_blocked_candidate_and_records_it(gate):
-    second = stage_run(gate)  # the good model again: becomes version 2
-    assert released(gate, second)["pushed_version"] == 2
-    worse = stage_variant(gate, shuffled_head)
     quick = gate.model_copy(update={"release": gate.release.model_copy(update={"infra_validation": False})})
+    second = stage_run(gate)  # the good model again: becomes version 2
+    assert released(quick, second)["pushed_version"] == 2
+    worse = stage_variant(gate, shuffled_head)
     report = released(quick, worse, force=True)
     assert report["decision"] == "forced" and report["forced"] is True
     assert any(name.startswith("vs served ") for name in report["blocked_by"])

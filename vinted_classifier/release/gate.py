@@ -118,6 +118,13 @@ def evaluate(cfg, run_cfg, candidate: Path, served: Path | None, progress, toler
     return found, metrics, golden
 
 
+def already_released(cfg, candidate: Path) -> int | None:
+    """The served version a staged candidate was pushed as before (a rerun must not push it twice)."""
+    state = load_state(Path(cfg.export.saved_model_dir), cfg.export.model_name)
+    pushed = [e["version"] for e in state["released"] if e.get("candidate") == str(candidate.resolve())]
+    return pushed[-1] if pushed else None
+
+
 def infra_tolerance(cfg, decision) -> float:
     return cfg.release.infra_atol if decision.mode == "off" else cfg.release.infra_atol_low_precision
 
@@ -140,6 +147,7 @@ def run_release(cfg, candidate: str | Path | None = None, *, force: bool = False
     run_cfg = candidate_run_config(candidate, cfg)
     decision = configure_rewrite(cfg.inference.mixed_precision_rewrite)  # as the server will (same host)
     served = served_version(cfg)
+    earlier = already_released(cfg, candidate)
     found, metrics, golden = evaluate(cfg, run_cfg, candidate, served, progress, infra_tolerance(cfg, decision))
     if cfg.release.infra_validation and golden:
         progress(f"infra validation: serving the candidate in a subprocess ({len(golden['images'])} golden images)")
@@ -149,6 +157,8 @@ def run_release(cfg, candidate: str | Path | None = None, *, force: bool = False
                                     rewrite=cfg.inference.mixed_precision_rewrite)
     elif not cfg.release.infra_validation:
         found.append(C.Check("infra validation", None, None, None, "off (release.infra_validation=false)"))
+    found.insert(0, C.Check("candidate not released before", earlier, None, earlier is None,
+                            f"already pushed as version {earlier}" if earlier else str(candidate)))
     blocked_by = [c.name for c in found if c.passed is False]
     stamp = _dt.datetime.now(_dt.timezone.utc)
     report = {"model_name": cfg.export.model_name, "candidate": str(candidate),
@@ -169,7 +179,7 @@ def run_release(cfg, candidate: str | Path | None = None, *, force: bool = False
         "release.json": report, "provenance.json": provenance(run_cfg, candidate, metrics)})
     adopted = existing_versions(served_root(cfg))
     state = record_push(Path(cfg.export.saved_model_dir), cfg.export.model_name, version, canary=canary,
-                        forced=report["forced"], report_file=str(record),
+                        forced=report["forced"], report_file=str(record), candidate=str(candidate.resolve()),
                         adopted=[v for v in adopted if v != version])
     report["labels"] = state["labels"]
     report["mlflow"] = register(cfg, pushed, report)

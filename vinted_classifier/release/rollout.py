@@ -72,7 +72,7 @@ def write_model_config(saved_model_dir: Path, model_name: str, state: dict, vers
 
 
 def record_push(saved_model_dir: Path, model_name: str, version: int, *, canary: bool, forced: bool,
-                report_file: str, adopted: list[int] = ()) -> dict:
+                report_file: str, adopted: list[int] = (), candidate: str | None = None) -> dict:
     """Add a pushed version to the state; label it ``canary`` or ``stable``; regenerate the config.
 
     ``adopted``: versions already in the served path from before the gate (the first release keeps
@@ -84,7 +84,8 @@ def record_push(saved_model_dir: Path, model_name: str, version: int, *, canary:
         state["released"].append({"version": old, "utc": utc_now(), "adopted": True})
     if not state["labels"].get("stable") and state["released"]:
         state["labels"]["stable"] = state["released"][-1]["version"]
-    state["released"].append({"version": version, "utc": utc_now(), "forced": forced, "report": report_file})
+    state["released"].append({"version": version, "utc": utc_now(), "forced": forced, "report": report_file,
+                              "candidate": candidate})
     before = dict(state["labels"])
     # Step 1: load the new version under the old labels (a label may only name a loaded version).
     write_model_config(saved_model_dir, model_name, state, versions=sorted({*served_versions(state), version}))
