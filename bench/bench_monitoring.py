@@ -7,6 +7,10 @@ the ratio is the watcher's worst case. ``--model vgg19``: the default architectu
 export as ``vinted export`` writes it) with random weights (``model.weights=none``): the real
 serving compute, no training needed.
 
+Throughput on a shared machine moves by tens of percent between rounds, so each round also records
+the server process's CPU time per request (psutil), which contention barely moves: off/on CPU per
+request is the throughput ratio a saturated, dedicated server would show.
+
     .venv/bin/python bench/bench_monitoring.py --model vgg19 --rounds 4 --requests 4 --clients 16
 """
 
@@ -16,9 +20,11 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -62,6 +68,14 @@ def vgg19_export(base_dir: Path) -> Path:
     return export_saved_model(bundle.model, labels, base_dir, "my_model", 1, model_cfg=cfg.model)
 
 
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a server process and its threads (contention-proof cost)."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def main(argv=None) -> int:
     import requests
     from serve_helpers import V1_BIAS, install_version, template
@@ -89,18 +103,25 @@ def main(argv=None) -> int:
     batching.write_text(batching_text(5))  # as bench_serve.py: batching on, 5 ms
     servers = {mode: start(mode, base, monitoring, work, batching) for mode in ("off", "on")}
     results: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     try:
         for process, url in servers.values():
             wait_healthy(url, 300, process)
             run_load(url, "my_model", images, 2, 5, 60, 1)  # warm both
         for round_ in range(args.rounds):
             for mode in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
+                cpu_before = server_cpu_s(servers[mode][0].pid)
                 stats = run_load(servers[mode][1], "my_model", images, args.clients, args.requests, 300, 1)
                 if stats["errors"]:
                     raise RuntimeError(f"{mode}: {stats['error_kinds']}")
+                if mode == "on":  # the statistics thread's work belongs to this round
+                    requests.get(servers["on"][1] + "/monitoring/prometheus/metrics", timeout=60)
+                    time.sleep(0.5)
+                cpu_ms = (server_cpu_s(servers[mode][0].pid) - cpu_before) * 1000 / stats["requests_ok"]
                 results[mode].append(stats["throughput_rps"])
+                cpu[mode].append(cpu_ms)
                 print(f"round {round_ + 1} {mode:>3}: {stats['throughput_rps']:.1f} req/s, "
-                      f"p99 {stats['latency_ms']['p99']} ms", flush=True)
+                      f"p99 {stats['latency_ms']['p99']} ms, server CPU {cpu_ms:.2f} ms/request", flush=True)
         text = requests.get(servers["on"][1] + "/monitoring/prometheus/metrics", timeout=10).text
         counted = sum(float(line.split()[-1]) for line in text.splitlines()
                       if line.startswith("vinted_predictions_total{"))
@@ -110,9 +131,14 @@ def main(argv=None) -> int:
         for process, _ in servers.values():
             process.terminate()
             process.wait(30)
-    off, on = sum(results["off"]) / len(results["off"]), sum(results["on"]) / len(results["on"])
+    ratios = [on / off for on, off in zip(results["on"], results["off"])]  # each round's pair saw the same load
     summary = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": results,
-               "mean_rps_off": round(off, 2), "mean_rps_on": round(on, 2), "ratio_on_off": round(on / off, 3),
+               "median_rps_off": round(statistics.median(results["off"]), 2),
+               "median_rps_on": round(statistics.median(results["on"]), 2),
+               "ratio_on_off_median_of_rounds": round(statistics.median(ratios), 3),
+               "ratio_per_round": [round(r, 3) for r in ratios], "load_average": os.getloadavg(),
+               "server_cpu_ms_per_request": {mode: [round(v, 3) for v in values] for mode, values in cpu.items()},
+               "cpu_ratio_off_on_median": round(statistics.median(off / on for on, off in zip(cpu["on"], cpu["off"])), 3),
                "model": args.model, "rows_counted_by_watcher": counted, "rows_dropped": dropped, "args": vars(args)}
     print(json.dumps(summary, indent=2))
     if args.out:
