@@ -49,6 +49,12 @@ def test_large_row_groups_are_cut_into_slices(tmp_path):
         RowGroupSlice(path, 1, 5, 2, 0)]
 
 
+def test_work_items_grow_with_the_job_within_bounds():
+    from vinted_classifier.beam.inputs import slice_rows_for
+
+    assert [slice_rows_for(n) for n in (10, 10_000, 100_000, 10_000_000)] == [500, 500, 1563, 50_000]
+
+
 def test_row_group_planning_names_bad_inputs(tmp_path):
     path = _parquet(tmp_path / "ids.parquet", pd.DataFrame({"item": ["a"]}))
     with pytest.raises(ValueError, match=r"ids.parquet: missing column 'uuid'; found \['item'\]"):
@@ -160,8 +166,13 @@ def _shard(path, indexes, values) -> str:
     return str(path)
 
 
-def test_merge_restores_the_input_order_in_small_chunks(tmp_path):
+@pytest.mark.parametrize("fan_in", [32, 4])  # 18 runs: merged in one pass, or in passes of 4 runs
+def test_merge_restores_the_input_order_in_small_chunks(tmp_path, monkeypatch, fan_in):
+    from vinted_classifier.beam import merge
     from vinted_classifier.beam.merge import MergedOutput, merge_shards
+
+    monkeypatch.setattr(merge, "FAN_IN", fan_in)
+    monkeypatch.setattr(merge, "RUN_ROW_GROUP", 8)
 
     rng = np.random.default_rng(0)
     order = rng.permutation(1000)
@@ -186,7 +197,8 @@ def test_merge_restores_the_input_order_in_small_chunks(tmp_path):
     assert pq.read_table(narrow).column("uuid").to_pylist() == [f"u{i}" for i in expected[1:-1]]
 
 
-def test_duplicates_are_found_across_shards_and_read_batches(tmp_path):
+def test_duplicates_are_found_across_shards_and_read_batches(tmp_path, monkeypatch):
+    from vinted_classifier.beam import merge
     from vinted_classifier.beam.merge import find_duplicates
 
     def shard(name, pairs):
@@ -198,6 +210,8 @@ def test_duplicates_are_found_across_shards_and_read_batches(tmp_path):
     shards = [shard("a.parquet", unique[:50] + [(100, "u007"), (101, "x"), (102, "x")]),
               shard("b.parquet", unique[50:] + [(103, "u007"), (104, "u090")])]
     found = find_duplicates(shards, "uuid", chunk_rows=20, read_rows=3)  # duplicates straddle runs and batches
+    monkeypatch.setattr(merge, "FAN_IN", 3)
+    assert find_duplicates(shards, "uuid", chunk_rows=9, read_rows=2) == found  # 13 runs, merged in 3 passes
     assert found == {7: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
                      100: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
                      103: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP"}
 
 
-# Rows per work item: enough to amortise opening the file and reading its row group's id column
-# (a 1M-row group is read ~20 times, ~50 ms each), small enough to spread a job over many workers.
-SLICE_ROWS = 50_000
+# Work items: about WORK_ITEMS slices per job so that every worker gets several (and the runner can
+# rebalance), each of SLICE_ROWS_MIN..SLICE_ROWS_MAX rows: enough to amortise opening the file and
+# reading its row group's id column (a 1M-row group is read ~20 times, ~50 ms each).
+WORK_ITEMS, SLICE_ROWS_MIN, SLICE_ROWS_MAX = 64, 500, 50_000
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def open_parquet(path: str):
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    return pq.ParquetFile(FileSystems.open(path))
+    return pq.ParquetFile(FileSystems.open(path), pre_buffer=False)  # pre-buffering would read every row group at once
 
 
 def check_id_column(path: str, schema, id_column: str) -> None:
@@ -66,23 +67,28 @@ def check_id_column(path: str, schema, id_column: str) -> None:
         raise ValueError(f"{path}: column {id_column!r} must be strings, got {kind}")
 
 
-def plan_row_groups(pattern: str, id_column: str, slice_rows: int = SLICE_ROWS) -> list[RowGroupSlice]:
-    """Slices of at most ``slice_rows`` rows of every row group of every input file, numbered across
-    files in sorted path order. These are the job's work items: no step ever shuffles per-row data."""
-    slices, first_index = [], 0
+def slice_rows_for(total_rows: int) -> int:
+    """Rows per work item for a job of ``total_rows`` (see WORK_ITEMS)."""
+    return min(SLICE_ROWS_MAX, max(SLICE_ROWS_MIN, -(-total_rows // WORK_ITEMS)))
+
+
+def plan_row_groups(pattern: str, id_column: str, slice_rows: int | None = None) -> list[RowGroupSlice]:
+    """Slices of every row group of every input file, numbered across files in sorted path order.
+    These are the job's work items: no step ever shuffles per-row data."""
+    groups, first_index = [], 0  # (path, row group, first index, rows), from the footers only
     for path in input_files(pattern):
         with open_parquet(path) as parquet:
             check_id_column(path, parquet.schema_arrow, id_column)
             meta = parquet.metadata
             for group in range(meta.num_row_groups):
                 rows = meta.row_group(group).num_rows
-                for offset in range(0, rows, slice_rows):
-                    count = min(slice_rows, rows - offset)
-                    slices.append(RowGroupSlice(path, group, first_index + offset, count, offset))
+                groups.append((path, group, first_index, rows))
                 first_index += rows
-    if not slices:
+    if not first_index:
         raise ValueError(f"{pattern}: no ids to score (every input file is empty)")
-    return slices
+    slice_rows = slice_rows or slice_rows_for(first_index)
+    return [RowGroupSlice(path, group, start + offset, min(slice_rows, rows - offset), offset)
+            for path, group, start, rows in groups for offset in range(0, rows, slice_rows)]
 
 
 def image_problem(raw: bytes) -> str | None:
