@@ -143,7 +143,7 @@ def test_export_run_writes_warmup_provenance_and_serving_files(trained, tmp_path
     version = export.export_run(run_dir, tmp_path / "sm", "my_model")
     extra = version / "assets.extra"
     assert sorted(p.name for p in extra.iterdir()) == sorted(
-        ["config.yaml", "metrics.json", "run.json", export.WARMUP_FILE])
+        ["config.yaml", "metrics.json", "reference_stats.json", "run.json", export.WARMUP_FILE])
     assert (extra / "config.yaml").read_text() == (run_dir / "config.yaml").read_text()
     info = export.read_export_info(version)
     assert info["run_name"] == cfg.run_name and info["version"] == 1 and info["precision"] == "float32"
@@ -153,11 +153,13 @@ def test_export_run_writes_warmup_provenance_and_serving_files(trained, tmp_path
     assert [(q.model_spec.name, q.model_spec.signature_name) for q in requests] == [
         ("my_model", "serving_default")] * len(export.WARMUP_BATCH_SIZES) + [("my_model", "serving_pixels")]
     loaded = tf.saved_model.load(str(version))
-    test_images = {p.read_bytes() for p in cfg.data.images.glob("t*.jpeg")}
+    dataset_images = {p.read_bytes() for p in cfg.data.images.glob("*.jpeg")}
+    generated = set(export.synthetic_images(cfg.model.image_size))
     for request, batch in zip(requests, [*export.WARMUP_BATCH_SIZES, 1]):
         inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
         if request.model_spec.signature_name == "serving_default":
-            assert set(inputs["image_bytes"].numpy().tolist()) <= test_images  # real photos of the run
+            sent = set(inputs["image_bytes"].numpy().tolist())
+            assert sent <= generated and not sent & dataset_images  # generated, never a (user's) photo
         outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
         assert outputs["cc3"].shape == (batch, 3) and outputs["tag_flags"].shape == (batch, 3)
 
