@@ -191,10 +191,13 @@ def _phase1_value(bundle, cfg: RunConfig, prepared: data.PreparedData) -> float:
     return float(scores[monitor[4:]])
 
 
-def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path, store_counts: dict):
+def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path, store_counts: dict,
+                finetune_guard=None):
     """Train both phases; return the merged history and which phase's weights the model holds.
 
     ``store_counts`` receives the feature store's computed/reused vectors (phase 1 with the cache).
+    ``finetune_guard(head epochs run) -> fine-tune epochs that still fit`` (a time budget) is asked
+    once phase 1 is done, so that a host slower than measured drops phase 2 instead of overrunning.
     """
     from .experiments.phases import choose_phase, kept_epoch, warmup_learning_rate, warmup_steps
     from .model import LAST_BLOCK_PREFIXES, set_trainable
@@ -218,6 +221,13 @@ def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Pa
         done_marker.write_text(json.dumps(_jsonable(history)))
         # Only a resumed phase 1 reuses the cache; once it is done the files are just disk.
         shutil.rmtree(run_dir / "feature_cache", ignore_errors=True)
+    if cfg.train.finetune_epochs > 0 and finetune_guard is not None:
+        affordable = finetune_guard(len(history.get("loss", [])))
+        if affordable < cfg.train.finetune_epochs:
+            log.warning("time budget: phase 1 ran slower than planned; %d of the %d planned fine-tune epoch(s) "
+                        "still fit", affordable, cfg.train.finetune_epochs)
+            cfg = cfg.model_copy(deep=True)
+            cfg.train.finetune_epochs = affordable
     monitor, mode = cfg.train.monitor, cfg.train.monitor_mode
     head_value = None
     if phase1_weights.is_file() and cfg.train.finetune_epochs == 0:
@@ -244,6 +254,26 @@ def _run_phases(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Pa
         choice = choose_phase(monitor, mode, head_value, [])
     log.info("best model: %s", choice.describe())
     return history, choice
+
+
+def _finetune_guard(budget: dict, *, deadline: float, agree=None):
+    """``head epochs run -> fine-tune epochs that fit`` from the time actually left (recorded in ``budget``)."""
+    from .experiments.budget import finetune_epochs_left
+
+    phase1_started = time.perf_counter()
+
+    def guard(head_epochs_run: int) -> int:
+        now = time.perf_counter()
+        left, phase1 = deadline - now, now - phase1_started
+        if agree is not None:  # the chief's clock decides for every worker
+            left, phase1 = agree([left, phase1])
+        epochs = finetune_epochs_left(budget["plan"], seconds_left=left, phase1_seconds=phase1,
+                                      head_epochs_run=head_epochs_run)
+        budget["after_phase1"] = {"seconds_left": round(left, 1), "phase1_seconds": round(phase1, 1),
+                                  "finetune_epochs": epochs}
+        return epochs
+
+    return guard
 
 
 def _jsonable(history: dict) -> dict:
@@ -284,7 +314,11 @@ def train(cfg: RunConfig) -> TrainResult:
             cfg, prepared, budget = plan_run(bundle, cfg, prepared, elapsed_seconds=time.perf_counter() - started,
                                              agree=agreement(strategy, cluster))
         feature_counts: dict = {}
-        history, phase_choice = _run_phases(bundle, cfg, prepared, run_dir, feature_counts)
+        guard = None
+        if budget is not None:
+            guard = _finetune_guard(budget, deadline=started + cfg.train.time_budget_minutes * 60,
+                                    agree=agreement(strategy, cluster))
+        history, phase_choice = _run_phases(bundle, cfg, prepared, run_dir, feature_counts, guard)
     train_seconds = time.perf_counter() - started
     if not cluster.is_chief:  # trained in sync with the chief, which writes the run; drop the scratch folder
         shutil.rmtree(run_dir, ignore_errors=True)

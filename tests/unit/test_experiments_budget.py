@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vinted_classifier.experiments.budget import (BudgetTooSmall, StepTimes, Workload, plan_budget,
-                                                  stratified_subsample)
+from vinted_classifier.experiments.budget import (BudgetTooSmall, StepTimes, Workload, finetune_epochs_left,
+                                                  plan_budget, stratified_subsample)
 
 # Binary-exact numbers, so every planned second can be compared with ==.
 TIMES = StepTimes(backbone_seconds_per_image=0.5, head_seconds_per_step=0.25, finetune_seconds_per_step=2.0)
@@ -98,3 +98,13 @@ def test_stratified_subsample_keeps_each_category_share_and_is_reproducible():
     np.testing.assert_array_equal(stratified_subsample(codes, 10, seed=7), stratified_subsample(codes, 10, seed=7))
     with pytest.raises(ValueError, match="subsample size 0 must be between 1 and the 100 training rows"):
         stratified_subsample(codes, 0, seed=7)
+
+
+def test_phase_2_shrinks_when_phase_1_ran_slower_than_planned():
+    p = plan(600).to_dict()  # caching 160 s, head epochs 7.5 s, evaluation 20 s, baseline 10 s, 5 x 30 s fine-tune
+    # on time: phase 1 took its predicted 160 + 30 x 7.5 = 385 s and 215 s are left -> floor(185 / 30) = 6, capped at 5
+    assert finetune_epochs_left(p, seconds_left=215, phase1_seconds=385, head_epochs_run=30) == 5
+    # early stopping after 10 epochs: predicted 235 s; it took 470 s (2x): 215 s left count as 107.5 -> floor(77.5 / 30)
+    assert finetune_epochs_left(p, seconds_left=215, phase1_seconds=470, head_epochs_run=10) == 2
+    assert finetune_epochs_left(p, seconds_left=50, phase1_seconds=385, head_epochs_run=30) == 0  # 20 s < one epoch
+    assert finetune_epochs_left(dict(p, finetune_epochs=0), seconds_left=1e6, phase1_seconds=1, head_epochs_run=1) == 0

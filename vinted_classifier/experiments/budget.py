@@ -187,6 +187,21 @@ def plan_budget(budget_seconds: float, times: StepTimes, work: Workload, *, max_
     return minimum
 
 
+def finetune_epochs_left(plan: dict, *, seconds_left: float, phase1_seconds: float, head_epochs_run: int) -> int:
+    """How many of the planned fine-tune epochs still fit once phase 1 is done.
+
+    The host may have been slower than measured (another job took the cores): phase 1's actual
+    over predicted seconds (at least 1) scales what is left to do, evaluation and the baseline
+    included, so a slow host drops phase 2 rather than overrunning the budget.
+    """
+    predicted = plan["caching_seconds"] + head_epochs_run * plan["head_epoch_seconds"]
+    slowdown = max(1.0, phase1_seconds / predicted) if predicted > 0 else 1.0
+    room = seconds_left / slowdown - plan["evaluation_seconds"] - plan["finetune_baseline_seconds"]
+    if plan["finetune_epochs"] == 0 or room < plan["finetune_epoch_seconds"]:
+        return 0
+    return min(plan["finetune_epochs"], math.floor(room / plan["finetune_epoch_seconds"]))
+
+
 def _largest_true(predicate, low: int, high: int) -> int:
     """The largest n in [low, high] with ``predicate(n)``, for a predicate true at ``low`` that turns false once."""
     while low < high:
