@@ -107,6 +107,26 @@ def test_a_good_candidate_is_pushed_with_report_and_provenance(gate):
     assert Path(report["record"]).is_file()
 
 
+def test_the_pushed_version_is_registered_in_mlflow_with_its_decision(gate, tmp_path):
+    import mlflow
+
+    from vinted_classifier.experiments.tracking import RUN_DIR_TAG, tracked_run
+    from vinted_classifier.release.gate import register
+
+    tracking = gate.tracking.model_copy(update={"enabled": True, "registered_model_name": "vinted-classifier",
+                                                "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    cfg = gate.model_copy(update={"tracking": tracking})
+    with tracked_run(cfg, tags={RUN_DIR_TAG: str(cfg.run_dir.resolve())}):  # the training run's record
+        pass
+    pushed = served_root(gate) / "1"
+    report = json.loads((pushed / "assets.extra" / "release.json").read_text())
+    outcome = register(cfg, pushed, report)
+    assert outcome["registered"]["name"] == "vinted-classifier" and str(outcome["registered"]["version"]) == "1"
+    version = mlflow.MlflowClient().get_model_version("vinted-classifier", "1")
+    assert version.tags["release_decision"] == "pushed" and version.tags["release_pushed_version"] == "1"
+    assert version.tags["release_forced"] == "False" and version.tags["release_label"] == "stable"
+
+
 @pytest.mark.parametrize("variant, reason", [(shuffled_head, "vs served "), (nan_head, "numerics held-out")])
 def test_a_worse_or_nan_candidate_is_blocked_with_the_reason(gate, variant, reason):
     candidate = stage_variant(gate, variant)
