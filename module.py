@@ -147,6 +147,16 @@ def figure(run_dir: Path, name: str):
     return Image(filename=str(Path(run_dir) / "figures" / name))
 
 
+def drift_demo(cfg: RunConfig, version_dir: Path, smoke: bool = False):
+    """``vinted drift``: the test set and a darker, smaller copy without one category vs the export's reference."""
+    from IPython.display import Image
+
+    from vinted_classifier.monitoring.report import drift_demo as run_demo
+
+    table, figure_path, shift = run_demo(cfg, version_dir, Path(cfg.output_dir) / "monitoring", 60 if smoke else None)
+    return table, Image(filename=str(figure_path)), shift
+
+
 def predictions_path(cfg: RunConfig, smoke: bool = False) -> Path:
     """The homework file in the project root; in smoke mode beside the temp run so the committed file stays."""
     return Path(cfg.output_dir) / "predictions.parquet" if smoke else PROJECT_ROOT / "predictions.parquet"

@@ -17,32 +17,18 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("drift")
     dataset = write_tiny_dataset(root / "tiny", n_per_category=8, n_test=12)
+    ids = pd.read_parquet(dataset / "test.parquet")["uuid"].astype(str)
+    categories = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"]  # the tiny set draws test item i in colour i % 3
+    pd.DataFrame({"uuid": ids, "cc3": [categories[i % 3] for i in range(len(ids))]}).to_parquet(
+        dataset / "test_labels.parquet", index=False)
     cfg = tiny_config(dataset, root / "runs")
     run_dir = train(cfg).run_dir
     version = export_run(run_dir, root / "saved_model", "my_model")
-    return dataset, run_dir, version
-
-
-def shifted_copy(dataset, out, drop_category: str | None = None, scale: float = 0.5, darken: float = 0.5):
-    """Test images darker and smaller, optionally without one category (by the tiny set's colour)."""
-    from PIL import Image, ImageEnhance
-
-    out.mkdir()
-    ids = pd.read_parquet(dataset / "test.parquet")["uuid"].astype(str)
-    kept = []
-    for index, uuid_ in enumerate(ids):
-        if drop_category is not None and ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"][index % 3] == drop_category:
-            continue
-        with Image.open(dataset / f"{uuid_}.jpeg") as image:
-            small = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
-            ImageEnhance.Brightness(small).enhance(darken).save(out / f"{uuid_}.jpeg", quality=95)
-        kept.append(uuid_)
-    pd.DataFrame({"uuid": kept}).to_parquet(out / "test.parquet", index=False)
-    return out
+    return dataset, run_dir, version, cfg
 
 
 def test_export_carries_reference_statistics(exported):
-    dataset, run_dir, version = exported
+    dataset, run_dir, version, _ = exported
     doc = json.loads((version / "assets.extra" / "reference_stats.json").read_text())
     assert doc["schema_version"] == 1 and doc["source"]["split"] == "holdout"
     assert doc["categories"] == ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"]
@@ -55,12 +41,15 @@ def test_export_carries_reference_statistics(exported):
 def test_vinted_drift_reports_the_shift_it_was_given(exported, tmp_path, capsys):
     from vinted_classifier.cli import main
 
-    dataset, _, version = exported
+    dataset, _, version, cfg = exported
     same = main(["drift", "--against", str(version), "--parquet", str(dataset / "test.parquet"),
                  "--out", str(tmp_path / "same")])
     assert same == 0
     baseline = pd.read_csv(tmp_path / "same" / "drift.csv").set_index("feature")
-    shifted = shifted_copy(dataset, tmp_path / "shifted")
+    from vinted_classifier.monitoring.report import shifted_copy
+
+    shifted, shift = shifted_copy(cfg, tmp_path / "shifted", drop_category=None)
+    assert shift == {"images": 12, "darken": 0.5, "scale": 0.5, "dropped_category": None}
     assert main(["drift", "--against", str(version.parent), "--images", str(shifted),
                  "--out", str(tmp_path / "shift")]) == 0
     printed = capsys.readouterr().out
@@ -77,10 +66,30 @@ def test_vinted_drift_reports_the_shift_it_was_given(exported, tmp_path, capsys)
 def test_vinted_drift_errors_name_what_is_missing(exported, tmp_path, capsys):
     from vinted_classifier.cli import main
 
-    dataset, _, version = exported
+    dataset, _, version, cfg = exported
     pd.DataFrame({"uuid": ["nope"]}).to_parquet(tmp_path / "ids.parquet")
     assert main(["drift", "--against", str(version), "--parquet", str(tmp_path / "ids.parquet"),
                  "--image-dir", str(dataset)]) == 2
     assert "1 uuid(s) without an image" in capsys.readouterr().err
     assert main(["drift", "--against", str(tmp_path), "--images", str(dataset)]) == 2
     assert "neither an export version" in capsys.readouterr().err
+
+
+def test_drift_demo_removes_a_category_and_reads_a_run_folder_too(exported, tmp_path):
+    from vinted_classifier.monitoring.report import drift_demo, drift_report, thresholds_from, batch_images
+
+    dataset, run_dir, version, cfg = exported
+    table, figure, shift = drift_demo(cfg, version, tmp_path / "demo")
+    assert shift["dropped_category"] in {"BLOUSES", "CASUAL_DRESSES", "SHIRTS"}
+    assert shift["images"] == 8  # 4 of the 12 test items are in each category
+    assert list(table.columns) == ["feature", "distance", "value (test set)", "threshold", "drift (test set)",
+                                   "value (shifted)", "drift (shifted)"]
+    shifted_rows = table.set_index("feature")
+    assert shifted_rows.loc["brightness", "drift (shifted)"]
+    assert figure.is_file()
+    # The run folder answers like its export: same reference file, the Keras model instead of the SavedModel.
+    paths = batch_images(images=tmp_path / "demo" / "shifted_test")
+    from_run = drift_report(run_dir, paths, thresholds_from(cfg.monitoring))
+    from_export = drift_report(version, paths, thresholds_from(cfg.monitoring))
+    assert from_run.batch.category_counts.tolist() == from_export.batch.category_counts.tolist()
+    assert from_run.table["value"].round(6).tolist() == from_export.table["value"].round(6).tolist()

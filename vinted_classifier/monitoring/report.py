@@ -233,3 +233,50 @@ def write_report(report: DriftReport, out_dir: str | Path) -> dict[str, Path]:
 def thresholds_from(cfg_monitoring) -> dict[str, float]:
     return {"category_linf": cfg_monitoring.category_linf_threshold, "tag_linf": cfg_monitoring.tag_linf_threshold,
             "js": cfg_monitoring.js_threshold}
+
+
+def shifted_copy(cfg, out_dir: str | Path, *, darken: float = 0.5, scale: float = 0.5,
+                 drop_category: str | None = "most frequent", limit: int | None = None) -> tuple[Path, dict]:
+    """A shifted copy of a run's test images (the notebook's drift demo): darker, smaller, one category fewer.
+
+    The category comes from the demo's hidden ``test_labels.parquet`` (none removed without it).
+    Returns (folder of images, what was done).
+    """
+    from PIL import Image, ImageEnhance
+
+    data_dir = Path(cfg.data.data_dir)
+    ids = pd.read_parquet(data_dir / cfg.data.test_file)[cfg.data.id_column].astype(str).tolist()
+    dropped = None
+    labels_file = data_dir / "test_labels.parquet"
+    if drop_category is not None and labels_file.is_file():
+        answers = pd.read_parquet(labels_file).set_index(cfg.data.id_column)[cfg.data.category_column]
+        dropped = answers.value_counts().index[0] if drop_category == "most frequent" else drop_category
+        ids = [u for u in ids if answers.get(u) != dropped]
+    ids = ids[:limit] if limit else ids
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for uuid_ in ids:
+        source = next((Path(cfg.data.images) / f"{uuid_}{ext}" for ext in cfg.data.image_extensions
+                       if (Path(cfg.data.images) / f"{uuid_}{ext}").is_file()), None)
+        if source is None:
+            raise FileNotFoundError(f"no image for test uuid {uuid_} in {cfg.data.images}")
+        with Image.open(source) as image:
+            small = image.convert("RGB").resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        ImageEnhance.Brightness(small).enhance(darken).save(out / f"{uuid_}.jpeg", quality=90)
+    return out, {"images": len(ids), "darken": darken, "scale": scale, "dropped_category": dropped}
+
+
+def drift_demo(cfg, version_dir: str | Path, out_dir: str | Path, limit: int | None = None
+               ) -> tuple[pd.DataFrame, Path, dict]:
+    """The test set as it is and a shifted copy of it against an export's reference: (both tables side
+    by side, the shifted batch's figure, what was shifted)."""
+    out_dir = Path(out_dir)
+    thresholds = thresholds_from(cfg.monitoring)
+    shifted_dir, shift = shifted_copy(cfg, out_dir / "shifted_test", limit=limit)
+    test_paths = batch_images(parquet=Path(cfg.data.data_dir) / cfg.data.test_file, image_dir=cfg.data.images)
+    as_is = drift_report(version_dir, test_paths[:limit] if limit else test_paths, thresholds)
+    shifted = drift_report(version_dir, batch_images(images=shifted_dir), thresholds)
+    files = write_report(shifted, out_dir / "report")
+    table = as_is.table.merge(shifted.table, on=["feature", "distance", "threshold"],
+                              suffixes=(" (test set)", " (shifted)"))
+    return table, files["figure"], shift
