@@ -9,6 +9,8 @@ import pytest
 
 from helpers import tiny_config, write_tiny_dataset
 
+pytestmark = pytest.mark.slow  # trains and exports a tiny model (~40 s on 2 cores)
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
