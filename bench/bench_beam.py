@@ -287,7 +287,7 @@ def scale_once(n_images: int, workers: int = 2, share_model: bool = False) -> di
             "img_per_s": round(n_images / wall, 1), "driver_peak_mib": round(driver / 1024, 1),
             "driver_peak_before_merge_mib": round(driver_after_pipeline / 1024, 1), "worker_peak_mib": [round(kb / 1024, 1) for kb in workers_kb],
             "other_children_peak_mib": {k: round(v / 1024, 1) for k, v in others.items()},
-            "rows_merged": result.rows_merged, "counters": result.counters}
+            "rows_merged": merged, "counters": result.counters}
 
 
 def scale_main(argv: list[str]) -> int:
