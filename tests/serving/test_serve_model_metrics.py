@@ -208,3 +208,44 @@ def test_without_metrics_the_watcher_stays_off(model_base):
         assert watcher._thread is None
     finally:
         app.close()
+
+
+def test_observer_hook_sees_predictions_and_refusals_and_a_failing_one_fails_nothing(model_base, caplog):
+    """The generic hook (tf_serving_compat.observers): what an observer gets; its errors are logged only."""
+    from tf_serving_compat.observers import PredictObserver
+    from tf_serving_compat.server import build_app
+
+    class Recorder:
+        def __init__(self):
+            self.seen, self.refused, self.attached = [], [], None
+
+        def attach(self, serving):
+            self.attached = serving
+
+        def on_predict(self, loaded, signature_name, inputs, outputs):
+            self.seen.append((loaded.version, signature_name, {k: v.shape for k, v in inputs.items()}, sorted(outputs)))
+
+        def on_reject(self, model, code, message):
+            self.refused.append((model, code))
+
+    class Broken(Recorder):
+        def on_predict(self, *args):
+            raise RuntimeError("observer bug")
+
+        def on_reject(self, *args):
+            raise RuntimeError("observer bug")
+
+    recorder, broken = Recorder(), Broken()
+    assert isinstance(recorder, PredictObserver)
+    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, observers=[broken, recorder])
+    try:
+        with TestClient(app.app) as c:
+            assert c.post("/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())] * 2}).status_code == 200
+            assert c.post("/v1/models/my_model:predict", json={"instances": []}).status_code == 400
+    finally:
+        app.close()
+    assert recorder.attached is app
+    assert recorder.seen == [(1, "serving_default", {"image_bytes": (2,)},
+                              ["cc3", "tag_flags", "tags", "top2_codes", "top2_names"])]
+    assert recorder.refused == [("my_model", "INVALID_ARGUMENT")]
+    assert "observer Broken failed in on_predict" in caplog.text
