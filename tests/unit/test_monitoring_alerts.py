@@ -36,6 +36,8 @@ def test_rules_are_valid_and_fire_exactly_in_the_synthetic_cases():
     result = subprocess.run([tool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+    config = subprocess.run([tool, "check", "config", "prometheus.yml"], cwd=DEPLOY, capture_output=True, text=True)
+    assert config.returncode == 0, config.stdout + config.stderr  # the example scrape config loads the rules
 
 
 def test_promtool_reports_a_rule_that_does_not_fire(tmp_path):
