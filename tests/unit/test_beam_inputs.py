@@ -52,7 +52,7 @@ def test_large_row_groups_are_cut_into_slices(tmp_path):
 def test_work_items_grow_with_the_job_within_bounds():
     from vinted_classifier.beam.inputs import slice_rows_for
 
-    assert [slice_rows_for(n) for n in (10, 10_000, 100_000, 10_000_000)] == [500, 500, 1563, 50_000]
+    assert [slice_rows_for(n) for n in (10, 3_003, 100_000, 10_000_000, 100_000_000)] == [32, 32, 391, 39_063, 50_000]
 
 
 def test_row_group_planning_names_bad_inputs(tmp_path):
@@ -144,7 +144,7 @@ def test_no_step_holds_the_whole_job(tmp_path):
     # ... and the only values the launcher puts in the graph are row-group descriptors and the sinks'
     # one-element initialisation (``WriteImpl``'s DoOnce), never the ids.
     created = [node.transform.values for node in applied if isinstance(node.transform, beam.Create)]
-    assert [len(values) for values in created if all(isinstance(v, RowGroupSlice) for v in values)] == [3]
+    assert [len(values) for values in created if all(isinstance(v, RowGroupSlice) for v in values)] == [12]  # 3 x 100 ids / 32
     assert all(tuple(values) == (None,) for values in created if not isinstance(values[0], RowGroupSlice)), created
     assert {"RowGroupSlices", "ReadIds", "ReadImages", "Score", "WritePredictionShards", "WriteRejectedShards"} <= set(names)
     # No per-row shuffle: the only GroupByKeys are Create's reshuffle of the slices and the sinks' own
