@@ -20,7 +20,8 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_python_m_lists_every_command():
     completed = _run("--help")
     assert completed.returncode == 0, completed.stderr
-    for command in ("demo", "train", "evaluate", "predict", "export", "serve", "weights"):
+    for command in ("demo", "train", "evaluate", "predict", "export", "release", "promote", "rollback", "serve",
+                    "weights"):
         assert command in completed.stdout
 
 

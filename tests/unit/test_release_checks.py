@@ -150,3 +150,30 @@ def test_atomic_writes_get_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+
+
+def test_push_is_atomic_and_carries_the_candidate(tmp_path, monkeypatch):
+    from vinted_classifier.release import staging
+
+    candidate = tmp_path / "staging" / "m" / "1"
+    (candidate / "assets.extra").mkdir(parents=True)
+    (candidate / "assets").mkdir()
+    (candidate / "saved_model.pb").write_bytes(b"graph")
+    (candidate / "assets" / "export.json").write_text(json.dumps({"version": 1, "precision": "float32"}))
+    (candidate / "assets.extra" / "reference_stats.json").write_text('{"n": 3}')
+    root = tmp_path / "served" / "m"
+    pushed = staging.push(candidate, root, 7, {"release.json": {"decision": "pushed"}})
+    assert pushed == root / "7" and (pushed / "saved_model.pb").read_bytes() == b"graph"
+    assert json.loads((pushed / "assets" / "export.json").read_text())["version"] == 7
+    assert (pushed / "assets.extra" / "reference_stats.json").read_text() == '{"n": 3}'
+    assert json.loads((pushed / "assets.extra" / "release.json").read_text()) == {"decision": "pushed"}
+    with pytest.raises(FileExistsError, match="version 7 already exists"):
+        staging.push(candidate, root, 7, {})
+
+    def disk_full(path, payload):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(staging, "write_json", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        staging.push(candidate, root, 8, {})
+    assert sorted(p.name for p in root.iterdir()) == ["7"]  # no half version, no hidden leftovers
