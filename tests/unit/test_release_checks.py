@@ -75,7 +75,8 @@ def test_slices_below_support_are_reported_not_gated():
     release = ReleaseConfig(slice_min_support=3, slice_min_top1=0.5)
     found = C.slice_checks(y, pred, None, {"cc3=A": y == 0, "cc3=B": y == 1}, release)
     by_name = {c.name: c for c in found}
-    assert by_name["slice cc3=A top-1"].passed is None and "2 rows < slice_min_support 3" in by_name["slice cc3=A top-1"].detail
+    small = by_name["slice cc3=A top-1"]
+    assert small.passed is None and "2 rows < slice_min_support 3" in small.detail
     assert by_name["slice cc3=B top-1"].passed is False and by_name["slice cc3=B top-1"].value == 0.0
 
 

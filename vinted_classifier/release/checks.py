@@ -99,7 +99,8 @@ class Predictions:
         return self.p_tags >= self.thresholds
 
 
-def floor_checks(y_cat: np.ndarray, y_tags: np.ndarray, pred: Predictions, tag_names: list[str], release) -> list[Check]:
+def floor_checks(y_cat: np.ndarray, y_tags: np.ndarray, pred: Predictions, tag_names: list[str],
+                 release) -> list[Check]:
     checks = [at_least("floor top-1", top_k_hits(y_cat, pred.p_cat, 1).mean(), release.min_top1),
               at_least("floor top-2", top_k_hits(y_cat, pred.p_cat, 2).mean(), release.min_top2)]
     for name, value in zip(tag_names, tag_f1(y_tags, pred.flags)):

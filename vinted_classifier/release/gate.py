@@ -106,8 +106,9 @@ def evaluate(cfg, run_cfg, candidate: Path, served: Path | None, progress, toler
         found.append(C.Check("vs served", None, -release.regression_margin, None, why))
     masks = H.slice_masks(holdout, run_cfg.data.category_column, list(run_cfg.data.extra_columns))
     found += C.slice_checks(holdout.y_cat, cand, served_pred, masks, release, seed=run_cfg.seed)
-    found.append(C.ratio_check("cost size", float(H.version_bytes(candidate)),
-                               float(H.version_bytes(served)) if served_runner else None, release.max_size_ratio, "bytes"))
+    served_bytes = float(H.version_bytes(served)) if served_runner else None
+    found.append(C.ratio_check("cost size", float(H.version_bytes(candidate)), served_bytes, release.max_size_ratio,
+                               "bytes"))
     timing_images = images[:GOLDEN_HOLDOUT_IMAGES]
     if served_runner is not None:
         cand_s, served_s = H.compare_latency(runner, served_runner, timing_images)

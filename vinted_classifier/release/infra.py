@@ -104,12 +104,14 @@ def grpc_outputs(port: int, model_name: str, images: list[bytes]) -> dict[str, n
 def agreement(protocol: str, served: dict[str, np.ndarray], offline: dict[str, np.ndarray], category_output: str,
               atol: float) -> Check:
     """Probabilities within ``atol``; top-2 equal except where offline's 2nd and 3rd are tied within ``atol``."""
-    diffs = [float(np.abs(np.asarray(served[key], np.float64) - offline[key]).max()) for key in (category_output, "tags")]
+    diffs = [float(np.abs(np.asarray(served[key], np.float64) - offline[key]).max())
+             for key in (category_output, "tags")]
     worst = max(diffs)
     problems = [] if worst <= atol else [f"probabilities differ by up to {worst:.3g}"]
     ranked = np.sort(offline[category_output], axis=1)[:, ::-1]
     clear = ranked[:, 1] - ranked[:, 2] > atol if ranked.shape[1] > 2 else np.ones(len(ranked), bool)
-    top2_mismatch = (np.sort(np.asarray(served["top2_codes"]), axis=1) != np.sort(offline["top2_codes"], axis=1)).any(axis=1)
+    served_top2 = np.sort(np.asarray(served["top2_codes"]), axis=1)
+    top2_mismatch = (served_top2 != np.sort(offline["top2_codes"], axis=1)).any(axis=1)
     if (top2_mismatch & clear).any():
         problems.append(f"top-2 differs on {int((top2_mismatch & clear).sum())} of {len(clear)} golden images")
     return Check(f"infra {protocol} = offline", worst, atol, not problems,
