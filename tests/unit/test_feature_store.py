@@ -70,3 +70,22 @@ def test_status_counts_entries_per_model_and_clear_removes_them(tmp_path):
                                        "bytes": 96}]
     assert clear_store(tmp_path) == (3, 96)
     assert store_status(tmp_path) == [] and store.get(f"{0:032x}", 0, 0) is None
+
+
+def test_vinted_cache_status_and_clear_name_the_store_and_what_it_holds(tmp_path, capsys):
+    from vinted_classifier.cli import main
+
+    root = tmp_path / "runs" / "feature_cache"
+    store = FeatureStore(root, {"backbone": "vgg19", "image_size": [160, 128], "pooling": "avg_block4_5",
+                                "precision": "float32", "weights": "abc123"})
+    store.write_key()
+    for i in range(2):
+        store.put(f"{i:032x}", 0, 0, np.zeros(1024, np.float32))
+    args = ["--set", f"output_dir={tmp_path / 'runs'}", "--set", "train.feature_cache_max_gb=2"]
+    assert main(["cache", "status", *args]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"feature store {root}: 2 feature vector(s), 0.0 MiB of a 2 GiB cap (train.feature_cache_max_gb)"
+    assert out[1] == f"  {store.folder.name}: 2 vector(s), 0.0 MiB  vgg19 160x128 avg_block4_5 float32 weights abc123"
+    assert main(["cache", "clear", *args]) == 0
+    assert capsys.readouterr().out.strip() == f"feature store {root}: removed 2 feature vector(s), 0.0 MiB"
+    assert store_status(root) == []
