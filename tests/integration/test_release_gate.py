@@ -122,7 +122,12 @@ def test_the_pushed_version_is_registered_in_mlflow_with_its_decision(gate, tmp_
     report = json.loads((pushed / "assets.extra" / "release.json").read_text())
     outcome = register(cfg, pushed, report)
     assert outcome["registered"]["name"] == "vinted-classifier" and str(outcome["registered"]["version"]) == "1"
-    version = mlflow.MlflowClient().get_model_version("vinted-classifier", "1")
+    client = mlflow.MlflowClient()
+    run = client.get_run(outcome["run_id"])
+    assert run.data.tags["release.v1"] == "pushed"
+    logged = {Path(a.path).name for a in client.list_artifacts(outcome["run_id"], "release/v1")}
+    assert logged == {"release.json", "provenance.json"}
+    version = client.get_model_version("vinted-classifier", "1")
     assert version.tags["release_decision"] == "pushed" and version.tags["release_pushed_version"] == "1"
     assert version.tags["release_forced"] == "False" and version.tags["release_label"] == "stable"
 

@@ -190,24 +190,39 @@ def run_release(cfg, candidate: str | Path | None = None, *, force: bool = False
 
 
 def register(cfg, pushed: Path, report: dict) -> dict | None:
-    """Log the pushed version to its MLflow training run; register it when a registry name is set."""
-    if not (cfg.tracking.enabled and cfg.tracking.registered_model_name):
+    """Record the release on its MLflow training run; register the version when a registry name is set.
+
+    The run gets ``release/v<N>/{release,provenance}.json`` and a ``release.v<N>`` tag (the decision);
+    with ``tracking.registered_model_name`` the SavedModel is logged and registered (``log_export``) and
+    the model version tagged with the decision, label and forced flag. A tracking outage is reported in
+    the result, never undoes the push.
+    """
+    if not cfg.tracking.enabled:
         return None
-    from ..experiments.tracking import log_export
+    from ..experiments.tracking import find_training_run, log_export
     from ..export import read_export_info
 
     run_dir = read_export_info(pushed).get("run_dir")
     try:
-        tracked = log_export(cfg, Path(run_dir), pushed) if run_dir else None
-        if tracked and tracked.get("registered"):
-            import mlflow
+        run_id = find_training_run(cfg, Path(run_dir)) if run_dir else None
+        if run_id is None:
+            return {"error": f"no MLflow run for {run_dir}: the release is recorded in files only"}
+        import mlflow
 
-            client = mlflow.MlflowClient()
-            for key in ("decision", "label", "pushed_version", "forced"):
-                client.set_model_version_tag(tracked["registered"]["name"], tracked["registered"]["version"],
-                                             f"release_{key}", str(report[key]))
-        return tracked
+        client = mlflow.MlflowClient()
+        version = report["pushed_version"]
+        for name in ("release.json", "provenance.json"):
+            client.log_artifact(run_id, str(pushed / "assets.extra" / name), f"release/v{version}")
+        client.set_tag(run_id, f"release.v{version}", report["decision"])
+        out = {"run_id": run_id, "artifact_path": f"release/v{version}"}
+        if cfg.tracking.registered_model_name:
+            tracked = log_export(cfg, Path(run_dir), pushed) or {}
+            if registered := tracked.get("registered"):
+                for key in ("decision", "label", "pushed_version", "forced"):
+                    client.set_model_version_tag(registered["name"], registered["version"], f"release_{key}",
+                                                 str(report[key]))
+                out["registered"] = registered
+        return out
     except Exception as error:  # noqa: BLE001 - the push happened; a tracking outage is reported, not fatal
-        log.warning("MLflow registration of %s failed: %s", pushed, error)
+        log.warning("MLflow record of %s failed: %s", pushed, error)
         return {"error": str(error)[:300]}
-
