@@ -173,14 +173,16 @@ if kill_at is not None:
         return [*found, KillMidEpoch()] if phase == "head" else found
     training._callbacks = with_kill
 cfg = tiny_config(Path({data!r}), Path({out!r}), "train.head_epochs=6", "train.finetune_epochs=0",
-                  "tracking.enabled=false")
+                  "tracking.enabled=false", "train.feature_shuffle_buffer=1", "model.dropout=0")
 training.train(cfg)
 """
 KILLED_EPOCH = 3
-# The resumed run redoes epoch 3 from the end-of-epoch-2 backup; what differs from an uninterrupted
-# run is the data order of the resumed epochs (tf.data's per-epoch reshuffle restarts with the
-# process). Measured on this tiny set: see METRICS_ATOL's use below.
-METRICS_ATOL = 0.1
+# The resumed run redoes epoch 3 from the end-of-epoch-2 backup (weights, optimizer state, epoch).
+# With the feature rows in a fixed order (shuffle buffer 1) and no dropout, nothing else depends on the
+# process's history (tf.data's per-epoch reshuffle and dropout's random stream restart with a process,
+# which on this 20-image set is enough to flip a class's precision to undefined), so the resumed run
+# should train exactly like an uninterrupted one: every number of metrics.json within 1e-4.
+METRICS_ATOL = 1e-4
 
 
 def _two_workers(data: Path, out: Path, env_for_worker: dict[int, dict] | None = None) -> list[subprocess.Popen]:
