@@ -213,11 +213,13 @@ def test_a_worker_killed_mid_epoch_resumes_from_backup_and_finishes_like_an_unin
     output, _ = victim.communicate(timeout=600)
     assert victim.returncode == -signal.SIGKILL, output[-5000:]
     assert f"KILLED at head epoch {KILLED_EPOCH} batch 1" in output
-    try:  # the chief's collectives fail once its peer is gone; an orchestrator kills a stuck one
-        chief.communicate(timeout=120)
+    try:  # the chief's collectives fail once its peer is gone, or it hangs: then the orchestrator kills it
+        chief.communicate(timeout=30)
+        print("chief exited on its own, rc", chief.returncode)
     except subprocess.TimeoutExpired:
         chief.kill()
         chief.communicate()
+        print("chief stuck 30 s after its peer died: killed")
     assert chief.returncode != 0
     run = tmp_path / "faulty" / "default"
     assert not (run / "metrics.json").exists()
