@@ -85,3 +85,21 @@ def test_a_short_step_prints_nothing_and_lines_say_count_rate_eta_exactly(monkey
     assert progress.progress_line("caching", 120, 240, 30.0, "batch") == "caching: 120/240 batch (50%), 4.0 batch/s, ETA 0:30"
     assert progress.progress_line("scoring", 0, 10, 5.0, "img") == "scoring: 0/10 img (0%), 0.0 img/s, ETA ?"
     assert progress.progress_line("reading", 50, None, 4000.0, "row") == "reading: 50 row, 0.0 row/s, 1:06:40 elapsed"
+
+
+def test_long_training_epochs_print_batch_lines_without_a_terminal(monkeypatch, capsys):
+    import logging
+
+    import keras
+    import numpy as np
+
+    monkeypatch.delenv(progress.ENV_VAR, raising=False)
+    monkeypatch.setattr(logging.getLogger("vinted_classifier"), "level", logging.INFO)
+    monkeypatch.setattr(progress, "LINE_INTERVAL_SECONDS", 0.0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(np.zeros((6, 2)), np.zeros((6, 1)), batch_size=2, epochs=2, verbose=0,
+              callbacks=[progress.fit_lines_callback("finetune")])
+    lines = [line.split(",")[0] for line in capsys.readouterr().err.splitlines()]
+    assert lines == [f"finetune epoch {e}/2: {b}/3 batch ({p})" for e in (1, 2) for b, p in
+                     ((1, "33%"), (2, "67%"), (3, "100%"))]

@@ -15,7 +15,7 @@ command is planned, in seconds:
 What to buy, in order of value per second (measured on the demo set, docs/experiments.md):
 
 1. evaluation, the clean view and ``min_head_epochs`` head epochs: the model itself;
-2. augmented views, most first (each is a backbone pass over the training split, ~+1 point top-1);
+2. augmented views, most first (each is a backbone pass over the training split);
 3. more head epochs, up to the configured count (cheap on cached features; early stopping ends them);
 4. fine-tune epochs (2.5-7 min each on a 2-core CPU, rarely better than phase 1 on the demo set).
 
