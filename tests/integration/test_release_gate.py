@@ -113,8 +113,8 @@ def test_the_pushed_version_is_registered_in_mlflow_with_its_decision(gate, tmp_
     from vinted_classifier.experiments.tracking import RUN_DIR_TAG, tracked_run
     from vinted_classifier.release.gate import register
 
-    tracking = gate.tracking.model_copy(update={"enabled": True, "registered_model_name": "vinted-classifier",
-                                                "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    # The default local store: SQLite and artefacts under the run's output_dir (a temp folder here).
+    tracking = gate.tracking.model_copy(update={"enabled": True, "registered_model_name": "vinted-classifier"})
     cfg = gate.model_copy(update={"tracking": tracking})
     with tracked_run(cfg, tags={RUN_DIR_TAG: str(cfg.run_dir.resolve())}):  # the training run's record
         pass
