@@ -253,10 +253,9 @@ class ServingApp:
             ctx["model"] = name
             ctx["api"] = verb.lower()
             version = parse_version(version_text)
-            body = await self.read_body(request, ctx)
-            if verb.lower() == "predict":
-                return await self._predict(name, version, label, body, ctx)
-            return self._classify_regress(name, version, label, verb.lower(), body)
+            if verb.lower() == "predict":  # the body is handed over, not kept here: _predict frees it early
+                return await self._predict(name, version, label, await self.read_body(request, ctx), ctx)
+            return self._classify_regress(name, version, label, verb.lower(), await self.read_body(request, ctx))
         match = STATUS_RE.fullmatch(path)
         if method == "GET" and match:
             name, version_text, label, metadata = match.groups()
@@ -349,7 +348,8 @@ class ServingApp:
 
     def execution_batch_size(self, loaded: LoadedVersion) -> int:
         """Images one model call of ``loaded`` may run at once (measured at load, or set by a flag)."""
-        return self.options.execution.batch_size(loaded.bytes_per_item)
+        measured = loaded.measured_with[0] if loaded.measured_with else None
+        return self.options.execution.batch_size(loaded.bytes_per_item, measured)
 
     def submit(self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray],
                api: str = "predict") -> concurrent.futures.Future:
@@ -399,6 +399,7 @@ class ServingApp:
         loaded = self.resolve(name, version, label)
         ctx["version"] = loaded.version
         info, fmt, inputs = await self._maybe_in_thread(len(body), self._prepare, loaded, doc)
+        del body, doc  # the request's text and parsed JSON are not needed while the model runs
         outputs = await self.execute(loaded, info, inputs)
         notify_predict(self.observers, loaded, info.name, inputs, outputs)
         text = await self._maybe_in_thread(

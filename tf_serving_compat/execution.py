@@ -68,14 +68,17 @@ class ExecutionLimits:
     memory_budget_bytes: int = DEFAULT_EXECUTION_MEMORY_BYTES
     ceiling: int = 1024  # never more than one request's instance limit
 
-    def batch_size(self, bytes_per_item: float | None) -> int:
+    def batch_size(self, bytes_per_item: float | None, measured_items: int | None = None) -> int:
+        """Images per model call. A measured size never exceeds the batch it was measured with: that
+        shape is the largest whose memory is known (and already warmed up)."""
         if self.max_execution_batch_size:
             return self.max_execution_batch_size
         if bytes_per_item is None:
             return min(FALLBACK_EXECUTION_BATCH_SIZE, self.ceiling)
+        ceiling = min(self.ceiling, measured_items) if measured_items else self.ceiling
         if bytes_per_item <= 0:  # below what RSS can resolve: the budget does not bind
-            return self.ceiling
-        return int(max(1, min(self.ceiling, self.memory_budget_bytes // bytes_per_item)))
+            return ceiling
+        return int(max(1, min(ceiling, self.memory_budget_bytes // bytes_per_item)))
 
 
 class Admission:

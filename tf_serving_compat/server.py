@@ -28,7 +28,6 @@ from .versions import ModelRegistry, ModelSpecConfig, VersionPolicy, parse_model
 
 log = logging.getLogger("tf_serving_compat")
 
-SYSTEM_ALLOCATOR_ENV = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"  # read once, when TensorFlow creates its CPU allocator
 DEFAULT_GRPC_PORT = 8500  # TF Serving's default; --port=0 switches gRPC off
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -458,9 +457,6 @@ def main(argv: list[str] | None = None, extra_routes: list[ExtraRoute] | tuple =
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # oneDNN's CPU allocator otherwise keeps every call's activations in a pool that never shrinks:
-    # one heavy request would leave the server hundreds of MiB larger (docs/serving.md, *Memory*).
-    os.environ.setdefault(SYSTEM_ALLOCATOR_ENV, "1")
     warn_ignored_flags(args)
     if args.port and args.port == args.rest_api_port:
         log.error("--rest_api_port cannot be same as --port")

@@ -175,7 +175,7 @@ class LoadedVersion:
         # Peak memory one item adds to a model call (execution.measure_memory_per_item), from the
         # largest warm-up record; None when there was none to measure with.
         self.bytes_per_item: float | None = None
-        self._measured_with: tuple[int, str] | None = None
+        self.measured_with: tuple[int, str] | None = None  # (items, signature) of the measuring record
 
     def signature(self, name: str) -> SignatureInfo:
         key = name or DEFAULT_SIGNATURE
@@ -261,7 +261,7 @@ class LoadedVersion:
         growth = peak_rss_growth(lambda: self.run(signature_name, inputs))
         if growth is not None and items > items_before:
             self.bytes_per_item = growth / (items - items_before)
-            self._measured_with = (items, signature_name)
+            self.measured_with = (items, signature_name)
 
 
 def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -478,8 +478,8 @@ class ModelManager:
         if previous and (loaded.bytes_per_item is None or loaded.bytes_per_item < max(previous)):
             loaded.bytes_per_item = max(previous)
         if loaded.bytes_per_item is not None:
-            measured = f" (measured with a {loaded._measured_with[0]}-item warm-up request of {loaded._measured_with[1]})" \
-                if loaded._measured_with else ""
+            measured = (f" (measured with a {loaded.measured_with[0]}-item warm-up request of "
+                        f"{loaded.measured_with[1]})" if loaded.measured_with else "")
             log.info("Model %s version %d: %.2f MiB peak memory per item%s", self.name, loaded.version,
                      loaded.bytes_per_item / 2**20, measured)
 

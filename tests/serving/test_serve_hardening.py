@@ -61,15 +61,18 @@ def test_run_in_pieces_refuses_outputs_that_are_not_per_item():
         run_in_pieces(lambda inputs: {"total": np.array([inputs["x"].sum()])}, {"x": np.ones((6, 1))}, 4)
 
 
-@pytest.mark.parametrize("explicit, per_item, expected", [
-    (8, 1e9, 8),                 # an explicit size wins over the measurement
-    (None, 3 * 2**20, 21),       # 64 MiB / 3 MiB
-    (None, 200 * 2**20, 1),      # never below one image
-    (None, 0.0, 1024),           # below what RSS resolves: only the request cap binds
-    (None, None, 16),            # nothing measured: the documented fallback
+@pytest.mark.parametrize("explicit, per_item, measured_items, expected", [
+    (8, 1e9, 32, 8),                 # an explicit size wins over the measurement
+    (None, 3 * 2**20, 32, 21),       # 64 MiB / 3 MiB
+    (None, 1 * 2**20, 32, 32),       # never above the batch the memory was measured with
+    (None, 1 * 2**20, None, 64),
+    (None, 200 * 2**20, 32, 1),      # never below one image
+    (None, 0.0, None, 1024),         # below what RSS resolves: only the request cap binds
+    (None, None, None, 16),          # nothing measured: the documented fallback
 ])
-def test_execution_batch_size_is_the_budget_over_the_measured_memory(explicit, per_item, expected):
-    assert ExecutionLimits(explicit, BUDGET_MIB * 2**20, ceiling=1024).batch_size(per_item) == expected
+def test_execution_batch_size_is_the_budget_over_the_measured_memory(explicit, per_item, measured_items, expected):
+    limits = ExecutionLimits(explicit, BUDGET_MIB * 2**20, ceiling=1024)
+    assert limits.batch_size(per_item, measured_items) == expected
 
 
 def test_memory_per_item_is_measured_from_peak_rss():
