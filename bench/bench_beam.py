@@ -6,24 +6,25 @@ from bench import harness
 
 TITLE = "9. Batch scoring: Apache Beam (DirectRunner, 2 processes) vs vinted predict"
 NOTES = """
-Both variants score every uuid of the demo `test.parquet` (429 images; `_scaled_test_set` can
-repeat it under new uuids to amortise start-up further) from files on disk and write the homework
-parquet: `vinted predict` (`predict.predict_test_set`: load `model.keras`, decode-check every image,
-stream with `tf.data`, `model.predict`, write) and `vinted predict --runner DirectRunner
---direct_num_workers=2 --direct_running_mode=multi_processing` (`beam_predict.run_beam_predict`: start
-two SDK worker processes, each loads the exported SavedModel, reads the image bytes, `RunInference`
-on batches through `serving_default`, one writer restores the input order). Same weights (VGG19,
-untrained head: irrelevant to speed), same batch size, same host-aware rewrite (`auto`), the SavedModel
-is a float32 export of the same model. Each call includes its own model loading and worker start-up:
-that is the engine's overhead the goal is about. On 2 cores the two Beam workers share the cores that
-`vinted predict` uses alone.
+Both variants score every uuid of the demo `test.parquet` repeated `BENCH_BEAM_COPIES` times under new
+uuids (default 7: 3,003 images; hard links) from files on disk and write the homework parquet:
+`vinted predict` (`predict.predict_test_set`: load `model.keras`, decode-check every image, stream
+with `tf.data`, `model.predict`, write) and `vinted predict --runner DirectRunner --direct_num_workers=2
+--direct_running_mode=multi_processing` (`beam_predict.run_beam_predict`: plan row-group slices from
+the parquet footer, start two SDK worker processes, each loads the exported SavedModel, reads image
+bytes through Beam's FileSystems, `RunInference` on batches through `serving_default`, formats ~1k
+rows at a time into sharded parquet; then the launcher merges the shards into the ordered file). Same
+weights (VGG19, untrained head: irrelevant to speed), same batch size, same host-aware rewrite
+(`auto`); the SavedModel is a float32 export of the same model. Each call includes its own model
+loading, worker start-up and (Beam) the merge. On 2 cores the two Beam workers share the cores that
+`vinted predict` uses alone. `BENCH_BEAM_VARIANTS=beam,beam_shared,beam_1thread` adds Beam with one
+model shared by both workers (`large_model`) and with one TensorFlow thread per worker.
 
-Across CPUs, the ratio follows how long the scoring itself takes, because Beam's extra cost is a
-roughly fixed start-up (two workers each import TensorFlow and load the SavedModel): on an AMD EPYC
-without bf16 units (float32, 2026-11-22) one call took 157 s vs 152 s (0.98×); on an AMD EPYC with
-AVX512_BF16 (bf16 rewrite, 2026-12-01) scoring is 8x faster and the same job took 29 s vs 20 s (0.68×,
-below the 0.8× goal). The extra 5-9 s per call does not grow with the number of images, so larger jobs
-amortise it; `copies` in `run` scales the test set to measure that.
+History: on 2026-12-01 (AVX512_BF16 machine, 429 images, the pipeline of that day: ids listed by the
+driver, one writer) Beam ran at 0.68x, put down to a fixed start-up of 5-9 s. The pipeline's own cost
+per image, measured with a near-free model (`python -m bench.bench_beam scale`), is ~0.9 ms of one
+core, ~1% of VGG19's; a job planned as too few work items leaves a worker idle (one 500-row slice did,
+in development; now ~256 slices per job).
 """
 TIMEOUT_S = 2400  # 7 copies of the test set, 2 rounds of 2 variants on 2 shared cores
 
@@ -123,8 +124,19 @@ def run(ctx: harness.Context) -> list[dict]:
             assert result.counters["images_scored"] == len(ids), result.counters
         return call
 
-    variants = {name: beam_variant(name) for name in names}
-    times = harness.interleaved({**variants, "local": local}, repeats=repeats, warmup=0)
+    cpu: dict[str, list[float]] = {}
+
+    def with_cpu(name, call):
+        """The call, and the CPU seconds it used in this process and every (finished) child process."""
+        def wrapped():
+            before = _cpu_seconds()
+            call()
+            _wait_for_workers_to_exit()
+            cpu.setdefault(name, []).append(_cpu_seconds() - before)
+        return wrapped
+
+    variants = {name: with_cpu(name, beam_variant(name)) for name in names}
+    times = harness.interleaved({**variants, "local": with_cpu("local", local)}, repeats=repeats, warmup=0)
     local_frame = pd.read_parquet(local_out)
     for name in names:
         written = pd.read_parquet(ctx.work / name / "predictions.parquet")
@@ -133,7 +145,46 @@ def run(ctx: harness.Context) -> list[dict]:
         "beam", BEAM_VARIANTS[name][0], "vinted predict (one process)", times, len(ids), name, "local", goal=0.8,
         note=f"{len(ids)} images (the demo test set x{copies}), {cfg.model.backbone} float32 graph + rewrite auto, "
              f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}, batch {batch}, {repeats} rounds alternating, "
-             f"model load, worker start and the merge included; on {_cpu()}") for name in names]
+             f"model load, worker start and the merge included; on {_cpu()}") for name in names] + [
+        _cpu_row(name, cpu[name], cpu["local"], len(ids)) for name in names]
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _wait_for_workers_to_exit(timeout_s: float = 30.0) -> None:
+    """SDK worker processes are counted in RUSAGE_CHILDREN only once they have exited and been reaped."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                 and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"child processes still running {timeout_s} s after the job: their CPU would not count")
+
+
+def _cpu_row(name: str, variant_s: list[float], local_s: list[float], images: int) -> dict:
+    """CPU per image (all processes): what contention does not change, unlike img/s on a shared machine."""
+    import statistics
+
+    ms = [1000 * s / images for s in variant_s]
+    base = [1000 * s / images for s in local_s]
+    ratio = statistics.median(b / v for b, v in zip(base, ms))
+    return {"bench": "beam", "name": f"{BEAM_VARIANTS[name][0]}: CPU per image", "value": round(statistics.median(ms), 2),
+            "unit": "ms CPU/img", "baseline_name": "vinted predict: CPU per image",
+            "baseline_value": round(statistics.median(base), 2), "ratio": round(ratio, 3), "goal": None,
+            "goal_met": None, "higher_is_better": False, "samples": [round(v, 2) for v in ms],
+            "note": "user+system CPU of every process (driver, workers; the local process), per image; "
+                    "ratio = vinted predict's / Beam's (above 1: Beam spends less CPU per image)"}
 
 
 # --------------------------------------------------------------------------- scale: memory vs job size
