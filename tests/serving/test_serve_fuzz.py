@@ -319,7 +319,8 @@ def test_fuzz_volume_and_server_still_answers(fuzz_stack):
     assert {200, 400, 404} <= set(REST_SENT)
     assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND} <= set(GRPC_SENT)
     status, _, payload = fuzz_stack["loop"].run_until_complete(_asgi_call(
-        fuzz_stack["app"].app, "POST", "/v1/models/my_model:predict", [(b"content-type", b"application/json")],
+        fuzz_stack["app"].app, "POST", "/v1/models/my_model:predict",
+        [(b"host", b"127.0.0.1:9000"), (b"content-type", b"application/json")],
         [json.dumps({"instances": [JPEG]}).encode()], False))
     assert status == 200 and len(json.loads(payload)["predictions"][0]["cc3"]) == 4
     request = predict_pb2.PredictRequest()

@@ -220,6 +220,7 @@ class _FakeVersion:
         if gate is not None:
             gate.wait(10)
         self.name, self.version, self.path = name, version, path
+        self.bytes_per_item, self.measured_with = None, None  # nothing measured, as without warm-up records
 
 
 def test_loading_state_is_reported_and_old_version_serves_meanwhile(tmp_path):
