@@ -102,9 +102,10 @@ def test_stratified_subsample_keeps_each_category_share_and_is_reproducible():
 
 def test_phase_2_shrinks_when_phase_1_ran_slower_than_planned():
     p = plan(600).to_dict()  # caching 160 s, head epochs 7.5 s, evaluation 20 s, baseline 10 s, 5 x 30 s fine-tune
-    # on time: phase 1 took its predicted 160 + 30 x 7.5 = 385 s and 215 s are left -> floor(185 / 30) = 6, capped at 5
-    assert finetune_epochs_left(p, seconds_left=215, phase1_seconds=385, head_epochs_run=30) == 5
-    # early stopping after 10 epochs: predicted 235 s; it took 470 s (2x): 215 s left count as 107.5 -> floor(77.5 / 30)
-    assert finetune_epochs_left(p, seconds_left=215, phase1_seconds=470, head_epochs_run=10) == 2
-    assert finetune_epochs_left(p, seconds_left=50, phase1_seconds=385, head_epochs_run=30) == 0  # 20 s < one epoch
+    # on time: phase 1 took its predicted 160 + 30 x 7.5 + 20 s start = 405 s; 215 s left -> floor(185 / 30) = 6, capped
+    assert finetune_epochs_left(p, seconds_left=215, phase1_seconds=405, head_epochs_run=30) == 5
+    assert finetune_epochs_left(p, seconds_left=215, phase1_seconds=20, head_epochs_run=30) == 5  # faster: no credit
+    # early stopping after 10 epochs: predicted 255 s; it took 510 s (2x): 215 s left count as 107.5 -> floor(77.5 / 30)
+    assert finetune_epochs_left(p, seconds_left=215, phase1_seconds=510, head_epochs_run=10) == 2
+    assert finetune_epochs_left(p, seconds_left=50, phase1_seconds=405, head_epochs_run=30) == 0  # 20 s < one epoch
     assert finetune_epochs_left(dict(p, finetune_epochs=0), seconds_left=1e6, phase1_seconds=1, head_epochs_run=1) == 0
