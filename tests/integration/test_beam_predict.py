@@ -154,6 +154,13 @@ def test_cli_runner_options_reach_beam_and_bad_input_is_named(exported, tmp_path
     assert printed.startswith("DONE: {'images_read': 8, 'images_scored': 7, 'images_rejected': 2}"), printed
     assert pd.read_parquet(out)["uuid"].tolist() == [u for u in ids if u not in (corrupt, missing)]
     assert pd.read_parquet(out.with_name("predictions_rejected.parquet"))["uuid"].tolist() == [corrupt, missing]
+    sharded = tmp_path / "sharded" / "predictions.parquet"
+    assert main([*common, "--mixed-precision-rewrite", "off", "--out", str(sharded), "--shards-only",
+                 "--batch-size", "3", "--direct_num_workers=1"]) == 0
+    assert f"predictions {sharded.with_name('predictions_shards')}, rejected " in capsys.readouterr().out
+    shards = sorted(p.name for p in sharded.with_name("predictions_shards").iterdir())
+    assert shards and all(name.startswith(("predictions-", "rejected-")) for name in shards), shards
+    assert not sharded.exists()
     with pytest.raises(SystemExit):
         main(["predict", "--direct_num_workers=2"])  # Beam options without --runner are an error
     assert "unrecognized arguments: --direct_num_workers=2" in capsys.readouterr().err
