@@ -148,7 +148,7 @@ def cache_features(bundle, cfg: RunConfig, prepared: data.PreparedData, folder: 
 
 
 def _train_head_on_cached_features(bundle, cfg: RunConfig, prepared: data.PreparedData, run_dir: Path,
-                                   counts: dict) -> dict:
+                                   counts: dict | None = None) -> dict:
     """Phase 1 with cached features: the backbone runs once per (view of an) image, not per epoch."""
     from .features import feature_dataset
 
