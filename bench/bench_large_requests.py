@@ -126,7 +126,7 @@ def run(ctx: harness.Context) -> list[dict]:
 
     in_process(1)
     in_process(min(IN_PROCESS_CHUNK, max(sizes)))  # trace both shapes before timing
-    repeats = ctx.pick(2, 1)
+    repeats = ctx.pick(3, 1)
     process, url = _start(base, ctx.work / "server", "0")
     endpoint = f"{url}/v1/models/my_model:predict"
     session = requests.Session()
