@@ -249,3 +249,19 @@ def test_our_server_serves_the_real_binarys_flags_from_the_exports_serving_files
             assert ':tensorflow:serving:request_count{model_name="my_model",status="OK"} 1' in metrics
     finally:
         app.close()
+
+
+def test_deployments_hand_the_real_binary_only_flags_it_parses():
+    """docker-compose.yml and the Kubernetes Deployment run tensorflow_model_server itself: their argv must
+    pass TensorFlow's flag rules against TF Serving's flag table, or the real server would ignore them."""
+    import tf_flags
+    import yaml
+
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    manifests = list(yaml.safe_load_all((PROJECT / "deploy" / "serving" / "tf-serving.yaml").read_text()))
+    deployment = next(m for m in manifests if m and m.get("kind") == "Deployment")
+    argvs = {"docker-compose.yml": compose["services"]["tf-serving"]["command"],
+             "deploy/serving/tf-serving.yaml": deployment["spec"]["template"]["spec"]["containers"][0]["args"]}
+    for where, argv in argvs.items():
+        parsed = tf_flags.parse(argv)
+        assert parsed["model_config_file"] and parsed["enable_batching"] == "true", where
