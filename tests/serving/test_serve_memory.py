@@ -68,25 +68,8 @@ def test_image_at_the_pixel_limit_costs_at_most_64_mib(tmp_path):
     assert width * height <= DEFAULT_MAX_IMAGE_PIXELS < (width + 1) * (height + 1)
     bodies = {fmt: json.dumps({"instances": [{"b64": base64.b64encode(photo_like(width, height, fmt)).decode()}]})
               for fmt in ("PNG", "JPEG")}
-    port = free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "tf_serving_compat.server", "--port=0",
-                                   f"--rest_api_port={port}", f"--model_base_path={base}",
-                                   "--file_system_poll_wait_seconds=0"], cwd=PROJECT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/v1/models/my_model:predict"
+    server, url = _start_server(tmp_path, base, dict(os.environ))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                small = {"instances": [{"b64": base64.b64encode(jpeg_bytes()).decode()}]}
-                if requests.post(url, json=small, timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.3)
         process = psutil.Process(server.pid)
         before = process.memory_info().rss
         peak, stop = [before], threading.Event()
@@ -124,31 +107,15 @@ def test_memory_returns_after_a_request_of_many_large_compressible_jpegs(tmp_pat
 
     base = tmp_path / "my_model"
     install_version(template(V1_BIAS), base, 1)
-    port = free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
+    env = dict(os.environ)
     env.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)
     if system_allocator:
         env["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = system_allocator
-    with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "tf_serving_compat.server", "--port=0",
-                                   f"--rest_api_port={port}", f"--model_base_path={base}",
-                                   "--file_system_poll_wait_seconds=0"], cwd=PROJECT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/v1/models/my_model:predict"
-    tiny = {"instances": [{"b64": base64.b64encode(jpeg_bytes()).decode()}]}
     ordinary = json.dumps({"instances": [{"b64": base64.b64encode(photo_like(1600, 1200, "JPEG")).decode()}] * 16})
     big = photo_like(4000, 2800, "JPEG")  # 11.2 MP, a few hundred KB: cheap to send, costly to decode
     heavy = json.dumps({"instances": [{"b64": base64.b64encode(big).decode()}] * 24})
+    server, url = _start_server(tmp_path, base, env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                if requests.post(url, json=tiny, timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.3)
         process = psutil.Process(server.pid)
         for _ in range(3):  # steady state: what ordinary traffic keeps
             assert requests.post(url, data=ordinary, timeout=120).status_code == 200
@@ -164,3 +131,30 @@ def test_memory_returns_after_a_request_of_many_large_compressible_jpegs(tmp_pat
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _start_server(tmp_path: Path, base: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """Our server in a child process on ``base`` (log in ``tmp_path``), once it answers a predict."""
+    port = free_port()
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
+    with open(tmp_path / "server.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "tf_serving_compat.server", "--port=0",
+                                   f"--rest_api_port={port}", f"--model_base_path={base}",
+                                   "--file_system_poll_wait_seconds=0"], cwd=PROJECT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/v1/models/my_model:predict"
+    small = {"instances": [{"b64": base64.b64encode(jpeg_bytes()).decode()}]}
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                if requests.post(url, json=small, timeout=5).status_code == 200:
+                    return server, url
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+    except BaseException:
+        server.terminate()
+        server.wait(30)
+        raise
