@@ -31,6 +31,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import tensorflow as tf
+
+# Keras's TensorFlow trainer internals, patched below for MultiWorkerMirroredStrategy (no public hook).
+from keras.src import tree
+from keras.src.backend.tensorflow import trainer as tf_trainer
+
+from .model import load_model
+
 log = logging.getLogger(__name__)
 
 
@@ -49,8 +57,9 @@ class ClusterInfo:
     @property
     def is_chief(self) -> bool:
         """The ``chief`` task, or worker 0 when the cluster has no chief (TensorFlow's convention)."""
-        return self.task_type == "chief" or (self.task_type == "worker" and self.task_index == 0
-                                             and not self._has_chief)
+        return self.task_type == "chief" or (
+            self.task_type == "worker" and self.task_index == 0 and not self._has_chief
+        )
 
     _has_chief: bool = False
 
@@ -75,63 +84,78 @@ def cluster_from_env(environ: dict[str, str] | None = None) -> ClusterInfo:
     if task_type not in trainers:
         raise ValueError(f"TF_CONFIG task type {task_type!r}: only 'chief' and 'worker' train (got {raw!r})")
     if not 0 <= task_index < len(trainers[task_type]):
-        raise ValueError(f"TF_CONFIG task index {task_index} is outside cluster[{task_type!r}] "
-                         f"({len(trainers[task_type])} address(es)): {raw!r}")
-    return ClusterInfo(len(trainers["chief"]) + len(trainers["worker"]), task_type, task_index,
-                       _has_chief=bool(trainers["chief"]))
+        raise ValueError(
+            f"TF_CONFIG task index {task_index} is outside cluster[{task_type!r}] "
+            f"({len(trainers[task_type])} address(es)): {raw!r}"
+        )
+    return ClusterInfo(
+        len(trainers["chief"]) + len(trainers["worker"]), task_type, task_index, _has_chief=bool(trainers["chief"])
+    )
 
 
 def make_strategy(cluster: ClusterInfo):
     """``MultiWorkerMirroredStrategy`` for a multi-worker cluster, else None (decided later, per host)."""
     if not cluster.multi_worker:
         return None
-    import tensorflow as tf
-
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     patch_keras_first_batch_build()
-    log.info("training on %s with MultiWorkerMirroredStrategy: %d replica(s) in sync", cluster.describe(),
-             strategy.num_replicas_in_sync)
+    log.info(
+        "training on %s with MultiWorkerMirroredStrategy: %d replica(s) in sync",
+        cluster.describe(),
+        strategy.num_replicas_in_sync,
+    )
     return strategy
 
 
 def patch_keras_first_batch_build() -> None:
-    """Let Keras 3.15's ``fit``/``evaluate`` start under ``MultiWorkerMirroredStrategy``.
+    """Let Keras 3.15's ``fit``/``evaluate`` start and log under ``MultiWorkerMirroredStrategy``.
 
-    Before the first step Keras builds the model from one batch, which it gets by
+    Two of Keras's steps reduce whole structures across replicas, which that strategy with more
+    than one worker cannot do (``_patch_first_batch_build``, ``_patch_log_reduction``); other
+    strategies keep Keras's own code. Idempotent.
+    """
+    trainer = tf_trainer.TensorFlowTrainer
+    if getattr(trainer._maybe_symbolic_build, "multi_worker_patch", False):
+        return
+    _patch_first_batch_build(trainer)
+    _patch_log_reduction()
+
+
+def _local_value(strategy, value):
+    """This worker's first replica's part of a distributed value (a plain value as it is)."""
+    return (
+        strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+    )
+
+
+def _patch_first_batch_build(trainer) -> None:
+    """Before the first step Keras builds the model from one batch, which it gets by
     ``strategy.reduce("MEAN", (x, y), axis=None)`` on the whole nested batch
     (``TensorFlowTrainer._maybe_symbolic_build``). MultiWorkerMirroredStrategy with more than one
     worker only reduces single distributed values and fails on the structure ("Attempt to convert a
     value (PerReplica...) to a Tensor"). Only the shapes and dtypes matter there, so under that
-    strategy the batch is taken from this worker's first replica instead; other strategies keep
-    Keras's own code. Idempotent.
+    strategy the batch is taken from this worker's first replica instead.
     """
-    import tensorflow as tf
-    from keras.src import tree
-    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
-
-    original = TensorFlowTrainer._maybe_symbolic_build
-    if getattr(original, "multi_worker_patch", False):
-        return
+    original = trainer._maybe_symbolic_build
 
     def maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
         if iterator is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return original(self, iterator=iterator, data_batch=data_batch)
         for _, _, batches in iterator:
-            data_batch = tree.map_structure(
-                lambda value: strategy.experimental_local_results(value)[0]
-                if isinstance(value, tf.distribute.DistributedValues) else value, next(batches))
+            data_batch = tree.map_structure(lambda value: _local_value(strategy, value), next(batches))
             break
         return original(self, iterator=None, data_batch=data_batch)
 
-    maybe_symbolic_build.multi_worker_patch = True
-    TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    maybe_symbolic_build.multi_worker_patch = True  # type: ignore[attr-defined]
+    trainer._maybe_symbolic_build = maybe_symbolic_build
 
-    # Same strategy, next step: each step's logs (scalar losses and metrics) are averaged over the
-    # workers with strategy.reduce("MEAN", value, axis=0), which fails on a scalar ("Invalid
-    # reduction dimension 0 for input with 0 dimensions"). A scalar's mean over replicas is axis=None.
-    from keras.src.backend.tensorflow import trainer as tf_trainer
 
+def _patch_log_reduction() -> None:
+    """Each step's logs (scalar losses and metrics) are averaged over the workers with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on a scalar ("Invalid reduction
+    dimension 0 for input with 0 dimensions"). A scalar's mean over replicas is ``axis=None``.
+    """
     keras_reduce = tf_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction="auto"):
@@ -140,8 +164,7 @@ def patch_keras_first_batch_build() -> None:
 
         def reduce_one(value):
             # With one replica per worker, a step's output is a plain tensor, not a PerReplica.
-            local = (strategy.experimental_local_results(value)[0]
-                     if isinstance(value, tf.distribute.DistributedValues) else value)
+            local = _local_value(strategy, value)
             if getattr(local, "shape", None) is not None and local.shape.rank == 0:
                 return strategy.reduce("MEAN", value, axis=None)
             return keras_reduce(value, strategy, reduction=reduction)
@@ -156,8 +179,6 @@ def scope(strategy, hardware: dict):
     if strategy is not None:
         return strategy.scope()
     if len(hardware.get("gpus", [])) > 1:
-        import tensorflow as tf
-
         mirrored = tf.distribute.MirroredStrategy()
         log.info("training on %d GPUs with MirroredStrategy", mirrored.num_replicas_in_sync)
         return mirrored.scope()
@@ -172,8 +193,6 @@ def barrier(strategy) -> None:
     """
     if strategy is None:
         return
-    import tensorflow as tf
-
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
@@ -183,8 +202,6 @@ def chief_values(strategy, is_chief: bool, values: list[float]) -> list[float]:
     Each of the chief's local replicas adds its share (``1 / local replicas``), so the sum is the
     chief's numbers whatever the number of GPUs per worker. Every worker must call it together.
     """
-    import tensorflow as tf
-
     local_replicas = len(strategy.extended.worker_devices)
     share = tf.constant([float(v) / local_replicas if is_chief else 0.0 for v in values], tf.float64)
     total = strategy.reduce("SUM", strategy.run(lambda: tf.identity(share)), axis=None)
@@ -207,8 +224,6 @@ def worker_run_dir(run_dir: Path, cluster: ClusterInfo) -> Path:
 
 def shard_by_data(dataset):
     """Shard a dataset across workers element by element (after the global batch is split per replica)."""
-    import tensorflow as tf
-
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
@@ -222,6 +237,4 @@ def local_model(model, saved_path: Path, strategy):
     """
     if strategy is None:
         return model
-    from .model import load_model
-
     return load_model(saved_path, compile=False)

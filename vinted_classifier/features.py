@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from . import progress
+from .config import RunConfig
+from .contract import TAGS_OUTPUT
 from .utils import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,9 @@ def load_feature_cache(path: Path, key: dict) -> FeatureCache | None:
     return cache
 
 
-def write_feature_cache(bundle, dataset, path: Path, *, category_output: str, augment_views: int = 0,
-                        key: dict | None = None) -> FeatureCache:
+def write_feature_cache(
+    bundle, dataset, path: Path, *, category_output: str, augment_views: int = 0, key: dict | None = None
+) -> FeatureCache:
     """Run the frozen feature extractor over ``dataset`` once and stream the records to ``path``.
 
     ``dataset`` yields ``(images, {category_output: codes, "tags": tags})``. The clean view comes
@@ -74,7 +77,8 @@ def write_feature_cache(bundle, dataset, path: Path, *, category_output: str, au
     file and its ``.json`` sidecar appear only when complete (temporary names, then rename), and
     a complete cache with the same ``key`` is reused instead of recomputed (resume after a crash).
     """
-    import tensorflow as tf
+    # TensorFlow only when features are computed: `vinted cache status/clear` imports this module without it.
+    import tensorflow as tf  # noqa: PLC0415
 
     key = dict(key or {}, augment_views=int(augment_views))
     if (existing := load_feature_cache(path, key)) is not None:
@@ -87,25 +91,8 @@ def write_feature_cache(bundle, dataset, path: Path, *, category_output: str, au
         views += [augment] * augment_views
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = [path.with_name(f".{path.name}.view{v}.part") for v in range(len(views))]
-    rows, feature_dim, n_tags = 0, 0, 0
     try:
-        files = [open(part, "wb") for part in parts]
-        try:
-            batches = int(dataset.cardinality())
-            for images, targets in progress.bar(dataset, total=batches if batches >= 0 else None,
-                                                desc=f"caching features ({path.stem}, {len(views)} view(s))",
-                                                unit="batch"):
-                labels = np.concatenate([
-                    np.asarray(targets[category_output], RECORD_DTYPE)[:, None],
-                    np.asarray(targets["tags"], RECORD_DTYPE)], axis=1)
-                for view, out in zip(views, files):
-                    features = np.asarray(extract(images if view is None else view(images)), RECORD_DTYPE)
-                    out.write(np.concatenate([features, labels], axis=1).tobytes())
-                rows += len(labels)
-                feature_dim, n_tags = features.shape[1], labels.shape[1] - 1
-        finally:
-            for out in files:
-                out.close()
+        rows, feature_dim, n_tags = _write_view_parts(extract, views, dataset, parts, path, category_output)
         if rows == 0:
             raise ValueError(f"no images to cache features for ({path})")
         with atomic_path(path) as tmp, open(tmp, "wb") as joined:
@@ -117,15 +104,62 @@ def write_feature_cache(bundle, dataset, path: Path, *, category_output: str, au
             part.unlink(missing_ok=True)
     cache = FeatureCache(path, rows * len(views), int(feature_dim), int(n_tags), key)
     write_json(_meta_path(path), {k: v for k, v in asdict(cache).items() if k != "path"})
-    log.info("feature cache %s: %d rows (%d image(s) x %d view(s)), dim %d, %.1f MiB", path, cache.rows, rows,
-             len(views), cache.feature_dim, path.stat().st_size / 2**20)
+    log.info(
+        "feature cache %s: %d rows (%d image(s) x %d view(s)), dim %d, %.1f MiB",
+        path,
+        cache.rows,
+        rows,
+        len(views),
+        cache.feature_dim,
+        path.stat().st_size / 2**20,
+    )
     return cache
 
 
-def feature_dataset(cache: FeatureCache, *, batch_size: int, category_output: str, shuffle_buffer: int = 0,
-                    seed: int = 0, class_weights: np.ndarray | None = None):
+def _write_view_parts(
+    extract, views: list, dataset, parts: list[Path], path: Path, category_output: str
+) -> tuple[int, int, int]:
+    """One pass over ``dataset``: each view's records to its own part file; (images, feature dim, tags)."""
+    rows, feature_dim, n_tags = 0, 0, 0
+    files = [open(part, "wb") for part in parts]
+    try:
+        batches = int(dataset.cardinality())
+        for images, targets in progress.bar(
+            dataset,
+            total=batches if batches >= 0 else None,
+            desc=f"caching features ({path.stem}, {len(views)} view(s))",
+            unit="batch",
+        ):
+            labels = np.concatenate(
+                [
+                    np.asarray(targets[category_output], RECORD_DTYPE)[:, None],
+                    np.asarray(targets[TAGS_OUTPUT], RECORD_DTYPE),
+                ],
+                axis=1,
+            )
+            for view, out in zip(views, files, strict=True):
+                features = np.asarray(extract(images if view is None else view(images)), RECORD_DTYPE)
+                out.write(np.concatenate([features, labels], axis=1).tobytes())
+            rows += len(labels)
+            feature_dim, n_tags = features.shape[1], labels.shape[1] - 1
+    finally:
+        for out in files:
+            out.close()
+    return rows, feature_dim, n_tags
+
+
+def feature_dataset(
+    cache: FeatureCache,
+    *,
+    batch_size: int,
+    category_output: str,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
+    class_weights: np.ndarray | None = None,
+):
     """Batches ``(features, targets[, sample weights])`` streamed from a cache file, as the head's fit expects."""
-    import tensorflow as tf
+    # TensorFlow only when features are read: `vinted cache status/clear` imports this module without it.
+    import tensorflow as tf  # noqa: PLC0415
 
     dim = cache.feature_dim
     ds = tf.data.FixedLengthRecordDataset(str(cache.path), record_bytes=cache.record_bytes, buffer_size=1 << 20)
@@ -142,11 +176,11 @@ def feature_dataset(cache: FeatureCache, *, batch_size: int, category_output: st
     def split(raw):
         records = tf.io.decode_raw(raw, tf.float32)  # [batch, dim + 1 + tags]
         codes = tf.cast(records[:, dim], tf.int64)
-        targets = {category_output: codes, "tags": records[:, dim + 1:]}
+        targets = {category_output: codes, TAGS_OUTPUT: records[:, dim + 1 :]}
         if weights is None:
             return records[:, :dim], targets
         per_row = tf.gather(weights, codes)
-        return records[:, :dim], targets, {category_output: per_row, "tags": tf.ones_like(per_row)}
+        return records[:, :dim], targets, {category_output: per_row, TAGS_OUTPUT: tf.ones_like(per_row)}
 
     # Batch the raw records first: one vectorised decode per batch instead of one per row.
     return ds.batch(batch_size).map(split, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -180,8 +214,38 @@ def weights_fingerprint(model) -> str:
 
 def model_key(bundle, *, backbone: str, image_size, pooling: str, precision: str) -> dict:
     """Everything besides the image that determines a feature vector."""
-    return {"version": STORE_VERSION, "backbone": backbone, "weights": weights_fingerprint(bundle.feature_extractor),
-            "image_size": list(image_size), "pooling": pooling, "precision": precision}
+    return {
+        "version": STORE_VERSION,
+        "backbone": backbone,
+        "weights": weights_fingerprint(bundle.feature_extractor),
+        "image_size": list(image_size),
+        "pooling": pooling,
+        "precision": precision,
+    }
+
+
+def store_key(bundle, cfg: RunConfig) -> dict:
+    """The store's key for a run's model under the current Keras precision policy (the one key function)."""
+    # Keras only once features are computed: `vinted cache status/clear` reads the store without TensorFlow.
+    import keras  # noqa: PLC0415
+
+    return model_key(
+        bundle,
+        backbone=cfg.model.backbone,
+        image_size=cfg.model.image_size,
+        pooling=cfg.model.pooling,
+        precision=keras.mixed_precision.global_policy().name,
+    )
+
+
+def open_store(bundle, cfg: RunConfig) -> FeatureStore:
+    """The shared, content-addressed feature store for this run's model."""
+    return FeatureStore(cfg.feature_cache_root, store_key(bundle, cfg))
+
+
+def cached_views(cfg: RunConfig) -> int:
+    """Augmented views cached per training image: none when the model does not augment."""
+    return cfg.train.cached_augmented_views if cfg.model.augment else 0
 
 
 def file_hash(path: str | Path) -> str:
@@ -194,8 +258,9 @@ class FeatureStore:
 
     def __init__(self, root: str | Path, key: dict):
         self.root, self.key = Path(root), dict(key)
-        self.folder = self.root / hashlib.blake2b(json.dumps(self.key, sort_keys=True).encode(),
-                                                  digest_size=8).hexdigest()
+        self.folder = (
+            self.root / hashlib.blake2b(json.dumps(self.key, sort_keys=True).encode(), digest_size=8).hexdigest()
+        )
         self.computed = self.reused = 0
 
     def entry(self, image_hash: str, view: int, seed: int) -> Path:
@@ -229,8 +294,14 @@ def store_status(root: str | Path) -> list[dict]:
     for folder in sorted(p for p in Path(root).glob("*") if p.is_dir()):
         entries = [f for f in folder.glob("*/*.f32")]
         key_file = folder / "key.json"
-        rows.append({"folder": folder.name, "key": json.loads(key_file.read_text()) if key_file.is_file() else None,
-                     "entries": len(entries), "bytes": sum(f.stat().st_size for f in entries)})
+        rows.append(
+            {
+                "folder": folder.name,
+                "key": json.loads(key_file.read_text()) if key_file.is_file() else None,
+                "entries": len(entries),
+                "bytes": sum(f.stat().st_size for f in entries),
+            }
+        )
     return rows
 
 
@@ -244,7 +315,10 @@ def clear_store(root: str | Path) -> tuple[int, int]:
 
 
 def enforce_size_cap(root: str | Path, max_bytes: int) -> tuple[int, int]:
-    """Delete the least recently written entries until the store holds at most ``max_bytes``; (entries, bytes) removed."""
+    """Delete the least recently written entries until the store holds ``max_bytes`` at most.
+
+    Returns (entries, bytes) removed.
+    """
     entries = []
     for path in Path(root).glob("*/*/*.f32"):
         try:
@@ -260,15 +334,31 @@ def enforce_size_cap(root: str | Path, max_bytes: int) -> tuple[int, int]:
         path.unlink(missing_ok=True)
         removed, freed = removed + 1, freed + size
     if removed:
-        log.info("feature store %s over its %.2f GiB cap: removed %d oldest entries (%.1f MiB)", root,
-                 max_bytes / 2**30, removed, freed / 2**20)
+        log.info(
+            "feature store %s over its %.2f GiB cap: removed %d oldest entries (%.1f MiB)",
+            root,
+            max_bytes / 2**30,
+            removed,
+            freed / 2**20,
+        )
     return removed, freed
 
 
-def compute_missing(bundle, store: FeatureStore, paths: list[str], hashes: list[str], *, views: int, seed: int,
-                    image_size, batch_size: int, desc: str) -> None:
+def compute_missing(
+    bundle,
+    store: FeatureStore,
+    paths: list[str],
+    hashes: list[str],
+    *,
+    views: int,
+    seed: int,
+    image_size,
+    batch_size: int,
+    desc: str,
+) -> None:
     """Run the backbone over the images whose entries (clean view, then ``views`` augmented ones) are missing."""
-    import tensorflow as tf
+    # TensorFlow only when features are computed: `vinted cache status/clear` imports this module without it.
+    import tensorflow as tf  # noqa: PLC0415
 
     wanted = range(1 + (views if bundle.augmenter is not None else 0))
     missing_views = {i: [v for v in wanted if not store.entry(hashes[i], v, seed).is_file()] for i in range(len(paths))}
@@ -278,31 +368,43 @@ def compute_missing(bundle, store: FeatureStore, paths: list[str], hashes: list[
         return
     store.write_key()
     extract = tf.function(lambda x: bundle.feature_extractor(x, training=False), reduce_retracing=True)
-    augment = (tf.function(lambda x: bundle.augmenter(x, training=True), reduce_retracing=True)
-               if bundle.augmenter is not None else None)
+    # Traced on first use only: views > 0 are wanted only when the bundle has an augmenter.
+    augment = tf.function(lambda x: bundle.augmenter(x, training=True), reduce_retracing=True)
     images = pipeline_images([paths[i] for i in todo], image_size=image_size, batch_size=batch_size)
     batches = -(-len(todo) // batch_size)
     done = 0
-    for batch in progress.bar(images, total=batches, desc=f"{desc}: backbone features of {len(todo)} image(s)",
-                              unit="batch"):
-        rows = todo[done:done + int(batch.shape[0])]
+    for batch in progress.bar(
+        images, total=batches, desc=f"{desc}: backbone features of {len(todo)} image(s)", unit="batch"
+    ):
+        rows = todo[done : done + int(batch.shape[0])]
         done += len(rows)
         for view in sorted({v for i in rows for v in missing_views[i]}):
             features = np.asarray(extract(batch if view == 0 else augment(batch)), RECORD_DTYPE)
-            for i, vector in zip(rows, features):
+            for i, vector in zip(rows, features, strict=True):
                 if view in missing_views[i]:
                     store.put(hashes[i], view, seed, vector)
                     store.computed += 1
 
 
 def pipeline_images(paths: list[str], *, image_size, batch_size: int):
-    from . import pipeline
+    # pipeline imports TensorFlow: `vinted cache status/clear` imports this module without it.
+    from . import pipeline  # noqa: PLC0415
 
     return pipeline.make_dataset(paths, image_size=image_size, batch_size=batch_size)
 
 
-def join_rows(store: FeatureStore, path: Path, hashes: list[str], codes: np.ndarray, tags: np.ndarray, *,
-              views: int, seed: int, order: np.ndarray | None = None, key: dict | None = None) -> FeatureCache:
+def join_rows(
+    store: FeatureStore,
+    path: Path,
+    hashes: list[str],
+    codes: np.ndarray,
+    tags: np.ndarray,
+    *,
+    views: int,
+    seed: int,
+    order: np.ndarray | None = None,
+    key: dict | None = None,
+) -> FeatureCache:
     """The flat file ``feature_dataset`` reads: view by view, each image's features + code + tags, in ``order``."""
     order = np.arange(len(hashes)) if order is None else np.asarray(order)
     labels = np.concatenate([np.asarray(codes, RECORD_DTYPE)[:, None], np.asarray(tags, RECORD_DTYPE)], axis=1)
@@ -312,27 +414,47 @@ def join_rows(store: FeatureStore, path: Path, hashes: list[str], codes: np.ndar
             for i in order:
                 vector = store.get(hashes[i], view, seed)
                 if vector is None:
-                    raise FileNotFoundError(f"feature store entry {store.entry(hashes[i], view, seed)} vanished while "
-                                            "in use (another command cleared the store or its size cap is too small)")
+                    raise FileNotFoundError(
+                        f"feature store entry {store.entry(hashes[i], view, seed)} vanished while "
+                        "in use (another command cleared the store or its size cap is too small)"
+                    )
                 if dim is None:
                     dim = len(vector)
                 elif len(vector) != dim:
-                    raise ValueError(f"feature store entry {store.entry(hashes[i], view, seed)} holds {len(vector)} "
-                                     f"values, expected {dim}: delete it (vinted cache clear)")
+                    raise ValueError(
+                        f"feature store entry {store.entry(hashes[i], view, seed)} holds {len(vector)} "
+                        f"values, expected {dim}: delete it (vinted cache clear)"
+                    )
                 out.write(np.concatenate([vector, labels[i]]).tobytes())
+    if dim is None:
+        raise ValueError(f"no rows to join into {path}")
     cache = FeatureCache(path, len(order) * (1 + views), int(dim), labels.shape[1] - 1, dict(key or {}))
     write_json(_meta_path(path), {k: v for k, v in asdict(cache).items() if k != "path"})
     return cache
 
 
-def cached_features(bundle, store: FeatureStore, path: Path, paths: list[str], hashes: list[str], codes, tags, *,
-                    views: int, seed: int, image_size, batch_size: int, order=None, desc: str) -> FeatureCache:
+def cached_features(
+    bundle,
+    store: FeatureStore,
+    path: Path,
+    paths: list[str],
+    hashes: list[str],
+    codes,
+    tags,
+    *,
+    views: int,
+    seed: int,
+    image_size,
+    batch_size: int,
+    order=None,
+    desc: str,
+) -> FeatureCache:
     """Compute what the store lacks, then join this split's rows into ``path``."""
     views = views if bundle.augmenter is not None else 0
-    compute_missing(bundle, store, paths, hashes, views=views, seed=seed, image_size=image_size,
-                    batch_size=batch_size, desc=desc)
-    key = {"store": store.folder.name, "views": views, "seed": seed,
-           "rows": rows_digest(hashes, codes, tags, order)}
+    compute_missing(
+        bundle, store, paths, hashes, views=views, seed=seed, image_size=image_size, batch_size=batch_size, desc=desc
+    )
+    key = {"store": store.folder.name, "views": views, "seed": seed, "rows": rows_digest(hashes, codes, tags, order)}
     if (joined := load_feature_cache(path, key)) is not None:  # the same rows already joined (a rerun)
         return joined
     return join_rows(store, path, hashes, codes, tags, views=views, seed=seed, order=order, key=key)
@@ -342,7 +464,10 @@ def rows_digest(hashes: list[str], codes, tags, order=None) -> str:
     """What a joined file holds, row by row: images, labels and order."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update("\n".join(hashes).encode())
-    for array in (np.asarray(codes, np.int64), np.asarray(tags, np.float32),
-                  np.arange(len(hashes)) if order is None else np.asarray(order, np.int64)):
+    for array in (
+        np.asarray(codes, np.int64),
+        np.asarray(tags, np.float32),
+        np.arange(len(hashes)) if order is None else np.asarray(order, np.int64),
+    ):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

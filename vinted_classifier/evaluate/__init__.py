@@ -10,11 +10,20 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
-    "binarize_tags": "rules", "top2": "rules",
-    "evaluate_predictions": "metrics", "format_report": "metrics", "score_hard_predictions": "metrics",
+    "binarize_tags": "rules",
+    "top2": "rules",
+    "evaluate_predictions": "metrics",
+    "format_report": "metrics",
+    "score_hard_predictions": "metrics",
+    "top1_top2_accuracy": "metrics",
     "tune_thresholds": "metrics",
-    "FIGURE_NAMES": "figures", "confusion_matrix_figure": "figures", "learning_curves_figure": "figures",
-    "pr_figure": "figures", "roc_figure": "figures", "save_figures": "figures", "tag_confusion_figure": "figures",
+    "FIGURE_NAMES": "figures",
+    "confusion_matrix_figure": "figures",
+    "learning_curves_figure": "figures",
+    "pr_figure": "figures",
+    "roc_figure": "figures",
+    "save_figures": "figures",
+    "tag_confusion_figure": "figures",
 }
 __all__ = sorted(_HOMES)
 

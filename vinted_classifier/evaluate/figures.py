@@ -69,7 +69,12 @@ def confusion_matrix_figure(y_cat: Any, p_cat: Any, *, categories: Sequence[str]
     for i in labels:
         for j in labels:
             ax.text(
-                j, i, f"{norm[i, j]:.2f}\n({cm[i, j]})", ha="center", va="center", fontsize=7,
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n({cm[i, j]})",
+                ha="center",
+                va="center",
+                fontsize=7,
                 color="white" if norm[i, j] > 0.5 else "black",
             )
     return fig
@@ -115,8 +120,15 @@ def pr_figure(y_tags: Any, p_tags: Any, *, tag_names: Sequence[str], thresholds:
         tp = int((pred[:, j] & y[:, j]).sum())
         n_pred = int(pred[:, j].sum())
         if n_pred:  # precision undefined when nothing is predicted: nothing to mark
-            ax.plot(tp / n_pos, tp / n_pred, marker="o", markersize=7, color=line.get_color(),
-                    markeredgecolor="black", linestyle="none")
+            ax.plot(
+                tp / n_pos,
+                tp / n_pred,
+                marker="o",
+                markersize=7,
+                color=line.get_color(),
+                markeredgecolor="black",
+                linestyle="none",
+            )
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
@@ -201,7 +213,7 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
         axes[0].set_axis_off()
         axes[0].text(0.5, 0.5, "no training history", ha="center", va="center")
         return fig
-    for ax, (title, bases) in zip(axes, groups.items()):
+    for ax, (title, bases) in zip(axes, groups.items(), strict=True):
         for i, base in enumerate(bases):
             color = f"C{i % 10}"
             for key, style, suffix in ((base, "-", "train"), ("val_" + base, "--", "val")):

@@ -36,6 +36,7 @@ __all__ = [
     "evaluate_predictions",
     "format_report",
     "score_hard_predictions",
+    "top1_top2_accuracy",
     "top2",
     "tune_thresholds",
 ]
@@ -160,9 +161,7 @@ def tune_thresholds(y_true_tags: Any, p_tags: Any, *, grid: Any = None) -> np.nd
 
 def _category_metrics(y: np.ndarray, pred: np.ndarray, categories: Sequence[str]) -> dict:
     labels = list(range(len(categories)))
-    prec, rec, f1, support = precision_recall_fscore_support(
-        y, pred, labels=labels, average=None, zero_division=np.nan
-    )
+    prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, average=None, zero_division=np.nan)
     per_class = {
         name: {
             "precision": _opt_float(prec[i]),
@@ -266,10 +265,12 @@ def _slice_metrics(
     out: dict[str, dict] = {}
     keys, key_counts = np.unique(grouped, return_counts=True)
     # Largest slices first; OTHER last since it is a mixture, not a slice.
-    order = sorted(zip(keys.tolist(), key_counts.tolist()), key=lambda kv: (kv[0] == OTHER_SLICE, -kv[1], kv[0]))
+    order = sorted(
+        zip(keys.tolist(), key_counts.tolist(), strict=True), key=lambda kv: (kv[0] == OTHER_SLICE, -kv[1], kv[0])
+    )
     for key, count in order:
         mask = grouped == key
-        entry = {
+        entry: dict[str, Any] = {
             "n": int(count),
             "top1_accuracy": float(hit1[mask].mean()),
             "top2_accuracy": float(hit2[mask].mean()),
@@ -326,8 +327,7 @@ def evaluate_predictions(
     return result
 
 
-def score_hard_predictions(y_cat: Any, ranked: Any, y_tags: Any, pred_tags: Any, *,
-                           tag_names: Sequence[str]) -> dict:
+def score_hard_predictions(y_cat: Any, ranked: Any, y_tags: Any, pred_tags: Any, *, tag_names: Sequence[str]) -> dict:
     """Top-1/top-2 accuracy and per-tag F1 of predictions already made (codes and 0/1 flags).
 
     For files such as ``predictions.parquet`` scored against known labels, where no
@@ -336,8 +336,10 @@ def score_hard_predictions(y_cat: Any, ranked: Any, y_tags: Any, pred_tags: Any,
     y = np.asarray(y_cat)
     ranked = np.asarray(ranked)
     if ranked.ndim != 2 or ranked.shape[1] != 2 or y.shape != (ranked.shape[0],):
-        raise ValueError(f"ranked must be [N, 2] codes for N={y.shape[0] if y.ndim else '?'} labels, "
-                         f"got shapes {ranked.shape} and {y.shape}")
+        raise ValueError(
+            f"ranked must be [N, 2] codes for N={y.shape[0] if y.ndim else '?'} labels, "
+            f"got shapes {ranked.shape} and {y.shape}"
+        )
     yt, pt = _as_binary_matrix(y_tags, "y_tags"), _as_binary_matrix(pred_tags, "pred_tags")
     if yt.shape != pt.shape or yt.shape[0] != y.shape[0] or yt.shape[1] != len(tag_names):
         raise ValueError(f"y_tags {yt.shape} and pred_tags {pt.shape} must both be [{y.shape[0]}, {len(tag_names)}]")
@@ -352,6 +354,13 @@ def score_hard_predictions(y_cat: Any, ranked: Any, y_tags: Any, pred_tags: Any,
         "tags": {name: {"f1": _opt_float(f1[j]), "support": int(support[j])} for j, name in enumerate(tag_names)},
         "tag_macro_f1": _nanmean_or_none(f1),
     }
+
+
+def top1_top2_accuracy(y_cat: Any, p_cat: Any) -> tuple[float, float]:
+    """Top-1 and top-2 accuracy of category probabilities, ranked by :func:`top2` (the search's trial scores)."""
+    y = np.asarray(y_cat)
+    hit1, hit2 = _hits(top2(p_cat), y)
+    return float(hit1.mean()), float(hit2.mean())
 
 
 def _hits(ranked: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

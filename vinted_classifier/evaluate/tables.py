@@ -13,9 +13,18 @@ from vinted_classifier.evaluate.metrics import score_hard_predictions
 
 def summary_table(metrics: dict) -> pd.DataFrame:
     """Headline numbers per evaluated split (validation tunes the thresholds; holdout is untouched)."""
-    return pd.DataFrame({split: {"n": m["n"], "top1_accuracy": m["top1_accuracy"], "top2_accuracy": m["top2_accuracy"],
-                                 "category_macro_f1": m["categories"]["macro_f1"], "tag_macro_f1": m["tags"]["macro_f1"]}
-                         for split, m in metrics.items()}).T
+    return pd.DataFrame(
+        {
+            split: {
+                "n": m["n"],
+                "top1_accuracy": m["top1_accuracy"],
+                "top2_accuracy": m["top2_accuracy"],
+                "category_macro_f1": m["categories"]["macro_f1"],
+                "tag_macro_f1": m["tags"]["macro_f1"],
+            }
+            for split, m in metrics.items()
+        }
+    ).T
 
 
 def tag_table(split_metrics: dict) -> pd.DataFrame:
@@ -29,9 +38,15 @@ def slices_table(split_metrics: dict) -> pd.DataFrame:
     return pd.DataFrame(split_metrics.get("slices", {})).T
 
 
-def score_predictions_file(predictions: pd.DataFrame, labels_path: str | Path, *, id_column: str,
-                           category_column: str, categories: Sequence[str], tag_names: Sequence[str]
-                           ) -> pd.DataFrame | str:
+def score_predictions_file(
+    predictions: pd.DataFrame,
+    labels_path: str | Path,
+    *,
+    id_column: str,
+    category_column: str,
+    categories: Sequence[str],
+    tag_names: Sequence[str],
+) -> pd.DataFrame | str:
     """Score ``predictions.parquet`` rows against a labels file (the demo's ``test_labels.parquet``).
 
     Returns a one-column table (top-1, top-2, F1 per tag, tag macro F1), or a sentence saying why
@@ -50,8 +65,17 @@ def score_predictions_file(predictions: pd.DataFrame, labels_path: str | Path, *
     if unknown:
         raise ValueError(f"{path}: column {category_column!r} has categories {unknown} the model does not know")
     scores = score_hard_predictions(
-        merged[category_column].map(code_of).to_numpy(np.int64), merged[["category1", "category2"]].to_numpy(),
-        merged[[f"{t}_true" for t in tag_names]].to_numpy(), merged[list(tag_names)].to_numpy(), tag_names=tag_names)
-    row = {"n": scores["n"], "top1_accuracy": scores["top1_accuracy"], "top2_accuracy": scores["top2_accuracy"],
-           **{f"{tag} F1": scores["tags"][tag]["f1"] for tag in tag_names}, "tag macro F1": scores["tag_macro_f1"]}
+        merged[category_column].map(code_of).to_numpy(np.int64),
+        merged[["category1", "category2"]].to_numpy(),
+        merged[[f"{t}_true" for t in tag_names]].to_numpy(),
+        merged[list(tag_names)].to_numpy(),
+        tag_names=tag_names,
+    )
+    row = {
+        "n": scores["n"],
+        "top1_accuracy": scores["top1_accuracy"],
+        "top2_accuracy": scores["top2_accuracy"],
+        **{f"{tag} F1": scores["tags"][tag]["f1"] for tag in tag_names},
+        "tag macro F1": scores["tag_macro_f1"],
+    }
     return pd.Series(row, name="test").to_frame()

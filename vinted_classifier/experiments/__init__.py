@@ -1,5 +1,6 @@
-"""Experiment tooling around ``train.py``: best model across phases, time budgets, tracking, search, CV.
+"""Experiment tooling around ``train.py``: the shared set-up (``setup``), best model across phases,
+time budgets, tracking hooks, search and CV.
 
-Every module here imports its heavy dependencies (TensorFlow, MLflow, Optuna) inside functions,
-so importing the package costs nothing.
+Importing the package itself costs nothing; its modules import what they use (TensorFlow, Optuna)
+at the top, except MLflow, which ``tracking`` imports only when a run is tracked.
 """

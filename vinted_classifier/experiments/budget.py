@@ -34,6 +34,11 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from .. import pipeline
+from ..features import cached_views
+from ..model import LAST_BLOCK_PREFIXES, feature_dim, set_trainable
+from .setup import compile_for
+
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.15  # a plan predicted to miss by more is refused, not started
@@ -90,14 +95,21 @@ class Plan:
         return self.predicted_seconds <= self.budget_seconds
 
     def describe(self) -> str:
-        data = (f"{self.train_images} training image(s) (stratified subsample)" if self.subsampled
-                else f"{self.train_images} training image(s)")
-        verdict = "fits" if self.fits else f"over by {self.predicted_seconds / self.budget_seconds - 1:.0%} (minimum plan)"
-        return (f"time budget {self.budget_seconds / 60:.1f} min: {data} x (1 + {self.augmented_views} augmented "
-                f"view(s)) cached in {self.caching_seconds:.1f}s + {self.head_epochs} head epoch(s) x "
-                f"{self.head_epoch_seconds:.1f}s + {self.finetune_epochs} fine-tune epoch(s) x "
-                f"{self.finetune_epoch_seconds:.1f}s + evaluation {self.evaluation_seconds:.1f}s = "
-                f"{self.predicted_seconds / 60:.1f} min, {verdict}")
+        data = (
+            f"{self.train_images} training image(s) (stratified subsample)"
+            if self.subsampled
+            else f"{self.train_images} training image(s)"
+        )
+        verdict = (
+            "fits" if self.fits else f"over by {self.predicted_seconds / self.budget_seconds - 1:.0%} (minimum plan)"
+        )
+        return (
+            f"time budget {self.budget_seconds / 60:.1f} min: {data} x (1 + {self.augmented_views} augmented "
+            f"view(s)) cached in {self.caching_seconds:.1f}s + {self.head_epochs} head epoch(s) x "
+            f"{self.head_epoch_seconds:.1f}s + {self.finetune_epochs} fine-tune epoch(s) x "
+            f"{self.finetune_epoch_seconds:.1f}s + evaluation {self.evaluation_seconds:.1f}s = "
+            f"{self.predicted_seconds / 60:.1f} min, {verdict}"
+        )
 
     def to_dict(self) -> dict:
         return dict(asdict(self), fits=self.fits)
@@ -122,12 +134,15 @@ def evaluation_seconds(times: StepTimes, work: Workload) -> float:
 
 
 def finetune_epoch_seconds(times: StepTimes, work: Workload, train_images: int) -> float:
-    return (math.ceil(train_images / work.batch_size) * times.finetune_seconds_per_step
-            + work.val_images * times.backbone_seconds_per_image)
+    return (
+        math.ceil(train_images / work.batch_size) * times.finetune_seconds_per_step
+        + work.val_images * times.backbone_seconds_per_image
+    )
 
 
-def _plan(budget: float, times: StepTimes, work: Workload, train_images: int, views: int, head: int,
-          max_finetune_epochs: int) -> Plan:
+def _plan(
+    budget: float, times: StepTimes, work: Workload, train_images: int, views: int, head: int, max_finetune_epochs: int
+) -> Plan:
     """Phase 2 gets what the rest leaves; everything else is given."""
     caching = caching_seconds(times, work, train_images, views) if head > 0 else 0.0
     evaluation = evaluation_seconds(times, work)
@@ -139,12 +154,25 @@ def _plan(budget: float, times: StepTimes, work: Workload, train_images: int, vi
     if max_finetune_epochs > 0 and budget - used - baseline >= finetune_epoch:
         finetune = min(max_finetune_epochs, math.floor((budget - used - baseline) / finetune_epoch))
     predicted = used + (baseline + finetune * finetune_epoch if finetune else 0.0)
-    return Plan(budget, train_images, views, head, finetune, caching, evaluation, head_epoch, finetune_epoch,
-                baseline, predicted, subsampled=train_images < work.train_images)
+    return Plan(
+        budget,
+        train_images,
+        views,
+        head,
+        finetune,
+        caching,
+        evaluation,
+        head_epoch,
+        finetune_epoch,
+        baseline,
+        predicted,
+        subsampled=train_images < work.train_images,
+    )
 
 
-def _affordable_head_epochs(budget: float, times: StepTimes, work: Workload, train_images: int, views: int,
-                            max_head_epochs: int) -> int:
+def _affordable_head_epochs(
+    budget: float, times: StepTimes, work: Workload, train_images: int, views: int, max_head_epochs: int
+) -> int:
     left = budget - evaluation_seconds(times, work) - caching_seconds(times, work, train_images, views)
     epoch = head_epoch_seconds(times, work, train_images, views)
     if left < 0:
@@ -152,8 +180,15 @@ def _affordable_head_epochs(budget: float, times: StepTimes, work: Workload, tra
     return max_head_epochs if epoch == 0 else min(max_head_epochs, math.floor(left / epoch))
 
 
-def plan_budget(budget_seconds: float, times: StepTimes, work: Workload, *, max_head_epochs: int,
-                max_finetune_epochs: int, min_head_epochs: int = MIN_HEAD_EPOCHS) -> Plan:
+def plan_budget(
+    budget_seconds: float,
+    times: StepTimes,
+    work: Workload,
+    *,
+    max_head_epochs: int,
+    max_finetune_epochs: int,
+    min_head_epochs: int = MIN_HEAD_EPOCHS,
+) -> Plan:
     """The most valuable plan that fits (module docstring); raises ``BudgetTooSmall`` when none comes close."""
     if not budget_seconds > 0:
         raise ValueError(f"time budget must be positive, got {budget_seconds} s")
@@ -169,6 +204,7 @@ def plan_budget(budget_seconds: float, times: StepTimes, work: Workload, *, max_
             return _plan(budget_seconds, times, work, work.train_images, views, head, max_finetune_epochs)
     # Nothing fits on the whole training split: the largest stratified subsample that does.
     smallest = min(work.train_images, max(1, work.min_train_images))
+
     def fits_floor(n: int) -> bool:
         return _affordable_head_epochs(budget_seconds, times, work, n, 0, max_head_epochs) >= floor_epochs
 
@@ -176,8 +212,15 @@ def plan_budget(budget_seconds: float, times: StepTimes, work: Workload, *, max_
         size = _largest_true(fits_floor, smallest, work.train_images)
         head = _affordable_head_epochs(budget_seconds, times, work, size, 0, max_head_epochs)
         return _plan(budget_seconds, times, work, size, 0, head, 0)
-    minimum = _plan(budget_seconds, times, work, smallest, 0,
-                    max(1, _affordable_head_epochs(budget_seconds, times, work, smallest, 0, floor_epochs)), 0)
+    minimum = _plan(
+        budget_seconds,
+        times,
+        work,
+        smallest,
+        0,
+        max(1, _affordable_head_epochs(budget_seconds, times, work, smallest, 0, floor_epochs)),
+        0,
+    )
     if minimum.predicted_seconds > budget_seconds * (1 + TOLERANCE):
         raise BudgetTooSmall(
             f"train.time_budget_minutes: {budget_seconds / 60:.1f} min left cannot fit even the smallest run "
@@ -186,7 +229,8 @@ def plan_budget(budget_seconds: float, times: StepTimes, work: Workload, *, max_
             f"{minimum.predicted_seconds / 60:.1f} min at the measured "
             f"{times.backbone_seconds_per_image * 1e3:.1f} ms/image. Give at least "
             f"{math.ceil(minimum.predicted_seconds / 60 / (1 + TOLERANCE) * 10) / 10:.1f} min after start-up, "
-            f"or use a smaller image size or dataset.")
+            f"or use a smaller image size or dataset."
+        )
     return minimum
 
 
@@ -235,8 +279,11 @@ def stratified_subsample(codes: np.ndarray, size: int, seed: int) -> np.ndarray:
     while take.sum() > size:  # the >= 1 floor overshot: trim the largest categories
         take[np.argmax(take)] -= 1
     rng = np.random.default_rng(seed)
-    chosen = [rng.choice(np.flatnonzero(codes == category), n, replace=False)
-              for category, n in zip(categories, take) if n > 0]
+    chosen = [
+        rng.choice(np.flatnonzero(codes == category), n, replace=False)
+        for category, n in zip(categories, take, strict=True)
+        if n > 0
+    ]
     return np.sort(np.concatenate(chosen))
 
 
@@ -245,13 +292,6 @@ def measure_step_times(bundle, cfg, prepared, *, batches: int = 2, finetune: boo
 
     ``finetune=False`` skips the fine-tune step (seconds each on a CPU) and reports 0 for it.
     """
-    from .. import pipeline
-    from ..model import LAST_BLOCK_PREFIXES, compile_model, feature_dim, set_trainable
-
-    def compile_(keras_model):
-        compile_model(keras_model, category_output=cfg.data.category_column, n_tags=len(prepared.vocab.tags),
-                      tag_names=list(prepared.vocab.tags), learning_rate=1e-9, loss_weights=cfg.train.loss_weights,
-                      label_smoothing=cfg.train.label_smoothing)
 
     def clock(step, n):
         step()  # warm-up: tracing and first-call allocation are not steady-state cost
@@ -261,9 +301,14 @@ def measure_step_times(bundle, cfg, prepared, *, batches: int = 2, finetune: boo
         return (time.perf_counter() - started) / n
 
     batch = cfg.train.batch_size
-    images = pipeline.make_dataset(prepared.paths("train"), image_size=cfg.model.image_size, batch_size=batch,
-                                   codes=prepared.codes("train"), tags=prepared.tags("train"),
-                                   category_output=cfg.data.category_column)
+    images = pipeline.make_dataset(
+        prepared.paths("train"),
+        image_size=cfg.model.image_size,
+        batch_size=batch,
+        codes=prepared.codes("train"),
+        tags=prepared.tags("train"),
+        category_output=cfg.data.category_column,
+    )
     x, y = next(iter(images))
     n_images = int(x.shape[0])
     saved = bundle.model.get_weights()
@@ -275,11 +320,11 @@ def measure_step_times(bundle, cfg, prepared, *, batches: int = 2, finetune: boo
         finetune_step = 0.0
         if finetune:
             set_trainable(bundle, "finetune", prefixes)
-            compile_(bundle.model)
+            compile_for(bundle.model, cfg, prepared, 1e-9)
             # A partial batch costs less than a full one: scale to the configured batch size.
             finetune_step = clock(lambda: bundle.model.train_on_batch(x, y), batches) * batch / n_images
         set_trainable(bundle, "head", prefixes)
-        compile_(bundle.head)
+        compile_for(bundle.head, cfg, prepared, 1e-9)
         head_step = clock(lambda: bundle.head.train_on_batch(features, head_y), batches)
     finally:
         bundle.model.set_weights(saved)
@@ -295,11 +340,15 @@ def workload(cfg, prepared) -> Workload:
     """What ``vinted train`` does with the backbone, from the config and the splits."""
     n_categories = len(prepared.vocab.categories)
     return Workload(
-        train_images=len(prepared.paths("train")), val_images=len(prepared.paths("val")),
-        holdout_images=len(prepared.paths("holdout")), batch_size=cfg.train.batch_size,
-        augmented_views=cfg.train.cached_augmented_views if cfg.model.augment else 0,
-        cache_features=cfg.train.cache_features, overhead_seconds=OVERHEAD_SECONDS,
-        min_train_images=min(len(prepared.paths("train")), MIN_IMAGES_PER_CATEGORY * n_categories))
+        train_images=len(prepared.paths("train")),
+        val_images=len(prepared.paths("val")),
+        holdout_images=len(prepared.paths("holdout")),
+        batch_size=cfg.train.batch_size,
+        augmented_views=cached_views(cfg),
+        cache_features=cfg.train.cache_features,
+        overhead_seconds=OVERHEAD_SECONDS,
+        min_train_images=min(len(prepared.paths("train")), MIN_IMAGES_PER_CATEGORY * n_categories),
+    )
 
 
 # Measured on the demo set (docs/experiments.md): saving model.keras, figures and the tracing of
@@ -328,31 +377,57 @@ def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
             times = StepTimes(*numbers)
         budget = cfg.train.time_budget_minutes * 60 - spent
         if budget <= 0:
-            raise BudgetTooSmall(f"train.time_budget_minutes={cfg.train.time_budget_minutes}: start-up and "
-                                 f"measuring already took {spent / 60:.1f} min")
-        return times, spent, plan_budget(budget, times, work, max_head_epochs=cfg.train.head_epochs,
-                                         max_finetune_epochs=cfg.train.finetune_epochs)
+            raise BudgetTooSmall(
+                f"train.time_budget_minutes={cfg.train.time_budget_minutes}: start-up and "
+                f"measuring already took {spent / 60:.1f} min"
+            )
+        return (
+            times,
+            spent,
+            plan_budget(
+                budget,
+                times,
+                work,
+                max_head_epochs=cfg.train.head_epochs,
+                max_finetune_epochs=cfg.train.finetune_epochs,
+            ),
+        )
 
     times, spent, plan = measured_plan(finetune=False)
     finetune_measured = plan.finetune_epochs > 0
     if finetune_measured:  # phase 2 might fit: measure its real step and plan again
         times, spent, plan = measured_plan(finetune=True)
-    log.info("measured: backbone %.1f ms/image, head step %.1f ms, fine-tune step %.0f ms%s; %.0fs already spent",
-             times.backbone_seconds_per_image * 1e3, times.head_seconds_per_step * 1e3,
-             times.finetune_seconds_per_step * 1e3, "" if finetune_measured else " (lower bound, not measured)",
-             spent)
+    log.info(
+        "measured: backbone %.1f ms/image, head step %.1f ms, fine-tune step %.0f ms%s; %.0fs already spent",
+        times.backbone_seconds_per_image * 1e3,
+        times.head_seconds_per_step * 1e3,
+        times.finetune_seconds_per_step * 1e3,
+        "" if finetune_measured else " (lower bound, not measured)",
+        spent,
+    )
     (log.info if plan.fits else log.warning)("plan: %s", plan.describe())
     planned = cfg.model_copy(deep=True)
     planned.train.head_epochs, planned.train.finetune_epochs = plan.head_epochs, plan.finetune_epochs
     planned.train.cached_augmented_views = plan.augmented_views
-    record = {"plan": plan.to_dict(), "step_times": asdict(times), "finetune_step_measured": finetune_measured,
-              "seconds_before_plan": round(spent, 1),
-              "requested": {"augmented_views": work.augmented_views, "head_epochs": cfg.train.head_epochs,
-                            "finetune_epochs": cfg.train.finetune_epochs, "train_images": work.train_images}}
+    record = {
+        "plan": plan.to_dict(),
+        "step_times": asdict(times),
+        "finetune_step_measured": finetune_measured,
+        "seconds_before_plan": round(spent, 1),
+        "requested": {
+            "augmented_views": work.augmented_views,
+            "head_epochs": cfg.train.head_epochs,
+            "finetune_epochs": cfg.train.finetune_epochs,
+            "train_images": work.train_images,
+        },
+    }
     if plan.subsampled:
         prepared = subsample_train(prepared, plan.train_images, cfg.seed)
-        log.warning("time budget: training on a stratified subsample of %d of %d training images "
-                    "(val and holdout are whole)", plan.train_images, work.train_images)
+        log.warning(
+            "time budget: training on a stratified subsample of %d of %d training images (val and holdout are whole)",
+            plan.train_images,
+            work.train_images,
+        )
     return planned, prepared, record
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import keras
+
 
 def is_better(value: float, reference: float | None, mode: str) -> bool:
     """Strict improvement, as Keras' callbacks count it (a tie is not an improvement)."""
@@ -54,14 +56,19 @@ class PhaseChoice:
 
     def describe(self) -> str:
         if self.kept_phase == "head" and self.finetune_values:
-            return (f"no fine-tune epoch beat phase 1's {self.monitor}={self.head_value:.4f} "
-                    f"(fine-tune: {', '.join(f'{v:.4f}' for v in self.finetune_values)}): "
-                    "keeping the phase-1 weights")
+            return (
+                f"no fine-tune epoch beat phase 1's {self.monitor}={self.head_value:.4f} "
+                f"(fine-tune: {', '.join(f'{v:.4f}' for v in self.finetune_values)}): "
+                "keeping the phase-1 weights"
+            )
         if self.kept_phase == "head":
             return f"phase-1 weights are the model ({self.monitor}={self.head_value})"
         baseline = "no phase 1" if self.head_value is None else f"phase 1 {self.head_value:.4f}"
-        return (f"fine-tune epoch {self.finetune_best_epoch + 1} is the model: {self.monitor}="
-                f"{self.finetune_best_value:.4f} ({baseline})")
+        assert self.finetune_best_epoch is not None  # kept_phase == "finetune"
+        return (
+            f"fine-tune epoch {self.finetune_best_epoch + 1} is the model: {self.monitor}="
+            f"{self.finetune_best_value:.4f} ({baseline})"
+        )
 
     def to_dict(self) -> dict:
         return {**asdict(self), "finetune_best_value": self.finetune_best_value}
@@ -74,8 +81,14 @@ def choose_phase(monitor: str, mode: str, head_value: float | None, finetune_val
         if is_better(value, head_value, mode) and (best is None or is_better(value, finetune_values[best], mode)):
             best = index
     kept = "head" if best is None else "finetune"
-    return PhaseChoice(kept, monitor, mode, None if head_value is None else float(head_value),
-                       [float(v) for v in finetune_values], best)
+    return PhaseChoice(
+        kept,
+        monitor,
+        mode,
+        None if head_value is None else float(head_value),
+        [float(v) for v in finetune_values],
+        best,
+    )
 
 
 def warmup_steps(warmup_epochs: float, train_rows: int, batch_size: int) -> int:
@@ -95,8 +108,10 @@ def warmup_learning_rate(target: float, steps: int, start_fraction: float = 0.1)
     """
     if steps <= 0:
         return target
-    import keras
-
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=target * start_fraction, decay_steps=1, alpha=1.0,
-        warmup_target=target, warmup_steps=steps)
+        initial_learning_rate=target * start_fraction,
+        decay_steps=1,
+        alpha=1.0,
+        warmup_target=target,
+        warmup_steps=steps,
+    )
