@@ -44,7 +44,7 @@ rewrite variant running the float32 functions, so its rewrite column is not evid
 CHILD = r"""
 import json, sys, time
 import tensorflow as tf
-from tf_serving_compat.host import RewriteDecision, apply_rewrite, decide_rewrite
+from hostinfo import RewriteDecision, apply_rewrite, decide_rewrite
 path, mode, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 auto = decide_rewrite("auto")
 apply_rewrite(RewriteDecision(mode, "benchmark"))  # before the load: functions are optimised at first call

@@ -99,7 +99,7 @@ def run(ctx: harness.Context) -> list[dict]:
     import tensorflow as tf
 
     from bench import serve_load
-    from tf_serving_compat.host import configure_rewrite
+    from hostinfo import configure_rewrite
     from vinted_classifier.export import export_saved_model
     from vinted_classifier.model import build_model
     from vinted_classifier.precision import use_precision

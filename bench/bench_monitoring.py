@@ -32,10 +32,9 @@ sys.path[:0] = [str(PROJECT), str(PROJECT / "bench"), str(PROJECT / "tests" / "s
 
 LAUNCH = """
 import sys
-from tf_serving_compat.server import main
-from vinted_classifier.serving import project_observers, project_routes
-observers = project_observers() if sys.argv[1] == "on" else []
-raise SystemExit(main(sys.argv[2:], extra_routes=project_routes(), observers=observers))
+from tf_serving_compat.process import main
+from vinted_classifier.serving import VintedAdapter
+raise SystemExit(main(sys.argv[2:], adapter=VintedAdapter(observe=sys.argv[1] == "on")))
 """
 
 

@@ -127,7 +127,7 @@ def inprocess_main(argv: list[str]) -> int:
         assert bound_heap_retention(*HEAP_SETTINGS[heap]), "mallopt failed"
     import tensorflow as tf
 
-    from tf_serving_compat.host import configure_rewrite
+    from hostinfo import configure_rewrite
 
     # The server's own start-up decision (--mixed_precision_rewrite=auto), so that on a bf16 CPU both
     # sides run the same bf16-rewritten graph and the ratio measures the protocol, not the precision.

@@ -35,7 +35,7 @@ def float32_graphs_between_tests():
     """
     yield
     if "tensorflow" in sys.modules:
-        from tf_serving_compat.host import RewriteDecision, apply_rewrite
+        from hostinfo import RewriteDecision, apply_rewrite
 
         apply_rewrite(RewriteDecision("off", "reset between tests"))
 

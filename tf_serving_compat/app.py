@@ -1,4 +1,4 @@
-"""The Starlette app: TF Serving's /v1 REST routes, /healthz, and routes plugged in by extensions.
+"""The Starlette app: TF Serving's /v1 REST routes, /healthz, and the routes of the project's adapter.
 
 One ASGI dispatcher takes every method and path so that routing, status codes
 and error bodies follow TF Serving exactly (``Malformed request: <METHOD> <path>``
@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,12 +24,17 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from hostinfo import RewriteDecision
+
 from . import tensor_json as tj
+from .adapter import ModelAdapter, RequestContext, RequestRecord, parse_version
 from .batching import Batcher
-from .errors import ServingError, invalid
-from .execution import DEFAULT_EXECUTION_MEMORY_BYTES, Admission, ExecutionLimits, batch_size_of, run_in_pieces
+from .errors import ServingError, deadline_exceeded, invalid, not_found, too_large, unimplemented
+from .execution import Admission, batch_size_of, run_in_pieces
+from .images import prepare_image, release_freed_memory
+from .monitoring import Metrics
 from .observers import notify_predict, notify_reject
-from .images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image, release_freed_memory
+from .options import ServerOptions
 from .versions import LoadedVersion, ModelRegistry, SignatureInfo
 
 log = logging.getLogger("tf_serving_compat")
@@ -42,92 +46,33 @@ _VERSION_OR_LABEL = rf"(?:(?:/versions/([0-9]+))|(?:/labels/{_NAME}))?"
 PREDICT_RE = re.compile(rf"/v1/models/{_NAME}{_VERSION_OR_LABEL}:(classify|regress|predict)", re.IGNORECASE)
 STATUS_RE = re.compile(rf"/v1/models(?:/{_NAME})?{_VERSION_OR_LABEL}(?:/(metadata))?", re.IGNORECASE)
 V1_RE = re.compile(r"/v1/", re.IGNORECASE)
-_INT64_MAX = 2**63 - 1
 _INLINE_PARSE_BYTES = 256 * 1024  # bigger bodies are parsed in a worker thread
 _TRIM_AFTER_BYTES = 1024 * 1024
-
-
-@dataclass
-class ServeOptions:
-    """Limits and defaults of one server instance."""
-
-    default_model: str
-    timeout_s: float = 30.0
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    image_decode_pixels: int = DEFAULT_DECODE_PIXELS
-    max_instances: int = 1024
-    model_threads: int = 4
-    # Bounded memory per request (execution.py): images per model call, and in flight in total.
-    max_execution_batch_size: int = 0  # 0: from the model's measured memory per image and the budget
-    execution_memory_bytes: int = DEFAULT_EXECUTION_MEMORY_BYTES
-    max_inflight_images: int = 2048
-
-    def __post_init__(self) -> None:
-        if self.max_inflight_images < self.max_instances:
-            raise ValueError(f"max_inflight_images ({self.max_inflight_images}) must be at least max_instances "
-                             f"({self.max_instances}), or a legal request could never be admitted")
-
-    @property
-    def execution(self) -> ExecutionLimits:
-        return ExecutionLimits(self.max_execution_batch_size or None, self.execution_memory_bytes,
-                               ceiling=self.max_instances)
-
-
-class HttpError(Exception):
-    """An error whose HTTP status has no canonical code (413, plain 404 outside /v1)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def json_response(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def parse_version(text: str | None) -> int | None:
-    """A version from a URL or query string: ASCII digits that fit int64, else TF Serving's 400."""
-    if text is None:
-        return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > _INT64_MAX:
-        shown = text if len(text) <= 64 else text[:64] + "..."
-        raise invalid(f"Failed to convert version: {shown} to numeric.")
-    return int(text)
-
-
-@dataclass(frozen=True)
-class ExtraRoute:
-    """A route outside /v1 plugged in by a project (``build_app(extra_routes=[...])``).
-
-    ``pattern`` must fullmatch the path; ``endpoint(serving, request, match, ctx)`` is awaited
-    and returns a Response. It may use ``serving.read_body``, ``serving.resolve``,
-    ``serving.execute`` and ``serving.prepare_image`` and raise ``ServingError``/``HttpError``,
-    which are answered in TF Serving's error shape.
-    """
-
-    pattern: re.Pattern
-    methods: frozenset[str]
-    endpoint: Any
-
-
 class ServingApp:
     """Holds the registry, batcher and thread pool; ``self.app`` is the Starlette application."""
 
-    def __init__(self, registry: ModelRegistry, options: ServeOptions, batcher: Batcher | None = None,
-                 extra_routes: list[ExtraRoute] | tuple = (), metrics: Any = None, observers: list | tuple = ()):
+    def __init__(self, registry: ModelRegistry, options: ServerOptions, *, default_model: str,
+                 batcher: Batcher | None = None, adapter: ModelAdapter | None = None, metrics: Metrics | None = None):
         self.registry = registry
         self.options = options
+        self.default_model = default_model
         self.batcher = batcher
-        self.extra_routes = list(extra_routes)
+        self.adapter = adapter or ModelAdapter()
+        self.routes = list(self.adapter.routes())
         self.metrics = metrics
-        self.executor = concurrent.futures.ThreadPoolExecutor(options.model_threads, thread_name_prefix="model")
+        self.rewrite: RewriteDecision | None = None  # set by the factory when it applied one
+        self.executor = concurrent.futures.ThreadPoolExecutor(options.worker_threads, thread_name_prefix="model")
         self.admission = Admission(options.max_inflight_images)
         self._client_key = os.urandom(16)  # per process: log lines correlate, addresses stay unknown
         self.app = _Dispatcher(self, Starlette(lifespan=self._lifespan))
         self._closed = False
-        self.observers = list(observers)  # observers.PredictObserver: watch predictions, never alter them
+        self.observers = list(self.adapter.observers())  # watch predictions, never alter them
         for observer in self.observers:
             observer.attach(self)
 
@@ -154,44 +99,48 @@ class ServingApp:
     async def handle(self, scope: dict, receive: Any, send: Any) -> None:
         request = Request(scope, receive)
         started = time.perf_counter()
-        ctx: dict[str, Any] = {"model": None, "version": None, "bytes_in": 0}
+        record = RequestRecord()
         try:
             _require_host(scope)
-            response = await self._route(request, ctx)
+            response = await self._route(request, record)
         except ClientDisconnect:
             # The client went away mid-request: nobody to answer; an abort, not a server error.
             log.info("Client aborted %s %s", request.method, scope.get("path"))
             access_log.info(json.dumps({"method": request.method, "path": scope.get("path"), "status": 499,
                                         "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                                        "bytes_in": ctx["bytes_in"], "aborted": True}))
+                                        "bytes_in": record.bytes_in, "aborted": True}))
             return
-        except HttpError as exc:
-            ctx["error"] = ("RESOURCE_EXHAUSTED" if exc.status == 413 else "INVALID_ARGUMENT", exc.message)
-            response = json_response(tj.error_json(exc.message), exc.status)
         except ServingError as exc:
-            ctx["code"] = exc.code
-            ctx["error"] = (exc.code, exc.message)
+            record.error = exc
             response = json_response(tj.error_json(exc.message), exc.http_status)
         except Exception as exc:  # noqa: BLE001 - never let a bug kill the connection without JSON
             log.exception("Unhandled error for %s %s", request.method, scope.get("path"))
             response = json_response(tj.error_json(f"Internal error: {type(exc).__name__}"), 500)
         await response(scope, receive, send)
-        if ctx["bytes_in"] > _TRIM_AFTER_BYTES:
+        self._after_response(scope, record, response, started)
+
+    def _after_response(self, scope: dict, record: RequestRecord, response: Response, started: float) -> None:
+        """Memory trim, metrics, reject observers and the access log line of one answered request."""
+        if record.bytes_in > _TRIM_AFTER_BYTES:
             release_freed_memory()  # big bodies leave freed pages in glibc's arenas otherwise
-        if self.metrics is not None and ctx.get("api"):
-            code = "OK" if response.status_code == 200 else ctx.get("code", response.status_code)
-            self.metrics.observe_request(ctx["api"], ctx["model"], code, time.perf_counter() - started)
-        if self.observers and ctx.get("api", "").startswith("predict") and "error" in ctx:
-            notify_reject(self.observers, ctx["model"], *ctx["error"])
+        if self.metrics is not None and record.api:
+            code: str | int = response.status_code
+            if response.status_code == 200:
+                code = "OK"
+            elif record.error is not None:
+                code = record.error.code
+            self.metrics.observe_request(record.api, record.model, code, time.perf_counter() - started)
+        if self.observers and (record.api or "").startswith("predict") and record.error is not None:
+            notify_reject(self.observers, record.model, record.error.code, record.error.message)
         access_log.info(json.dumps({
-            "method": request.method,
+            "method": scope.get("method"),
             "path": scope.get("path"),
             "status": response.status_code,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            "bytes_in": ctx["bytes_in"],
+            "bytes_in": record.bytes_in,
             "bytes_out": len(response.body),
-            "model": ctx["model"],
-            "version": ctx["version"],
+            "model": record.model,
+            "version": record.version,
             "client": self.client_pseudonym(scope),
         }))
 
@@ -203,25 +152,25 @@ class ServingApp:
         digest = hashlib.blake2s(str(client[0]).encode(), key=self._client_key, digest_size=6).hexdigest()
         return f"client-{digest}"
 
-    async def read_body(self, request: Request, ctx: dict) -> bytes:
+    async def read_body(self, request: Request, record: RequestRecord) -> bytes:
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
-                raise HttpError(400, f"Invalid Content-Length header: {declared!r}") from None
+                raise invalid(f"Invalid Content-Length header: {declared!r}") from None
             if size > limit:
-                ctx["bytes_in"] = size
-                raise HttpError(413, f"Request body of {size} bytes exceeds the limit of {limit} bytes")
+                record.bytes_in = size
+                raise too_large(f"Request body of {size} bytes exceeds the limit of {limit} bytes")
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
-                ctx["bytes_in"] = total
-                raise HttpError(413, f"Request body exceeds the limit of {limit} bytes")
+                record.bytes_in = total
+                raise too_large(f"Request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
-        ctx["bytes_in"] = total
+        record.bytes_in = total
         return b"".join(chunks)
 
     async def _maybe_in_thread(self, size: int, fn: Any, *args: Any) -> Any:
@@ -229,43 +178,43 @@ class ServingApp:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def _route(self, request: Request, ctx: dict) -> Response:
+    async def _route(self, request: Request, record: RequestRecord) -> Response:
         path = request.scope["path"]
         method = request.method.upper()
         if V1_RE.match(path):
-            return await self._v1(request, method, path, ctx)
+            return await self._v1(request, method, path, record)
         if path == "/healthz" and method in ("GET", "HEAD"):
             return self._healthz()
         if self.metrics is not None and path == self.metrics.path and method in ("GET", "HEAD"):
             return Response(self.metrics.exposition(), media_type=self.metrics.content_type)
-        for route in self.extra_routes:
+        for route in self.routes:
             match = route.pattern.fullmatch(path)
             if match and method in route.methods:
-                return await route.endpoint(self, request, match, ctx)
-        raise HttpError(404, f"Not found: {method} {path}")
+                return await route.endpoint(RequestContext(self, request, match, record))
+        raise not_found(f"Not found: {method} {path}")
 
     # ------------------------------------------------------------ /v1
 
-    async def _v1(self, request: Request, method: str, path: str, ctx: dict) -> Response:
+    async def _v1(self, request: Request, method: str, path: str, record: RequestRecord) -> Response:
         match = PREDICT_RE.fullmatch(path)
         if method == "POST" and match:
             name, version_text, label, verb = match.groups()
-            ctx["model"] = name
-            ctx["api"] = verb.lower()
+            record.model = name
+            record.api = verb.lower()
             version = parse_version(version_text)
             if verb.lower() == "predict":  # the body is handed over, not kept here: _predict frees it early
-                return await self._predict(name, version, label, await self.read_body(request, ctx), ctx)
-            return self._classify_regress(name, version, label, verb.lower(), await self.read_body(request, ctx))
+                return await self._predict(name, version, label, await self.read_body(request, record), record)
+            return self._classify_regress(name, version, label, verb.lower(), await self.read_body(request, record))
         match = STATUS_RE.fullmatch(path)
         if method == "GET" and match:
             name, version_text, label, metadata = match.groups()
             if not name:
                 raise invalid("Missing model name in request.")
-            ctx["model"] = name
-            ctx["api"] = "metadata" if metadata else "status"
+            record.model = name
+            record.api = "metadata" if metadata else "status"
             version = parse_version(version_text)
             if metadata:
-                return self._metadata(name, version, label, ctx)
+                return self._metadata(name, version, label, record)
             return self._status(name, version, label)
         raise invalid(f"Malformed request: {method} {path}")
 
@@ -273,19 +222,19 @@ class ServingApp:
         manager = self.registry.get(name)
         if manager is None:
             spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
-            raise ServingError("NOT_FOUND", f"Servable not found for request: {spec}")
+            raise not_found(f"Servable not found for request: {spec}")
         return manager.resolve(version, label)
 
     def _status(self, name: str, version: int | None, label: str | None) -> Response:
         manager = self.registry.get(name)
         if manager is None:
-            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+            raise not_found(f"Could not find any versions of model {name}")
         entries = manager.status(version, label)
         return json_response(json.dumps({"model_version_status": entries}))
 
-    def _metadata(self, name: str, version: int | None, label: str | None, ctx: dict) -> Response:
+    def _metadata(self, name: str, version: int | None, label: str | None, record: RequestRecord) -> Response:
         loaded = self.resolve(name, version, label)
-        ctx["version"] = loaded.version
+        record.version = loaded.version
         signature_defs = {key: loaded.signatures[key].as_json for key in sorted(loaded.signatures)}
         body = {
             "model_spec": {"name": name, "signature_name": "", "version": str(loaded.version)},
@@ -315,7 +264,7 @@ class ServingApp:
         expected = f"tensorflow/serving/{verb}"
         if info.method_name != expected:
             raise invalid(f"Expected {kind} signature method_name to be {expected}. Was: {info.method_name}")
-        raise ServingError("UNIMPLEMENTED", f"{verb} signatures are not supported by this server; use :predict")
+        raise unimplemented(f"{verb} signatures are not supported by this server; use :predict")
 
     def _prepare(self, loaded: LoadedVersion, doc: dict) -> tuple[SignatureInfo, str, dict[str, np.ndarray]]:
         """Request JSON -> validated input arrays (type, shape, batch cap, image size)."""
@@ -323,22 +272,25 @@ class ServingApp:
         if not info.inputs:
             raise invalid(f"Failed to get input map for signature: {info.name}")
         fmt, inputs = tj.parse_predict_inputs(doc, {k: v.dtype for k, v in info.inputs.items()})
-        self.validate_inputs(loaded, info, inputs)
-        return info, fmt, inputs
+        return info, fmt, self.validate_inputs(loaded, info, inputs)
 
-    def validate_inputs(self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
-        """Checks shared by REST and gRPC: batch cap, signature shapes, image header sizes."""
+    def validate_inputs(self, loaded: LoadedVersion, info: SignatureInfo,
+                        inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Checks shared by REST and gRPC (batch cap, signature shapes, image header sizes), then the
+        adapter's pre-processing; returns the inputs the model call gets."""
         for alias, array in inputs.items():
             if array.ndim and array.shape[0] > self.options.max_instances:
                 raise invalid(f"Too many instances for input {alias}: {array.shape[0]} "
                               f"(the limit is {self.options.max_instances} per request)")
         loaded.check_inputs(info, inputs)
         self._check_images(info, inputs)
+        return self.adapter.preprocess(loaded, info, inputs)
 
     def _check_images(self, info: SignatureInfo, inputs: dict[str, np.ndarray]) -> None:
-        """Encoded image inputs: refuse bombs, hand big images to the graph already shrunk."""
+        """The adapter's encoded image inputs: refuse bombs, hand big images to the graph already shrunk."""
+        images = self.adapter.image_inputs(info)
         for alias, array in inputs.items():
-            if info.inputs[alias].dtype == "DT_STRING" and "image" in alias.lower():
+            if alias in images:
                 for index in np.ndindex(array.shape):
                     array[index] = self.prepare_image(array[index])
 
@@ -388,16 +340,15 @@ class ServingApp:
         future = self.submit(loaded, info, inputs)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             future.cancel()
-            raise ServingError("DEADLINE_EXCEEDED",
-                               f"Deadline Exceeded: no result within {self.options.timeout_s * 1000:.0f} ms") from None
+            raise deadline_exceeded(f"Deadline Exceeded: no result within {self.options.timeout_s * 1000:.0f} ms") from None
 
     async def _predict(self, name: str, version: int | None, label: str | None, body: bytes,
-                       ctx: dict) -> Response:
+                       record: RequestRecord) -> Response:
         doc = await self._maybe_in_thread(len(body), tj.parse_json_body, body)
         loaded = self.resolve(name, version, label)
-        ctx["version"] = loaded.version
+        record.version = loaded.version
         info, fmt, inputs = await self._maybe_in_thread(len(body), self._prepare, loaded, doc)
         del body, doc  # the request's text and parsed JSON are not needed while the model runs
         outputs = await self.execute(loaded, info, inputs)
@@ -418,7 +369,7 @@ class ServingApp:
 def _require_host(scope: dict) -> None:
     """RFC 9112 section 3.2: an HTTP/1.1 request without a Host header is answered 400."""
     if scope.get("http_version") == "1.1" and not any(name == b"host" for name, _ in scope.get("headers", ())):
-        raise HttpError(400, "Missing Host header: HTTP/1.1 requests must send one (RFC 9112, section 3.2)")
+        raise invalid("Missing Host header: HTTP/1.1 requests must send one (RFC 9112, section 3.2)")
 
 
 class _Dispatcher:

@@ -16,13 +16,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Any
 
 import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
-from .errors import ServingError, invalid
+from .errors import ServingError, internal, invalid, unavailable
 
 log = logging.getLogger("tf_serving_compat")
 
@@ -70,10 +72,10 @@ def _batching_message_class() -> Any:
     Same field names and wrapper types as session_bundle_config.proto, so the real
     text format (``max_batch_size { value: 32 }``) parses exactly as in TF Serving.
     """
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
     try:  # prefer the real generated module when a future package ships it
-        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2  # type: ignore
+        # TensorFlow loads only when a model is served: importing this module stays light.
+        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2  # type: ignore  # noqa: PLC0415
 
         return session_bundle_config_pb2.BatchingParameters
     except ImportError:
@@ -108,7 +110,6 @@ def _batching_message_class() -> Any:
 
 def parse_batching_parameters(text: str) -> BatchingParameters:
     """Parse a text-format BatchingParameters file (``--batching_parameters_file``)."""
-    from google.protobuf import text_format
 
     message = _batching_message_class()()
     try:
@@ -212,7 +213,7 @@ class Batcher:
         task = _Task(inputs, size, concurrent.futures.Future())
         with self._cond:
             if self._stopping:
-                raise ServingError("UNAVAILABLE", "Batch scheduler is shutting down")
+                raise unavailable("Batch scheduler is shutting down")
             queue = self._queues.setdefault((key, shapes), collections.deque())
             if self.metrics is not None:
                 self.metrics.observe_queue(str(key[0]) if isinstance(key, tuple) else str(key), len(queue))
@@ -220,8 +221,7 @@ class Batcher:
                 batch = queue[-1]
             else:
                 if len(queue) >= self.params.max_enqueued_batches:
-                    raise ServingError("UNAVAILABLE",
-                                       "The batch scheduling queue to which this task was submitted is full")
+                    raise unavailable("The batch scheduling queue to which this task was submitted is full")
                 batch = _Batch(run_fn, time.monotonic(), key=key)
                 queue.append(batch)
             batch.tasks.append(task)
@@ -302,7 +302,7 @@ class Batcher:
         outputs = run_fn(inputs)
         for name, value in outputs.items():
             if np.ndim(value) == 0 or value.shape[0] != padded:
-                raise ServingError("INTERNAL", f"Batched output tensor {name} does not have batch size {padded}")
+                raise internal(f"Batched output tensor {name} does not have batch size {padded}")
         return {k: v[:total] for k, v in outputs.items()}
 
     def stop(self, timeout: float = 10.0) -> None:

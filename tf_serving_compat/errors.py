@@ -30,21 +30,29 @@ HTTP_STATUS = {
 
 
 class ServingError(Exception):
-    """An error with a canonical code; ``http_status`` follows TF Serving's mapping."""
+    """An error with a canonical code; ``http_status`` follows TF Serving's mapping.
 
-    def __init__(self, code: str, message: str):
+    ``http_status`` overrides the mapping where REST answers a status no canonical code has
+    (413 for a body over the limit); gRPC and the metrics still see the canonical code.
+    """
+
+    def __init__(self, code: str, message: str, http_status: int | None = None):
         super().__init__(message)
         if code not in HTTP_STATUS:
             raise ValueError(f"unknown canonical code {code!r}")
         self.code = code
         self.message = message
+        self._http_status = http_status
 
     @property
     def http_status(self) -> int:
-        return HTTP_STATUS[self.code]
+        return self._http_status if self._http_status is not None else HTTP_STATUS[self.code]
 
     def __repr__(self) -> str:
         return f"ServingError({self.code}, {self.message!r})"
+
+
+# One helper per error kind the server raises: every module raises through these.
 
 
 def invalid(message: str) -> ServingError:
@@ -55,9 +63,39 @@ def not_found(message: str) -> ServingError:
     return ServingError("NOT_FOUND", message)
 
 
+def unavailable(message: str) -> ServingError:
+    return ServingError("UNAVAILABLE", message)
+
+
+def failed_precondition(message: str) -> ServingError:
+    return ServingError("FAILED_PRECONDITION", message)
+
+
+def unimplemented(message: str) -> ServingError:
+    return ServingError("UNIMPLEMENTED", message)
+
+
+def internal(message: str) -> ServingError:
+    return ServingError("INTERNAL", message)
+
+
+def data_loss(message: str) -> ServingError:
+    return ServingError("DATA_LOSS", message)
+
+
+def deadline_exceeded(message: str) -> ServingError:
+    return ServingError("DEADLINE_EXCEEDED", message)
+
+
+def too_large(message: str) -> ServingError:
+    """A request body over ``--max_body_bytes``: REST answers 413, gRPC RESOURCE_EXHAUSTED."""
+    return ServingError("RESOURCE_EXHAUSTED", message, http_status=413)
+
+
 def from_tf_exception(exc: BaseException) -> ServingError:
     """Map a ``tf.errors.OpError`` (or anything else) to a ServingError, keeping its message."""
-    import tensorflow as tf
+    # Only model calls fail this way, after TensorFlow is loaded; this module stays light to import.
+    import tensorflow as tf  # noqa: PLC0415
 
     if isinstance(exc, ServingError):
         return exc
@@ -66,8 +104,8 @@ def from_tf_exception(exc: BaseException) -> ServingError:
         return ServingError(name, clean_tf_message(exc.message))
     if isinstance(exc, (ValueError, TypeError)):
         # Python-side argument checks of a ConcreteFunction (wrong dtype/shape).
-        return ServingError("INVALID_ARGUMENT", str(exc))
-    return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+        return invalid(str(exc))
+    return internal(f"{type(exc).__name__}: {exc}")
 
 
 def clean_tf_message(message: str) -> str:

@@ -17,13 +17,15 @@ instances could ask TensorFlow for tens of GB and end the process. Two bounds pr
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from .errors import ServingError
+from .errors import internal, unavailable
+from .images import release_freed_memory
 
 log = logging.getLogger("tf_serving_compat")
 
@@ -54,7 +56,7 @@ def run_in_pieces(run: RunFn, inputs: dict[str, np.ndarray], piece: int) -> dict
         part = run({name: array[start:start + piece] for name, array in inputs.items()})
         for name, value in part.items():
             if np.ndim(value) == 0 or value.shape[0] != min(piece, total - start):
-                raise ServingError("INTERNAL", f"Output tensor {name} does not have the batch size of its input "
+                raise internal(f"Output tensor {name} does not have the batch size of its input "
                                                "piece, so the request cannot be split into execution batches")
         parts.append(part)
     return {name: np.concatenate([part[name] for part in parts], axis=0) for name in parts[0]}
@@ -100,7 +102,7 @@ class Admission:
         with self._lock:
             if self._in_flight + items > self.limit:
                 busy = self._in_flight
-                raise ServingError("UNAVAILABLE", f"Server at capacity: {busy} images in flight, this request "
+                raise unavailable(f"Server at capacity: {busy} images in flight, this request "
                                                   f"adds {items} and the limit is {self.limit}; retry later")
             self._in_flight += items
 
@@ -126,7 +128,6 @@ def _peak_rss_bytes() -> int | None:
 def _current_rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as statm:
-            import os
 
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
@@ -149,7 +150,6 @@ def peak_rss_growth(call: Callable[[], object]) -> float | None:
     Other threads' allocations in the meantime make it larger, never smaller: the execution batch
     it sizes errs on the safe side.
     """
-    from .images import release_freed_memory
 
     release_freed_memory()
     before = _current_rss_bytes()

@@ -15,11 +15,13 @@ import os
 import time
 from typing import Any
 
+import grpc
 import numpy as np
 
-from .errors import ServingError, invalid
+from .errors import ServingError, invalid, not_found, unimplemented
 from .observers import notify_predict, notify_reject
 from .tensor_json import ARRAY_MAX_RANK, DTYPES
+from .versions import model_specs_from_proto
 
 log = logging.getLogger("tf_serving_compat")
 
@@ -31,7 +33,6 @@ _STATE_ENUM = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOA
 
 
 def _grpc_code(code: str):
-    import grpc
 
     return getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
 
@@ -81,7 +82,8 @@ def _model_spec(spec: Any) -> tuple[str, int | None, str | None]:
 
 
 def _dtype_name(enum_value: int) -> str:
-    from tensorflow.core.framework import types_pb2
+    # TensorFlow loads only when a model is served: importing this module stays light.
+    from tensorflow.core.framework import types_pb2  # noqa: PLC0415
 
     try:
         return types_pb2.DataType.Name(enum_value)
@@ -91,7 +93,8 @@ def _dtype_name(enum_value: int) -> str:
 
 def tensor_from_proto(alias: str, proto: Any, want_dtype: str, byte_limit: int) -> np.ndarray:
     """A request TensorProto -> numpy, refusing wrong dtypes and shapes that would explode in memory."""
-    import tensorflow as tf
+    # TensorFlow loads only when a model is served: importing this module stays light.
+    import tensorflow as tf  # noqa: PLC0415
 
     got = _dtype_name(proto.dtype)
     if got != want_dtype:
@@ -133,8 +136,9 @@ class PredictionServicer:
         return timeout if remaining is None else max(0.0, min(timeout, remaining))
 
     def Predict(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
+        # TensorFlow loads only when a model is served: importing this module stays light.
+        import tensorflow as tf  # noqa: PLC0415
+        from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
 
         with _Rpc(self.serving, context, "predict", request.model_spec.name):
             name, version, label = _model_spec(request.model_spec)
@@ -156,7 +160,7 @@ class PredictionServicer:
                 if alias not in info.outputs:
                     raise invalid(f"output tensor alias not found in signature: {alias} Outputs expected to be "
                                   f"in the set {{{','.join(sorted(info.outputs))}}}.")
-            self.serving.validate_inputs(loaded, info, inputs)
+            inputs = self.serving.validate_inputs(loaded, info, inputs)
             outputs = self.serving.submit(loaded, info, inputs).result(self._deadline(context))
             notify_predict(self.serving.observers, loaded, info.name, inputs, outputs)
             wanted_outputs = list(request.output_filter) or sorted(outputs)
@@ -169,7 +173,8 @@ class PredictionServicer:
             return response
 
     def GetModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-        from tensorflow_serving.apis import get_model_metadata_pb2
+        # TensorFlow loads only when a model is served: importing this module stays light.
+        from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: PLC0415
 
         with _Rpc(self.serving, context, "metadata", request.model_spec.name):
             name, version, label = _model_spec(request.model_spec)
@@ -196,7 +201,7 @@ class PredictionServicer:
         expected = f"tensorflow/serving/{verb}"
         if info.method_name != expected:
             raise invalid(f"Expected {kind} signature method_name to be {expected}. Was: {info.method_name}")
-        raise ServingError("UNIMPLEMENTED", f"{verb} signatures are not supported by this server; use Predict")
+        raise unimplemented(f"{verb} signatures are not supported by this server; use Predict")
 
     def Classify(self, request: Any, context: Any) -> Any:  # noqa: N802
         with _Rpc(self.serving, context, "classify", request.model_spec.name):
@@ -227,7 +232,7 @@ class PredictionServicer:
                 info = self.serving.resolve(name, version, label).signature(task.model_spec.signature_name)
                 if info.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
                     raise invalid(f"Unsupported signature method_name: {info.method_name}")
-            raise ServingError("UNIMPLEMENTED", "classify/regress signatures are not supported by this server")
+            raise unimplemented("classify/regress signatures are not supported by this server")
 
 
 class ModelServicer:
@@ -238,13 +243,14 @@ class ModelServicer:
         self.on_reload = on_reload
 
     def GetModelStatus(self, request: Any, context: Any) -> Any:  # noqa: N802
-        from tensorflow_serving.apis import get_model_status_pb2
+        # TensorFlow loads only when a model is served: importing this module stays light.
+        from tensorflow_serving.apis import get_model_status_pb2  # noqa: PLC0415
 
         with _Rpc(self.serving, context, "status", request.model_spec.name):
             name, version, label = _model_spec(request.model_spec)
             manager = self.serving.registry.get(name)
             if manager is None:
-                raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+                raise not_found(f"Could not find any versions of model {name}")
             response = get_model_status_pb2.GetModelStatusResponse()
             for entry in manager.status(version, label):
                 status = response.model_version_status.add()
@@ -255,9 +261,8 @@ class ModelServicer:
             return response
 
     def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:  # noqa: N802
-        from tensorflow_serving.apis import model_management_pb2
-
-        from .versions import model_specs_from_proto
+        # TensorFlow loads only when a model is served: importing this module stays light.
+        from tensorflow_serving.apis import model_management_pb2  # noqa: PLC0415
 
         with _Rpc(self.serving, context, "reload_config", ""):
             if request.config.WhichOneof("config") != "model_config_list":
@@ -322,8 +327,8 @@ def _service_handlers(serving: Any) -> list[Any]:
 
     (The generated ``add_*_to_server`` would answer INTERNAL "Exception deserializing request!".)
     """
-    import grpc
-    from tensorflow_serving.apis import (
+    # TensorFlow loads only when a model is served: importing this module stays light.
+    from tensorflow_serving.apis import (  # noqa: PLC0415
         classification_pb2,
         get_model_metadata_pb2,
         get_model_status_pb2,
@@ -363,7 +368,6 @@ def _service_handlers(serving: Any) -> list[Any]:
 def start_grpc_server(serving: Any, host: str, port: int, max_threads: int | None = None,
                       channel_arguments: str = "") -> Any:
     """Start gRPC on host:port (RuntimeError when the port is taken); ``.bound_port`` is the port."""
-    import grpc
 
     options = [("grpc.max_receive_message_length", min(INT32_MAX, serving.options.max_body_bytes)),
                ("grpc.max_send_message_length", INT32_MAX),

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 MALFORMED_REQUEST = ("Malformed HTTP request: the request line or a header could not be parsed "
                      "(unknown method, bad request target, invalid header or framing)")
 
@@ -29,7 +32,8 @@ def protocol_class(stack: str) -> type:
 
 
 def _httptools_protocol() -> type:
-    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+    # httptools is optional: ImportError selects the h11 stack.
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # noqa: PLC0415
 
     class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         def send_400_response(self, msg: str) -> None:
@@ -47,8 +51,6 @@ def _httptools_protocol() -> type:
 
 
 def _h11_protocol() -> type:
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class JsonErrorH11Protocol(H11Protocol):
         def send_400_response(self, msg: str) -> None:

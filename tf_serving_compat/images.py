@@ -16,6 +16,8 @@ import ctypes.util
 import io
 import math
 
+from PIL import Image
+
 from .errors import invalid
 
 # 12 MP: a PNG at the limit decodes to 48 MiB in PIL (4 bytes per pixel) and stays under 64 MiB of
@@ -27,7 +29,6 @@ DEFAULT_DECODE_PIXELS = 1024 * 1024
 
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header; None for bytes PIL cannot identify (the graph's call)."""
-    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -52,7 +53,6 @@ def prepare_image(data: bytes, max_pixels: int, decode_pixels: int = DEFAULT_DEC
 
 
 def _shrink(data: bytes, width: int, height: int, decode_pixels: int) -> bytes:
-    from PIL import Image
 
     scale = math.sqrt(decode_pixels / (width * height))
     target = (max(1, int(width * scale)), max(1, int(height * scale)))

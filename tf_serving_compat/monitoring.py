@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 _LATENCY_BUCKETS_US = tuple(float(10 * 1.8**i) for i in range(33))  # 10 us .. ~1.5e9 us
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -29,7 +38,6 @@ class PrometheusConfig:
 
 def _monitoring_message_class() -> Any:
     """``MonitoringConfig`` built from its schema (tensorflow-serving-api does not ship the module)."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     proto = descriptor_pb2.FileDescriptorProto(name="tf_serving_compat/monitoring_config.proto",
                                                package="tensorflow.serving", syntax="proto3")
@@ -46,7 +54,6 @@ def _monitoring_message_class() -> Any:
 
 
 def parse_monitoring_config(text: str) -> PrometheusConfig:
-    from google.protobuf import text_format
 
     message = _monitoring_message_class()()
     try:
@@ -124,7 +131,6 @@ class Metrics:
     """The server's metrics; ``exposition()`` is the Prometheus text for ``path``."""
 
     def __init__(self, path: str = DEFAULT_PATH):
-        from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 
         disable_created_metrics()  # TF Serving has no *_created series
         self.path = path
@@ -151,12 +157,10 @@ class Metrics:
 
     @property
     def content_type(self) -> str:
-        from prometheus_client import CONTENT_TYPE_LATEST
 
         return CONTENT_TYPE_LATEST
 
     def exposition(self) -> bytes:
-        from prometheus_client import generate_latest
 
         return self.counters.text().encode() + generate_latest(self.registry)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ServingError, invalid
+from .errors import ServingError, invalid, unimplemented
 
 ROW = "row"
 COLUMNAR = "columnar"
@@ -283,9 +283,7 @@ def _convert_scalar(value: Any, dtype: str) -> Any:
         if kind is not str:
             raise _type_error(value, dtype)
         return value.encode("utf-8")
-    raise ServingError(
-        "UNIMPLEMENTED", f"Conversion of JSON Value: {value_to_string(value)} to type: {dtype_string(dtype)}"
-    )
+    raise unimplemented(f"Conversion of JSON Value: {value_to_string(value)} to type: {dtype_string(dtype)}")
 
 
 def _lossy(value: Any, dtype: str) -> ServingError:
@@ -309,12 +307,7 @@ def json_to_array(value: Any, dtype: str, max_rank: int = ARRAY_MAX_RANK, name: 
     """A dense JSON value (scalar or nested lists) -> numpy array, checking rank and sizes."""
     shape = dense_shape(value)
     rank = len(shape)
-    where = f" for input {name}" if name else ""
-    if rank > MAX_RANK:  # also bounds the recursion below
-        raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {MAX_RANK}")
-    if rank > max_rank:
-        raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {max_rank} "
-                      "this server supports")
+    _check_rank(rank, max_rank, name)  # also bounds the recursion below
     flat: list = []
 
     def fill(node: Any, level: int) -> None:
@@ -360,6 +353,15 @@ def json_to_array(value: Any, dtype: str, max_rank: int = ARRAY_MAX_RANK, name: 
     return np.asarray(flat, dtype=np_dtype).reshape(shape)
 
 
+def _check_rank(rank: int, max_rank: int, name: str | None) -> None:
+    where = f" for input {name}" if name else ""
+    if rank > MAX_RANK:
+        raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {MAX_RANK}")
+    if rank > max_rank:
+        raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {max_rank} "
+                      "this server supports")
+
+
 def _status_string(error: ServingError) -> str:
     return f"{error.code}: {error.message}"
 
@@ -386,65 +388,73 @@ def parse_predict_inputs(doc: dict, input_dtypes: dict[str, str]) -> tuple[str, 
     raise invalid("Missing 'inputs' or 'instances' key")
 
 
-def _parse_instances(instances: list, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
-    def is_element_object(value: Any) -> bool:
-        return isinstance(value, dict) and not is_b64_object(value)
+def _is_element_object(value: Any) -> bool:
+    return isinstance(value, dict) and not is_b64_object(value)
 
+
+def _parse_instances(instances: list, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
     names = sorted(input_dtypes)
     if not isinstance(instances[0], dict) and len(names) > 1:
         raise invalid(
             "instances is a plain list, but expecting list of objects as multiple input tensors "
             "required as per tensorinfo_map"
         )
-    objects = is_element_object(instances[0])
-    items: dict[str, list[np.ndarray]] = {name: [] for name in names}
-
-    def add(value: Any, name: str) -> None:
-        if name not in input_dtypes:
-            raise invalid(f"JSON object: does not have named input: {name}")
-        array = json_to_array(value, input_dtypes[name], ARRAY_MAX_RANK - 1)  # one row of a batch
-        seen = items[name]
-        if seen:
-            first = seen[0]
-            if first.size != array.size:
-                raise invalid(f"Expecting tensor size: {first.size} but got: {array.size}")
-            if first.shape != array.shape:
-                raise invalid(
-                    f"Expecting shape {_shape_str(first.shape)} but got: {_shape_str(array.shape)}"
-                )
-        seen.append(array)
-
+    objects = _is_element_object(instances[0])
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for index, element in enumerate(instances):
         if objects:
-            if not is_element_object(element):
-                raise invalid(f"Expecting object but got list at item {index} of input list")
-            for key, value in element.items():
-                try:
-                    add(value, key)
-                except ServingError as exc:
-                    raise invalid(
-                        f"Failed to process element: {index} key: {key} of 'instances' list. "
-                        f"Error: {_status_string(exc)}"
-                    ) from None
-            if set(element) != set(names):
-                raise invalid(
-                    f"Failed to process element: {index} of 'instances' list. JSON object: "
-                    f"{value_to_string(element)} keys must be equal to: {','.join(names)}"
-                )
-        else:
-            if is_element_object(element):
-                raise invalid(f"Expecting value/list but got object at item {index} of input list")
-            try:
-                add(element, names[0])
-            except ServingError as exc:
-                raise invalid(
-                    f"Failed to process element: {index} of 'instances' list. Error: {_status_string(exc)}"
-                ) from None
+            _add_object_instance(rows, input_dtypes, index, element)
+            continue
+        if _is_element_object(element):
+            raise invalid(f"Expecting value/list but got object at item {index} of input list")
+        try:
+            _add_row(rows, input_dtypes, element, names[0])
+        except ServingError as exc:
+            raise invalid(
+                f"Failed to process element: {index} of 'instances' list. Error: {_status_string(exc)}"
+            ) from None
     result = {}
-    for name, arrays in items.items():
+    for name, arrays in rows.items():
         flat = np.concatenate([a.reshape(-1) for a in arrays])  # keeps object elements as bytes
         result[name] = flat.reshape((len(arrays),) + arrays[0].shape)
     return result
+
+
+def _add_object_instance(rows: dict[str, list[np.ndarray]], input_dtypes: dict[str, str], index: int,
+                         element: Any) -> None:
+    """One ``{"alias": value, ...}`` element of ``instances``: a row for every input."""
+    if not _is_element_object(element):
+        raise invalid(f"Expecting object but got list at item {index} of input list")
+    for key, value in element.items():
+        try:
+            _add_row(rows, input_dtypes, value, key)
+        except ServingError as exc:
+            raise invalid(
+                f"Failed to process element: {index} key: {key} of 'instances' list. "
+                f"Error: {_status_string(exc)}"
+            ) from None
+    if set(element) != set(rows):
+        raise invalid(
+            f"Failed to process element: {index} of 'instances' list. JSON object: "
+            f"{value_to_string(element)} keys must be equal to: {','.join(sorted(rows))}"
+        )
+
+
+def _add_row(rows: dict[str, list[np.ndarray]], input_dtypes: dict[str, str], value: Any, name: str) -> None:
+    """One instance's value for input ``name``: same shape as the rows before it."""
+    if name not in input_dtypes:
+        raise invalid(f"JSON object: does not have named input: {name}")
+    array = json_to_array(value, input_dtypes[name], ARRAY_MAX_RANK - 1)  # one row of a batch
+    seen = rows[name]
+    if seen:
+        first = seen[0]
+        if first.size != array.size:
+            raise invalid(f"Expecting tensor size: {first.size} but got: {array.size}")
+        if first.shape != array.shape:
+            raise invalid(
+                f"Expecting shape {_shape_str(first.shape)} but got: {_shape_str(array.shape)}"
+            )
+    seen.append(array)
 
 
 def _input_array(name: str, value: Any, dtype: str) -> np.ndarray:
@@ -491,7 +501,7 @@ def predict_response_json(outputs: dict[str, np.ndarray], fmt: str) -> str:
         raise invalid("Cannot convert empty tensor map to JSON")
     for array in outputs.values():
         if np.asarray(array).dtype == np.float16:
-            raise ServingError("UNIMPLEMENTED", "Failed to write JSON value for tensor type: half")
+            raise unimplemented("Failed to write JSON value for tensor type: half")
     names = sorted(outputs)
     if fmt == COLUMNAR:
         if len(names) == 1:

@@ -1,4 +1,4 @@
-"""Model versions on disk: discovery, version policies, labels and hot swap.
+"""Model versions on disk: discovery, version policies, version labels and hot swap.
 
 TF Serving semantics (file_system_storage_path_source + availability-preserving
 policy): numeric child directories of ``base_path`` are versions; the policy
@@ -13,24 +13,30 @@ before it becomes AVAILABLE (TF Serving's SavedModel warmup).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+from google.protobuf import json_format, text_format
+from google.protobuf.message import DecodeError
 
-from .errors import ServingError, invalid, not_found
+from .errors import ServingError, data_loss, from_tf_exception, invalid, not_found
+from .execution import batch_size_of, peak_rss_growth
 
 log = logging.getLogger("tf_serving_compat")
 
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving refuses files with more records
+
+# (model name, version, version folder) -> what the project's adapter keeps on ``LoadedVersion.metadata``.
+MetadataLoader = Callable[[str, int, Path], Any]
 
 
 # ---------------------------------------------------------------- configuration
@@ -63,8 +69,8 @@ class ModelSpecConfig:
 
 def parse_model_config_file(path: str | os.PathLike) -> list[ModelSpecConfig]:
     """Read a text-format ``ModelServerConfig`` (``model_config_list { config { ... } }``)."""
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
+    # TensorFlow loads only when a model is served: importing this module stays light.
+    from tensorflow_serving.config import model_server_config_pb2  # noqa: PLC0415
 
     text = Path(path).read_text()
     message = model_server_config_pb2.ModelServerConfig()
@@ -139,12 +145,12 @@ class SignatureInfo:
 
 
 class LoadedVersion:
-    """A fully loaded SavedModel version: signature metadata, labels.json and a ``run``."""
+    """A fully loaded SavedModel version: signature metadata, the adapter's metadata and a ``run``."""
 
     def __init__(self, name: str, version: int, path: Path):
-        import tensorflow as tf
-        from google.protobuf import json_format
-        from tensorflow.core.protobuf import saved_model_pb2
+        # TensorFlow loads only when a model is served: importing this module stays light.
+        import tensorflow as tf  # noqa: PLC0415
+        from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
 
         self.name = name
         self.version = version
@@ -154,7 +160,7 @@ class LoadedVersion:
         proto.ParseFromString(pb_path.read_bytes())
         meta_graph = next((m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags), None)
         if meta_graph is None:
-            raise ServingError("NOT_FOUND", f"Could not find meta graph def matching supplied tags: {{ serve }} in {self.path}")
+            raise not_found(f"Could not find meta graph def matching supplied tags: {{ serve }} in {self.path}")
         self.signatures: dict[str, SignatureInfo] = {}
         self.signature_defs = meta_graph.signature_def  # protos, for gRPC GetModelMetadata
         for sig_name, sig in meta_graph.signature_def.items():
@@ -170,8 +176,8 @@ class LoadedVersion:
             )
         self._module = tf.saved_model.load(str(self.path), tags=["serve"])
         self._functions = dict(self._module.signatures)
-        labels_file = self.path / "assets" / "labels.json"
-        self.labels: dict | None = json.loads(labels_file.read_text()) if labels_file.is_file() else None
+        # Whatever the project's adapter loads for this version (``ModelAdapter.load_metadata``).
+        self.metadata: Any = None
         # Peak memory one item adds to a model call (execution.measure_memory_per_item), from the
         # largest warm-up record; None when there was none to measure with.
         self.bytes_per_item: float | None = None
@@ -197,9 +203,8 @@ class LoadedVersion:
 
     def run(self, signature_name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call a signature; thread-safe (TF releases the GIL inside)."""
-        import tensorflow as tf
-
-        from .errors import from_tf_exception
+        # TensorFlow loads only when a model is served: importing this module stays light.
+        import tensorflow as tf  # noqa: PLC0415
 
         info = self.signature(signature_name)
         function = self._functions.get(info.name)
@@ -215,7 +220,6 @@ class LoadedVersion:
             raise from_tf_exception(exc) from None
         return {key: value.numpy() for key, value in result.items()}
 
-
     def warmup(self, iterations: int = 1) -> int:
         """Replay ``assets.extra/tf_serving_warmup_requests`` (if present); returns the records run.
 
@@ -224,7 +228,6 @@ class LoadedVersion:
         path = self.path / WARMUP_FILE
         if not path.is_file():
             return 0
-        from .execution import batch_size_of
 
         records = read_warmup_requests(path)
         for iteration in range(max(1, iterations)):
@@ -247,7 +250,6 @@ class LoadedVersion:
                                                  f"with {path} record {index}: {exc.message}") from None
         return len(records)
 
-
     def _run_measured(self, signature_name: str, inputs: dict[str, np.ndarray], items_before: int) -> None:
         """Run a warm-up record and, if it is the largest so far, take ``bytes_per_item`` from it.
 
@@ -255,7 +257,6 @@ class LoadedVersion:
         returned, so a repeated call shows no growth: what is measured is the pool's growth during
         the first pass over the records, divided by the items beyond the largest earlier record.
         """
-        from .execution import batch_size_of, peak_rss_growth
 
         items = batch_size_of(inputs)
         growth = peak_rss_growth(lambda: self.run(signature_name, inputs))
@@ -266,9 +267,9 @@ class LoadedVersion:
 
 def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Parse a warmup TFRecord of ``PredictionLog`` (predict_log only) into (signature, inputs) pairs."""
-    import tensorflow as tf
-    from google.protobuf.message import DecodeError
-    from tensorflow_serving.apis import prediction_log_pb2
+    # TensorFlow loads only when a model is served: importing this module stays light.
+    import tensorflow as tf  # noqa: PLC0415
+    from tensorflow_serving.apis import prediction_log_pb2  # noqa: PLC0415
 
     requests: list[tuple[str, dict[str, np.ndarray]]] = []
     try:
@@ -279,7 +280,7 @@ def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
             try:
                 record.ParseFromString(raw)
             except DecodeError as exc:
-                raise ServingError("DATA_LOSS", f"Failed to parse warmup record {index} in {path} as "
+                raise data_loss(f"Failed to parse warmup record {index} in {path} as "
                                                 f"PredictionLog: {exc}") from None
             kind = record.WhichOneof("log_type")
             if kind != "predict_log":
@@ -292,16 +293,18 @@ def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
                 raise invalid(f"Warmup record {index} in {path} holds an invalid TensorProto: {exc}") from None
             requests.append((request.model_spec.signature_name, inputs))
     except tf.errors.OpError as exc:  # truncated or corrupt TFRecord framing
-        raise ServingError("DATA_LOSS", f"Failed to read warmup file {path}: {exc.message}") from None
+        raise data_loss(f"Failed to read warmup file {path}: {exc.message}") from None
     if not requests:
         raise invalid(f"Warmup file {path} holds no records")
     return requests
 
 
 def load_version(name: str, version: int, path: Path, *, enable_warmup: bool = True,
-                 warmup_iterations: int = 1) -> LoadedVersion:
-    """Load a version and replay its warmup requests (``--enable_model_warmup``) before it serves."""
+                 warmup_iterations: int = 1, load_metadata: MetadataLoader | None = None) -> LoadedVersion:
+    """Load a version, its adapter metadata, and replay its warmup requests (``--enable_model_warmup``)."""
     loaded = LoadedVersion(name, version, path)
+    if load_metadata is not None:
+        loaded.metadata = load_metadata(name, version, loaded.path)
     if enable_warmup:
         started = time.monotonic()
         count = loaded.warmup(warmup_iterations)
@@ -311,8 +314,10 @@ def load_version(name: str, version: int, path: Path, *, enable_warmup: bool = T
     return loaded
 
 
-def version_loader(enable_warmup: bool = True, warmup_iterations: int = 1) -> Callable[[str, int, Path], LoadedVersion]:
-    return functools.partial(load_version, enable_warmup=enable_warmup, warmup_iterations=warmup_iterations)
+def version_loader(enable_warmup: bool = True, warmup_iterations: int = 1,
+                   load_metadata: MetadataLoader | None = None) -> Callable[[str, int, Path], LoadedVersion]:
+    return functools.partial(load_version, enable_warmup=enable_warmup, warmup_iterations=warmup_iterations,
+                             load_metadata=load_metadata)
 
 
 _TF_DTYPES = {
@@ -323,7 +328,8 @@ _TF_DTYPES = {
 
 
 def _spec_from_info(info: Any) -> TensorSpecLite:
-    from tensorflow.core.framework import types_pb2
+    # TensorFlow loads only when a model is served: importing this module stays light.
+    from tensorflow.core.framework import types_pb2  # noqa: PLC0415
 
     shape = None if info.tensor_shape.unknown_rank else [int(d.size) for d in info.tensor_shape.dim]
     return TensorSpecLite(types_pb2.DataType.Name(info.dtype), shape, info.name)
@@ -352,7 +358,6 @@ def _fingerprint(path: Path) -> tuple:
 
 
 def _load_error(exc: BaseException) -> tuple[str, str]:
-    from google.protobuf.message import DecodeError
 
     if isinstance(exc, ServingError):
         return exc.code, exc.message
@@ -361,8 +366,6 @@ def _load_error(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, FileNotFoundError):
         return "NOT_FOUND", str(exc)
     try:
-        from .errors import from_tf_exception
-
         error = from_tf_exception(exc)
         code = "UNKNOWN" if error.code == "INTERNAL" else error.code
         return code, error.message
@@ -525,7 +528,6 @@ class ModelManager:
                  "status": {"error_code": s.error_code, "error_message": s.error_message}}
                 for v, s in items
             ]
-
 
     def unload_all(self) -> None:
         """The model left the config: every version ends (TF Serving unloads it)."""

@@ -11,6 +11,15 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from hostinfo import (
+    CPU_BF16_FLAGS,
+    RewriteDecision,
+    configure_rewrite,
+    cpu_bf16_reason,
+    cpu_flags,
+    gpu_compute_capabilities,
+)
+
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
@@ -21,9 +30,8 @@ def detect_hardware() -> dict[str, Any]:
     "cpu_bf16_reason": str}``. ``cpu_bf16`` honours oneDNN's ISA cap (``ONEDNN_MAX_CPU_ISA``), so a
     host simulated as AVX2-only never trains in bf16.
     """
-    import tensorflow as tf
-
-    from tf_serving_compat.host import CPU_BF16_FLAGS, cpu_bf16_reason, cpu_flags, gpu_compute_capabilities
+    # TensorFlow only when asked: importing this module must stay TensorFlow-free (test_precision).
+    import tensorflow as tf  # noqa: PLC0415
 
     gpus = [{"name": device.name, "compute_capability": capability}
             for device, capability in zip(tf.config.list_physical_devices("GPU"), gpu_compute_capabilities())]
@@ -59,7 +67,8 @@ def _check(policy: str) -> None:
 def set_precision(policy: str) -> str:
     """Set the global Keras policy (entry points only); returns the previous policy name."""
     _check(policy)
-    import keras
+    # Keras only when a policy is set: importing this module must stay TensorFlow-free.
+    import keras  # noqa: PLC0415
 
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
@@ -70,7 +79,8 @@ def set_precision(policy: str) -> str:
 def use_precision(policy: str) -> Iterator[str]:
     """Run a block under ``policy`` and restore the previous global policy afterwards."""
     _check(policy)
-    import keras
+    # Keras only when a policy is set: importing this module must stay TensorFlow-free.
+    import keras  # noqa: PLC0415
 
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
@@ -80,11 +90,9 @@ def use_precision(policy: str) -> Iterator[str]:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def configure_inference(request: str = "auto"):
+def configure_inference(request: str = "auto") -> RewriteDecision:
     """Switch on the host's auto-mixed-precision rewrite for in-process inference; returns the decision.
 
     Call before the first model call of the process: graphs already optimised keep their precision.
     """
-    from tf_serving_compat.host import configure_rewrite
-
     return configure_rewrite(request)

@@ -2,74 +2,125 @@
 
 Two things live here, because they know about this project and the generic server must not:
 
-* the ``/predict_image`` upload route, whose answer names the model's outputs
-  (``top2_codes``/``top2_names``/``tag_flags``/``cc3``/``tags``) and ``assets/labels.json``;
+* ``VintedAdapter`` (a ``tf_serving_compat.adapter.ModelAdapter``): each version's labels.json and
+  reference statistics loaded with it, the ``/predict_image`` upload route, whose answer names the
+  model's outputs (``top2_codes``/``top2_names``/``tag_flags``/``cc3``/``tags``) from labels.json,
+  and the monitoring observer (``monitoring.metrics.ModelWatcher``);
 * the ``vinted serve`` launcher: the real ``tensorflow_model_server`` when it is on PATH
   (with the flags the export's ``serving_config/`` files give it, plus the user's real-binary
-  flags only), otherwise our server with the upload route plugged in.
+  flags only), otherwise our server with the adapter plugged in.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+
+from hostinfo import decide_rewrite
+from tf_serving_compat import tensor_json as tj
+from tf_serving_compat.adapter import ModelAdapter, RequestContext, Route
+from tf_serving_compat.app import json_response
+from tf_serving_compat.cli import OWN_FLAGS, boolean_flags, build_parser, flag_names
+from tf_serving_compat.errors import failed_precondition, invalid
+from tf_serving_compat.observers import PredictObserver
+from tf_serving_compat.process import main as serve
+from tf_serving_compat.versions import SignatureInfo
+
+from .config import load_config
+from .contract import (
+    DEFAULT_CATEGORY_COLUMN,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SAVED_MODEL_DIR,
+    DEFAULT_SIGNATURE,
+    TAGS_OUTPUT,
+)
+from .evaluate.rules import binarize_tags, top2
+from .serving_files import real_server_args
+
+if TYPE_CHECKING:  # the monitoring modules load TensorFlow: imported when an adapter is built
+    from .monitoring.metrics import ModelWatcher, VersionMetadata
 
 log = logging.getLogger(__name__)
 
 REAL_SERVER = "tensorflow_model_server"
+PROG = "vinted serve"
 UPLOAD_PATTERN = re.compile(r"/(?:models/([^/:]+)/)?predict_image")
 _UPLOAD_HINT = "(curl -F file=@photo.jpeg ...)"
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+class VintedAdapter(ModelAdapter):
+    """What this project adds to the generic server: metadata, ``/predict_image``, model metrics.
+
+    ``watcher``: the observer to use (tests pass their own); ``observe=False``: none.
+    """
+
+    def __init__(self, *, observe: bool = True, watcher: ModelWatcher | None = None):
+        # Here, not at the top: the monitoring modules load TensorFlow, and `vinted serve` must start
+        # the real tensorflow_model_server without it.
+        from .monitoring.metrics import ModelWatcher, load_version_metadata  # noqa: PLC0415
+
+        self._load_metadata = load_version_metadata
+        if watcher is None and observe:
+            # Active when the server exports metrics (--monitoring_config_file); settings: the
+            # config's ``monitoring`` section (configs/default.yaml).
+            watcher = ModelWatcher(load_config().monitoring)
+        self.watcher = watcher
+
+    def load_metadata(self, name: str, version: int, path: Path) -> VersionMetadata:
+        return self._load_metadata(name, version, path)
+
+    def routes(self) -> Sequence[Route]:
+        return [Route(UPLOAD_PATTERN, frozenset({"POST"}), predict_image)]
+
+    def observers(self) -> Sequence[PredictObserver]:
+        return [self.watcher] if self.watcher is not None else []
+
+    def image_inputs(self, info: SignatureInfo) -> frozenset[str]:
+        """The encoded-image signature's string inputs (the pixels signature takes decoded floats)."""
+        if info.name != DEFAULT_SIGNATURE:
+            return frozenset()
+        return super().image_inputs(info)
 
 
 # ---------------------------------------------------------------- /predict_image
 
 
-async def predict_image(serving, request, match, ctx: dict):
+async def predict_image(ctx: RequestContext) -> Response:
     """``curl -F file=@photo.jpeg http://localhost:9000/predict_image`` -> top-2 + tags."""
-    from tf_serving_compat import tensor_json as tj
-    from tf_serving_compat.app import json_response, parse_version
-    from tf_serving_compat.errors import ServingError, invalid
-    from tf_serving_compat.observers import notify_predict
-    from tf_serving_compat.versions import DEFAULT_SIGNATURE
-
-    body = await serving.read_body(request, ctx)
-    data = await _upload_bytes(request, body)
-    name = match.group(1) or serving.options.default_model
-    ctx["model"] = name
-    ctx["api"] = "predict_image"
-    params = request.query_params
-    loaded = serving.resolve(name, parse_version(params.get("version")), params.get("label"))
-    ctx["version"] = loaded.version
+    body = await ctx.read_body()
+    data = await _upload_bytes(ctx.request, body)
+    name = ctx.match.group(1) or ctx.default_model
+    params = ctx.request.query_params
+    loaded = ctx.resolve(name, params.get("version"), params.get("label"), api="predict_image")
     info = loaded.signature(DEFAULT_SIGNATURE)
     aliases = [a for a, s in info.inputs.items() if s.dtype == "DT_STRING"]
     if len(info.inputs) != 1 or not aliases:
-        raise ServingError("FAILED_PRECONDITION",
-                           f"Signature {DEFAULT_SIGNATURE} of {name} does not take one encoded image input")
+        raise failed_precondition(f"Signature {DEFAULT_SIGNATURE} of {name} does not take one encoded image input")
     if not data:
         raise invalid(f"Empty image: send it as multipart field 'file' {_UPLOAD_HINT}")
-    data = await asyncio.get_running_loop().run_in_executor(serving.executor, serving.prepare_image, data)
     array = np.empty(1, dtype=object)
-    array[0] = data
-    outputs = await serving.execute(loaded, info, {aliases[0]: array})
-    notify_predict(serving.observers, loaded, info.name, {aliases[0]: array}, outputs)
-    return json_response(tj.dumps(describe_prediction(loaded.name, loaded.version, loaded.labels, outputs)))
+    array[0] = await ctx.prepare_image(data)
+    outputs = await ctx.predict(loaded, info, {aliases[0]: array})
+    labels = getattr(loaded.metadata, "labels", None) or {}
+    return json_response(tj.dumps(describe_prediction(loaded.name, loaded.version, labels, outputs)))
 
 
-async def _upload_bytes(request, body: bytes) -> bytes:
+async def _upload_bytes(request: Request, body: bytes) -> bytes:
     """The image: multipart field ``file``, or the raw body."""
-    from starlette.requests import Request
-
-    from tf_serving_compat.errors import invalid
-
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return body
 
@@ -91,67 +142,46 @@ async def _upload_bytes(request, body: bytes) -> bytes:
 
 def describe_prediction(model: str, version: int, labels: dict | None, outputs: dict[str, np.ndarray]) -> dict:
     """Top-2 categories and tag decisions for one image, named from labels.json."""
-    from tf_serving_compat.errors import ServingError
-
-    from .evaluate.rules import binarize_tags, top2
-
     labels = labels or {}
-    category_key = labels.get("category_output", "cc3")
+    category_key = labels.get("category_output", DEFAULT_CATEGORY_COLUMN)
     probabilities = outputs.get(category_key)
     if probabilities is None:
-        raise ServingError("FAILED_PRECONDITION", f"Model output {category_key!r} not found")
+        raise failed_precondition(f"Model output {category_key!r} not found")
     probabilities = np.asarray(probabilities[0], dtype=np.float32)
+    return {"model": model, "version": str(version),
+            "top2": _top2_entries(labels, probabilities, outputs), "tags": _tag_entries(labels, outputs)}
+
+
+def _top2_entries(labels: dict, probabilities: np.ndarray, outputs: dict[str, np.ndarray]) -> list[dict]:
     categories = labels.get("categories") or []
     codes = outputs.get("top2_codes")
-    codes = [int(c) for c in (codes[0] if codes is not None else top2(probabilities[None])[0])]
+    ranked = [int(c) for c in (codes[0] if codes is not None else top2(probabilities[None])[0])]
     names = outputs.get("top2_names")
-    top2 = []
-    for rank, code in enumerate(codes):
+    entries = []
+    for rank, code in enumerate(ranked):
         if names is not None:
             label = names[0][rank]
             label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
         else:
             label = categories[code] if code < len(categories) else str(code)
-        top2.append({"code": code, "name": label, "probability": probabilities[code]})
+        entries.append({"code": code, "name": label, "probability": probabilities[code]})
+    return entries
+
+
+def _tag_entries(labels: dict, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     tags: dict[str, Any] = {}
-    tag_probs = outputs.get("tags")
-    if tag_probs is not None:
-        tag_probs = np.asarray(tag_probs[0], dtype=np.float32)
-        tag_names = labels.get("tags") or [f"tag_{i}" for i in range(len(tag_probs))]
-        thresholds = labels.get("thresholds") or [0.5] * len(tag_probs)
-        flags = outputs.get("tag_flags")
-        flags = flags[0] if flags is not None else binarize_tags(tag_probs[None], thresholds)[0]
-        for i, probability in enumerate(tag_probs):
-            present = bool(flags[i])
-            tags[tag_names[i] if i < len(tag_names) else f"tag_{i}"] = {
-                "probability": probability, "present": present}
-    return {"model": model, "version": str(version), "top2": top2, "tags": tags}
-
-
-def project_routes() -> list:
-    """The routes this project adds to the generic server."""
-    from tf_serving_compat.app import ExtraRoute
-
-    return [ExtraRoute(UPLOAD_PATTERN, frozenset({"POST"}), predict_image)]
-
-
-def project_observers() -> list:
-    """What watches the served model: the project's metrics and drift (``monitoring.metrics``).
-
-    Active when the server exports metrics (``--monitoring_config_file``); settings: the config's
-    ``monitoring`` section (defaults, ``configs/default.yaml``).
-    """
-    from .config import load_config
-    from .monitoring.metrics import ModelWatcher
-
-    return [ModelWatcher(load_config().monitoring)]
-
-
-def build_project_app(*, observe: bool = True, **kwargs):
-    """``tf_serving_compat.server.build_app`` with the project's routes and observers (tests, notebook)."""
-    from tf_serving_compat.server import build_app
-
-    return build_app(extra_routes=project_routes(), observers=project_observers() if observe else (), **kwargs)
+    tag_probs = outputs.get(TAGS_OUTPUT)
+    if tag_probs is None:
+        return tags
+    tag_probs = np.asarray(tag_probs[0], dtype=np.float32)
+    tag_names = labels.get("tags") or [f"tag_{i}" for i in range(len(tag_probs))]
+    thresholds = labels.get("thresholds") or [0.5] * len(tag_probs)
+    flags = outputs.get("tag_flags")
+    flags = flags[0] if flags is not None else binarize_tags(tag_probs[None], thresholds)[0]
+    for i, probability in enumerate(tag_probs):
+        tags[tag_names[i] if i < len(tag_names) else f"tag_{i}"] = {
+            "probability": probability, "present": bool(flags[i])}
+    return tags
 
 
 # ---------------------------------------------------------------- the launcher
@@ -172,9 +202,7 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     there, ignored, and the server would start without a model. So ``--name value`` is joined
     here, booleans are written ``--name=true``, and anything else is refused with ValueError.
     """
-    from tf_serving_compat.server import OWN_FLAGS, boolean_flags, build_parser, flag_names
-
-    parser = build_parser()
+    parser = build_parser(PROG)
     booleans, known = boolean_flags(parser), flag_names(parser)
     real, own = [], []
     index = 0
@@ -219,40 +247,30 @@ def server_flags(argv: list[str], default_base: Path) -> tuple[list[str], list[s
     this host's rewrite decision); the user's real-binary flags follow so they win. A user
     ``--model_base_path`` replaces the config file's model list, as in the real binary.
     """
-    from tf_serving_compat.host import decide_rewrite
-
     real, own = split_args(argv)
     rest_port = int(_flag_value(real, "rest_api_port", "9000"))
     grpc_port = int(_flag_value(real, "port", "8500"))
     user_base = _flag_value(real, "model_base_path")
     base = Path(user_base or default_base)
     config_dir = base.parent / "serving_config"
-    try:
-        from .serving_files import real_server_args
-    except ImportError:  # an older checkout without the export's serving files
-        real_server_args = None
-    if real_server_args is not None and config_dir.is_dir():
+    if config_dir.is_dir():
         decision = decide_rewrite(_flag_value(own, "mixed_precision_rewrite", "auto"))
         base_args = [arg for arg in real_server_args(config_dir, decision, rest_port, grpc_port)
                      if not (user_base and arg.startswith("--model_config_file"))]
     else:
         base_args = [f"--port={grpc_port}", f"--rest_api_port={rest_port}"]
     if not user_base and not any(a.startswith("--model_config_file") for a in base_args + real):
-        base_args += ["--model_name=my_model", f"--model_base_path={base}"]
+        base_args += [f"--model_name={DEFAULT_MODEL_NAME}", f"--model_base_path={base}"]
     return [*base_args, *real], own
 
 
 def serve_main(argv: list[str] | None = None) -> int:
     """``vinted serve``: the real tensorflow_model_server when on PATH, else our server, same flags."""
-    from .config import PROJECT_ROOT
-
     argv = list(sys.argv[1:] if argv is None else argv)
     default_base = Path(os.environ.get("TF_SERVING_COMPAT_MODEL_BASE_PATH")
-                        or PROJECT_ROOT / "model_training" / "saved_model" / "my_model")
+                        or DEFAULT_SAVED_MODEL_DIR / DEFAULT_MODEL_NAME)
     if "--help" in argv or "-h" in argv:
-        from tf_serving_compat.server import build_parser
-
-        build_parser().print_help()
+        build_parser(PROG).print_help()
         return 0
     try:
         real, own = server_flags(argv, default_base)
@@ -268,10 +286,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             return subprocess.call([binary, *real])
         except KeyboardInterrupt:
             return 130
-    from tf_serving_compat.server import main as serve
-
     print(f"{REAL_SERVER} not on PATH: using tf_serving_compat", file=sys.stderr, flush=True)
-    return serve([*real, *own], extra_routes=project_routes(), observers=project_observers())
+    return serve([*real, *own], adapter=VintedAdapter(), prog=PROG)
 
 
 if __name__ == "__main__":

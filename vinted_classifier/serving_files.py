@@ -13,7 +13,7 @@ export, each file written to a temporary name and renamed):
 
 Every file is protobuf text format, parsed by the tests with the real message classes, so the
 real binary reads them as our server does. :func:`real_server_args` picks the session file
-for this host (``tf_serving_compat.host``); a bf16 session file on a CPU without bf16 units
+for this host (``hostinfo``); a bf16 session file on a CPU without bf16 units
 would make the real server fail every convolution, so it is never chosen there.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tf_serving_compat.host import RewriteDecision
+from hostinfo import RewriteDecision
 
 from .utils import atomic_path
 

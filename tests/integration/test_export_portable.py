@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config, write_tiny_dataset
-from tf_serving_compat.host import decide_rewrite
+from hostinfo import decide_rewrite
 from vinted_classifier import data, export, pipeline
 from vinted_classifier.runs import load_run, predict_probabilities
 from vinted_classifier.serving_files import SESSION_FILES, real_server_args, write_serving_config
@@ -19,7 +19,7 @@ from vinted_classifier.serving_files import SESSION_FILES, real_server_args, wri
 PREDICT_SCRIPT = r"""
 import json, sys
 import tensorflow as tf
-from tf_serving_compat.host import configure_rewrite
+from hostinfo import configure_rewrite
 decision = configure_rewrite("auto")
 loaded = tf.saved_model.load(sys.argv[1])
 out = loaded.signatures["serving_default"](image_bytes=tf.constant([open(f, "rb").read() for f in json.loads(sys.argv[2])]))
@@ -199,7 +199,7 @@ def test_serving_files_parse_with_the_real_protos(tmp_path):
 
 @pytest.mark.parametrize("mode", ["off", "bf16", "fp16"])
 def test_real_server_args_pick_the_session_file_of_the_decision(mode, tmp_path):
-    from tf_serving_compat.host import RewriteDecision
+    from hostinfo import RewriteDecision
 
     args = real_server_args(tmp_path, RewriteDecision(mode, "test"), rest_port=9001, grpc_port=8501)
     flags = dict(arg.removeprefix("--").split("=", 1) for arg in args)
@@ -210,7 +210,7 @@ def test_real_server_args_pick_the_session_file_of_the_decision(mode, tmp_path):
 
 
 def test_cli_export_prints_precision_and_the_real_server_command(trained, tmp_path, capsys):
-    from tf_serving_compat.host import decide_rewrite
+    from hostinfo import decide_rewrite
     from vinted_classifier.cli import main
 
     cfg, _ = trained

@@ -179,7 +179,7 @@ def test_served_exported_model_equals_in_memory_predictions(trained, tmp_path):
     import tensorflow as tf
     from starlette.testclient import TestClient
 
-    from tf_serving_compat.server import build_app
+    from tf_serving_compat.factory import build_app
 
     cfg, run_dir = trained
     export.export_run(run_dir, tmp_path / "sm", "my_model")

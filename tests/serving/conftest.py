@@ -19,9 +19,10 @@ def model_base(tmp_path: Path) -> Path:
 @pytest.fixture
 def serving(model_base: Path):
     """The generic server (no project routes) on ``model_base``."""
-    from tf_serving_compat.server import build_app
+    from tf_serving_compat.factory import build_app
+    from tf_serving_compat.options import ServerOptions
 
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0.2, rest_api_timeout_in_ms=20000)
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0.2, rest_api_timeout_in_ms=20000))
     yield app
     app.close()
 
@@ -32,18 +33,3 @@ def client(serving):
 
     with TestClient(serving.app) as test_client:
         yield test_client
-
-
-@pytest.fixture
-def project_client(model_base: Path):
-    """The server as ``vinted serve`` builds it: generic app plus the project's /predict_image."""
-    from starlette.testclient import TestClient
-
-    from vinted_classifier.serving import build_project_app
-
-    app = build_project_app(model_base_path=model_base, file_system_poll_wait_seconds=0)
-    try:
-        with TestClient(app.app) as test_client:
-            yield test_client
-    finally:
-        app.close()

@@ -12,7 +12,8 @@ from starlette.testclient import TestClient
 
 from tf_serving_compat.batching import Batcher, BatchingParameters, parse_batching_parameters
 from tf_serving_compat.errors import ServingError
-from tf_serving_compat.server import build_app
+from tf_serving_compat.factory import build_app
+from tf_serving_compat.options import ServerOptions
 
 PREDICT = "/v1/models/my_model:predict"
 
@@ -162,9 +163,9 @@ def test_one_bad_request_does_not_fail_its_batch_neighbours():
 
 def test_concurrent_http_requests_become_one_batched_call(model_base):
     images = [jpeg_bytes((40 * i, 200 - 30 * i, 90), noise=15, seed=i) for i in range(4)]
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, enable_batching=True,
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, enable_batching=True,
                     batching_parameters=BatchingParameters(max_batch_size=4, batch_timeout_micros=5_000_000,
-                                                           num_batch_threads=1))
+                                                           num_batch_threads=1)))
     loaded = app.registry.get("my_model").resolve()
     real_run, batches = loaded.run, []
 
@@ -204,7 +205,7 @@ def test_concurrent_http_requests_become_one_batched_call(model_base):
                 assert prediction["top2_codes"] == expected["top2_codes"][row].tolist()
         # Unbatched path: each request equals its own 1-row call exactly, and the batched answer up
         # to the last float32 bit (batch-size-dependent kernels); codes, names and flags are identical.
-        plain = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0)
+        plain = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0))
         try:
             with TestClient(plain.app) as c2:
                 for i in range(4):
@@ -223,9 +224,9 @@ def test_concurrent_http_requests_become_one_batched_call(model_base):
 
 
 def test_full_queue_answers_503_immediately_over_http(model_base):
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, enable_batching=True,
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, enable_batching=True,
                     batching_parameters=BatchingParameters(max_batch_size=1, max_enqueued_batches=1,
-                                                           num_batch_threads=1))
+                                                           num_batch_threads=1)))
     loaded = app.registry.get("my_model").resolve()
     real_run, release, started = loaded.run, threading.Event(), threading.Event()
 

@@ -337,9 +337,10 @@ def test_healthz(client):
 def test_body_limit_413(model_base):
     from starlette.testclient import TestClient
 
-    from tf_serving_compat.server import build_app
+    from tf_serving_compat.factory import build_app
+    from tf_serving_compat.options import ServerOptions
 
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, max_body_bytes=2000)
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, max_body_bytes=2000))
     try:
         with TestClient(app.app) as c:
             big = json.dumps({"instances": [b64(b"x" * 3000)]})
@@ -362,14 +363,15 @@ def test_body_limit_413(model_base):
 def test_timeout_is_504_and_server_recovers(model_base):
     from starlette.testclient import TestClient
 
-    from tf_serving_compat.server import build_app
+    from tf_serving_compat.factory import build_app
+    from tf_serving_compat.options import ServerOptions
 
     # Warm both signatures at load, as a deployment would: a first call (graph optimisation)
     # on a busy 2-core machine can itself pass 200 ms, and "recovers" must not hinge on that.
     write_warmup_file(model_base / "1", [
         ("serving_default", {"image_bytes": np.array([jpeg_bytes()], dtype=object)}),
         ("serving_pixels", {"input_image": np.zeros((1, *IMAGE_SIZE, 3), np.float32)})])
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, rest_api_timeout_in_ms=200)
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, rest_api_timeout_in_ms=200))
     loaded = app.registry.get("my_model").resolve()
     real_run = loaded.run
 

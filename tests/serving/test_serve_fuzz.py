@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serve_helpers import free_port, IMAGE_SIZE, V1_BIAS, b64, install_version, jpeg_bytes, template
+from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, free_port, install_version, jpeg_bytes, template
 
 N_REST, N_GRPC = 2000, 500
 REST_SENT: list[int | None] = []
@@ -112,21 +112,21 @@ content_type = st.sampled_from([b"application/json", b"text/plain", b"multipart/
 content_length = st.sampled_from([None, "exact", "-1", "abc", "99999999999999999999", "0", "1 2", "+5"])
 
 
-@pytest.fixture(scope="module")
-def fuzz_stack(tmp_path_factory):
-    """The app as ``vinted serve`` builds it (generic + /predict_image, metrics on), its gRPC server."""
+def start_fuzz_stack(root, adapter=None):
+    """The app (metrics on, small body limit) with ``adapter`` plugged in, and its gRPC server."""
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+    from tf_serving_compat.factory import build_app
     from tf_serving_compat.grpc_service import start_grpc_server
-    from vinted_classifier.serving import build_project_app
+    from tf_serving_compat.options import ServerOptions
 
-    root = tmp_path_factory.mktemp("fuzz")
     base = root / "my_model"
     install_version(template(V1_BIAS), base, 1)
     monitoring = root / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
-    app = build_project_app(model_base_path=base, file_system_poll_wait_seconds=0, max_body_bytes=64 * 1024,
+    options = ServerOptions(model_base_path=base, file_system_poll_wait_seconds=0, max_body_bytes=64 * 1024,
                             monitoring_config_file=monitoring)
+    app = build_app(options, adapter=adapter)
     server = start_grpc_server(app, "127.0.0.1", free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
     loop = asyncio.new_event_loop()
@@ -138,6 +138,12 @@ def fuzz_stack(tmp_path_factory):
         channel.close()
         server.stop(0).wait(10)
         app.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_stack(tmp_path_factory):
+    """The generic server (metrics on) and its gRPC server; tests/project_serving fuzzes the project's."""
+    yield from start_fuzz_stack(tmp_path_factory.mktemp("fuzz"))
 
 
 async def _asgi_call(app, method: str, raw_path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes],

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-
 import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
-from serve_helpers import free_port, IMAGE_SIZE, V1_BIAS, V2_BIAS, b64, install_version, jpeg_bytes, png_bytes, template
+from serve_helpers import IMAGE_SIZE, V1_BIAS, V2_BIAS, b64, free_port, install_version, jpeg_bytes, png_bytes, template
 from starlette.testclient import TestClient
 
+from tf_serving_compat.factory import build_app
 from tf_serving_compat.grpc_service import start_grpc_server
-from tf_serving_compat.server import build_app
+from tf_serving_compat.options import ServerOptions
 
 CODE_OF_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                 501: grpc.StatusCode.UNIMPLEMENTED}
@@ -30,7 +30,7 @@ def stack(tmp_path_factory):
     config.write_text(f"""model_config_list {{ config {{ name: "my_model" base_path: "{base}"
         model_platform: "tensorflow" model_version_policy {{ all {{}} }}
         version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 2 }} }} }}""")
-    app = build_app(model_config_file=config, file_system_poll_wait_seconds=0, max_body_bytes=256 * 1024)
+    app = build_app(ServerOptions(model_config_file=config, file_system_poll_wait_seconds=0, max_body_bytes=256 * 1024))
     server = start_grpc_server(app, "127.0.0.1", free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
     try:

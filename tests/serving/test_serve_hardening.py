@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, free_port, install_version, jpeg_bytes, template, write_warmup_file
+from serve_helpers import IMAGE_SIZE, b64, free_port, install_version, jpeg_bytes, write_warmup_file
 
 from tf_serving_compat.execution import Admission, ExecutionLimits, measure_memory_per_item, run_in_pieces
 
@@ -102,10 +102,10 @@ def test_admission_counts_items_in_flight_and_refuses_beyond_the_limit():
 
 
 def test_in_flight_limit_below_the_request_limit_is_refused_at_start():
-    from tf_serving_compat.app import ServeOptions
+    from tf_serving_compat.options import ServerOptions
 
     with pytest.raises(ValueError, match="max_inflight_images \\(100\\) must be at least max_instances \\(1024\\)"):
-        ServeOptions(default_model="m", max_inflight_images=100)
+        ServerOptions(max_inflight_images=100)
 
 
 # ---------------------------------------------------------------- admission over REST and gRPC (in process)
@@ -115,8 +115,9 @@ def test_request_beyond_the_admission_bound_is_503_and_the_next_one_is_served(mo
     from starlette.testclient import TestClient
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+    from tf_serving_compat.factory import build_app
     from tf_serving_compat.grpc_service import start_grpc_server
-    from tf_serving_compat.server import build_app
+    from tf_serving_compat.options import ServerOptions
     from tf_serving_compat.versions import LoadedVersion
 
     entered, release = threading.Event(), threading.Event()
@@ -129,8 +130,8 @@ def test_request_beyond_the_admission_bound_is_503_and_the_next_one_is_served(mo
         return real_run(self, signature_name, inputs)
 
     monkeypatch.setattr(LoadedVersion, "run", gated_run)
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, max_instances=8,
-                    max_inflight_images=10, max_execution_batch_size=8)
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, max_instances=8,
+                    max_inflight_images=10, max_execution_batch_size=8))
     server = start_grpc_server(app, "127.0.0.1", free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -228,7 +229,6 @@ def test_missing_host_on_http_1_1_is_a_json_400(serving, http_version, headers, 
 def _build_hungry_model(path: Path) -> Path:
     """serving_default(image_bytes) and serving_pixels(input_image), 3 MiB of activations per image."""
     import tensorflow as tf
-
     from serve_helpers import CATEGORIES
 
     class Hungry(tf.Module):

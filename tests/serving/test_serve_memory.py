@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from serve_helpers import free_port, V1_BIAS, install_version, jpeg_bytes, template
+from serve_helpers import V1_BIAS, free_port, install_version, jpeg_bytes, template
 
 from tf_serving_compat.images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image
 

@@ -10,11 +10,14 @@ import re
 import grpc
 import numpy as np
 import pytest
-from serve_helpers import free_port, V1_BIAS, b64, install_version, jpeg_bytes, template
+from serve_helpers import V1_BIAS, b64, free_port, install_version, jpeg_bytes, template
 from starlette.testclient import TestClient
 
 from tf_serving_compat.batching import BatchingParameters
-from tf_serving_compat.server import IGNORED_REAL_FLAGS, ConfigFilePoller, build_app, build_parser, warn_ignored_flags
+from tf_serving_compat.cli import IGNORED_REAL_FLAGS, build_parser, warn_ignored_flags
+from tf_serving_compat.factory import build_app
+from tf_serving_compat.options import ServerOptions
+from tf_serving_compat.poller import ConfigFilePoller
 
 METRICS = "/monitoring/prometheus/metrics"
 
@@ -41,8 +44,8 @@ def test_metrics_count_exactly_the_requests_sent(tmp_path):
     install_version(template(V1_BIAS), base, 1)
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}')
-    app = build_app(model_base_path=base, file_system_poll_wait_seconds=0, monitoring_config_file=monitoring,
-                    enable_batching=True, batching_parameters=BatchingParameters(max_batch_size=8, num_batch_threads=1))
+    app = build_app(ServerOptions(model_base_path=base, file_system_poll_wait_seconds=0, monitoring_config_file=monitoring,
+                    enable_batching=True, batching_parameters=BatchingParameters(max_batch_size=8, num_batch_threads=1)))
     server = start_grpc_server(app, "127.0.0.1", free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
     try:
@@ -164,7 +167,7 @@ def test_config_file_polling_adds_and_removes_models(tmp_path, caplog):
             f' config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" }}' for n, p in models) + " }")
 
     write([("a", first)])
-    app = build_app(model_config_file=config, file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_config_file=config, file_system_poll_wait_seconds=0))
     poller = ConfigFilePoller(config, app.registry, wait_seconds=3600)
     try:
         assert sorted(app.registry.models) == ["a"]
@@ -185,7 +188,7 @@ def test_config_file_polling_adds_and_removes_models(tmp_path, caplog):
 
 
 def test_client_abort_is_logged_as_abort_not_error(model_base, caplog):
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0))
     messages = [{"type": "http.request", "body": b'{"instances": [', "more_body": True}, {"type": "http.disconnect"}]
     sent = []
 

@@ -11,7 +11,8 @@ import pytest
 from serve_helpers import V1_BIAS, V2_BIAS, b64, install_version, jpeg_bytes, reference_outputs, template
 from starlette.testclient import TestClient
 
-from tf_serving_compat.server import build_app
+from tf_serving_compat.factory import build_app
+from tf_serving_compat.options import ServerOptions
 from tf_serving_compat.versions import VersionPolicy, parse_model_config_file
 
 IMAGE = jpeg_bytes((120, 60, 200), noise=20)
@@ -56,7 +57,7 @@ def test_latest_version_served_and_old_one_ends(tmp_path):
     install_version(template(V2_BIAS), base, 2)
     (base / "not_a_version").mkdir()
     (base / "7").mkdir()  # no saved_model.pb yet: still being written, skipped silently
-    app = build_app(model_base_path=base, file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_base_path=base, file_system_poll_wait_seconds=0))
     try:
         with TestClient(app.app) as c:
             assert status_of(c) == [
@@ -163,7 +164,7 @@ def test_config_file_labels_and_policies(tmp_path):
     assert specs[0].labels == {"stable": 1, "canary": 2}
     assert specs[0].policy == VersionPolicy("specific", versions=frozenset({1, 2}))
     assert specs[1].policy == VersionPolicy("latest", num_versions=2)
-    app = build_app(model_config_file=config, file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_config_file=config, file_system_poll_wait_seconds=0))
     try:
         with TestClient(app.app) as c:
             assert [e["version"] for e in status_of(c)] == ["2", "1"]
@@ -199,7 +200,7 @@ def test_bad_config_files(tmp_path, text, message):
 
 
 def test_missing_base_path_serves_nothing_but_answers(tmp_path):
-    app = build_app(model_base_path=tmp_path / "absent", file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_base_path=tmp_path / "absent", file_system_poll_wait_seconds=0))
     try:
         with TestClient(app.app) as c:
             response = c.get("/v1/models/my_model")

@@ -7,8 +7,10 @@ import pytest
 from serve_helpers import IMAGE_SIZE, V1_BIAS, V2_BIAS, install_version, jpeg_bytes, template, write_warmup_file
 from starlette.testclient import TestClient
 
-from tf_serving_compat.host import RewriteDecision
-from tf_serving_compat.server import SessionSettings, build_app, parse_session_config, rewrite_decision, start_line
+from hostinfo import RewriteDecision
+from tf_serving_compat.factory import build_app, start_line
+from tf_serving_compat.options import ServerOptions
+from tf_serving_compat.session_config import SessionSettings, parse_session_config, rewrite_decision
 from tf_serving_compat.versions import LoadedVersion
 
 WARMUP = [("serving_default", {"image_bytes": np.array([jpeg_bytes(), jpeg_bytes((9, 9, 9))], dtype=object)}),
@@ -38,8 +40,8 @@ def test_warmup_requests_run_before_the_version_is_available(tmp_path, counted_r
                                                                expected_calls):
     base = tmp_path / "my_model"
     write_warmup_file(install_version(template(V1_BIAS), base, 1), WARMUP)
-    app = build_app(model_base_path=base, file_system_poll_wait_seconds=0, enable_model_warmup=enable,
-                    num_request_iterations_for_warmup=iterations)
+    app = build_app(ServerOptions(model_base_path=base, file_system_poll_wait_seconds=0, enable_model_warmup=enable,
+                    num_request_iterations_for_warmup=iterations))
     try:
         # build_app returns after the first scan: warmup already ran, the version is AVAILABLE.
         assert len(counted_runs) == expected_calls
@@ -76,7 +78,7 @@ def test_bad_warmup_file_fails_that_version_only(tmp_path, content, code, fragme
     else:
         (broken / "assets.extra").mkdir()
         (broken / "assets.extra" / "tf_serving_warmup_requests").write_bytes(content)
-    app = build_app(model_base_path=base, file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_base_path=base, file_system_poll_wait_seconds=0))
     try:
         by_version = {entry["version"]: entry for entry in status(app)}
         assert by_version["1"]["state"] == "AVAILABLE"  # the previous version keeps serving
@@ -130,7 +132,7 @@ def test_rewrite_decision_session_toggles_win(request_, session, host, mode):
 
 
 def test_start_line_names_versions_and_rewrite_decision(model_base):
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, mixed_precision_rewrite="off")
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, mixed_precision_rewrite="off"))
     try:
         assert app.rewrite == RewriteDecision("off", "switched off by request")
         # No warm-up file: nothing to measure memory with, so the fallback execution size.

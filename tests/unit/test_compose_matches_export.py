@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tf_serving_compat.host import RewriteDecision
+from hostinfo import RewriteDecision
 from vinted_classifier.serving_files import CONFIG_DIR_NAME, SESSION_FILES, real_server_args, write_serving_config
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tf_serving_compat.host import RewriteDecision
+from hostinfo import RewriteDecision
 from vinted_classifier.config import ExportConfig
 from vinted_classifier.distributed import cluster_from_env
 from vinted_classifier.serving_files import (CONTAINER_MODELS_ROOT, PROMETHEUS_PATH, SESSION_FILES,

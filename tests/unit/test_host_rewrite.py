@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tf_serving_compat import host
+import hostinfo as host
 
 BF16_CPU = {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 AVX512_CPU = {"fpu", "avx2", "avx512f", "avx512bw"}
@@ -72,10 +72,19 @@ def test_describe_names_the_grappler_option():
 
 def test_apply_in_a_capped_process_leaves_every_rewrite_off():
     """In a process simulated as AVX2-only, auto switches nothing on, even on a bf16 machine."""
-    code = ("import json, tensorflow as tf; from tf_serving_compat.host import configure_rewrite;"
+    code = ("import json, tensorflow as tf; from hostinfo import configure_rewrite;"
             "d = configure_rewrite('auto'); o = tf.config.optimizer.get_experimental_options();"
             "print(json.dumps([d.mode, o.get('auto_mixed_precision_onednn_bfloat16'), o.get('auto_mixed_precision')]))")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["off", False, False]
+
+
+def test_hostinfo_imports_nothing_heavy_nor_the_server_or_the_project():
+    """Training and serving both import hostinfo: importing it must not load TensorFlow or either side."""
+    code = ("import sys, hostinfo; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'keras', 'tf_serving_compat', 'vinted_classifier', 'numpy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
+from ..config import PROJECT_ROOT, MonitoringConfig
+from ..contract import labels_path
 from .drift import IMAGE_FEATURES, SlidingWindow, drift_scores, summarise
 from .reference import BIN_EDGES, Reference, version_reference
 from .stats import input_stats, observations
@@ -45,8 +49,30 @@ class _VersionState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass(frozen=True)
+class VersionMetadata:
+    """What the project loads with each served version (``serving.VintedAdapter.load_metadata``):
+    its labels.json and its reference statistics, kept by the server on ``LoadedVersion.metadata``."""
+
+    labels: dict
+    reference: Reference | None
+
+
+def load_version_metadata(name: str, version: int, version_dir: Path) -> VersionMetadata:
+    """labels.json ({} when absent) and the reference statistics (None when absent or unreadable)."""
+    labels_file = labels_path(version_dir)
+    labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
+    reference = None
+    try:
+        reference = version_reference(version_dir)
+    except ValueError as exc:
+        log.warning("ignoring the reference statistics of %s version %s: %s", name, version, exc)
+    return VersionMetadata(labels, reference)
+
+
 def _export_time(version_dir: Path) -> float | None:
-    from ..export import read_export_info
+    # The export module imports TensorFlow: only needed once a version is served.
+    from ..export import read_export_info  # noqa: PLC0415
 
     try:
         text = read_export_info(version_dir).get("exported_utc")
@@ -121,7 +147,6 @@ class ModelWatcher:
     """A ``PredictObserver``: per model and version, prediction/input statistics, drift and age metrics."""
 
     def __init__(self, settings: Any = None, clock=time.time, sample_seed: int | None = None):
-        from ..config import MonitoringConfig
 
         self.settings = settings or MonitoringConfig()
         self.clock = clock
@@ -145,7 +170,6 @@ class ModelWatcher:
             return
         self._declare(serving.metrics.registry)
         if self.settings.sample_fraction > 0:
-            from ..config import PROJECT_ROOT
 
             path = Path(self.settings.sample_file)
             self._sampler = RequestSampler(path if path.is_absolute() else PROJECT_ROOT / path,
@@ -205,12 +229,10 @@ class ModelWatcher:
         key = (loaded.name, int(loaded.version))
         state = self._versions.get(key)
         if state is None:
-            reference = None
-            try:
-                reference = version_reference(loaded.path)
-            except ValueError as exc:
-                log.warning("ignoring the reference statistics of %s version %s: %s", *key, exc)
-            state = _VersionState(loaded.labels or {}, reference, _export_time(loaded.path),
+            metadata = loaded.metadata
+            if not isinstance(metadata, VersionMetadata):  # a server built without the project's adapter
+                metadata = load_version_metadata(*key, loaded.path)
+            state = _VersionState(metadata.labels, metadata.reference, _export_time(loaded.path),
                                   SlidingWindow(self.settings.window_size, self.settings.window_seconds))
             with self._versions_lock:
                 state = self._versions.setdefault(key, state)
@@ -253,7 +275,7 @@ class ModelWatcher:
         hashes = _row_hashes(inputs)
         for index, row in enumerate(rows):
             self._sampler.maybe_record({
-                "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+                "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
                 "model": model, "version": version,
                 "image_sha256": hashes[index] if index < len(hashes) else None,
                 "width": row.width, "height": row.height,
@@ -266,7 +288,6 @@ class ModelWatcher:
     # ------------------------------------------------------------ metrics
 
     def _declare(self, registry) -> None:
-        from prometheus_client import Counter, Histogram
 
         per_version = ("model", "version")
         self.predictions = Counter("vinted_predictions", "Served rows with a finite prediction, by top-1 category.",
@@ -330,7 +351,6 @@ class _ScrapeTimeCollector:
         return []
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
 
         labels = ["model", "version"]
         age = GaugeMetricFamily("vinted_model_age_seconds", "Seconds since the served version was exported.", labels=labels)

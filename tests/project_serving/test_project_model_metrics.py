@@ -9,18 +9,31 @@ import re
 import grpc
 import numpy as np
 import pytest
-from serve_helpers import CATEGORIES, TAGS, V1_BIAS, b64, free_port, install_version, jpeg_bytes, \
-    png_header_only, reference_outputs, template
+from serve_helpers import (
+    CATEGORIES,
+    TAGS,
+    V1_BIAS,
+    b64,
+    free_port,
+    install_version,
+    jpeg_bytes,
+    png_header_only,
+    reference_outputs,
+    template,
+)
 from starlette.testclient import TestClient
 
+from tf_serving_compat.factory import build_app
+from tf_serving_compat.options import ServerOptions
 from vinted_classifier.config import MonitoringConfig
 from vinted_classifier.monitoring.drift import Observation
 from vinted_classifier.monitoring.metrics import ModelWatcher
 from vinted_classifier.monitoring.reference import build_reference, write_reference
+from vinted_classifier.serving import VintedAdapter
 
 METRICS = "/monitoring/prometheus/metrics"
 NOW = 1_800_000_000.0
-EXPORTED = _dt.datetime.fromtimestamp(NOW - 3 * 86400, _dt.timezone.utc)
+EXPORTED = _dt.datetime.fromtimestamp(NOW - 3 * 86400, _dt.UTC)
 
 
 def sample(text: str, name: str, **labels) -> float:
@@ -51,8 +64,6 @@ def install_watched_version(base, reference_rows):
 
 @pytest.fixture
 def watched(tmp_path):
-    from vinted_classifier.serving import project_routes
-    from tf_serving_compat.server import build_app
 
     def start(reference_rows, **settings):
         base = tmp_path / "my_model"
@@ -60,8 +71,9 @@ def watched(tmp_path):
         monitoring = tmp_path / "monitoring.config"
         monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}')
         watcher = ModelWatcher(MonitoringConfig(**settings), clock=lambda: NOW, sample_seed=0)
-        app = build_app(model_base_path=base, file_system_poll_wait_seconds=0, monitoring_config_file=monitoring,
-                        extra_routes=project_routes(), observers=[watcher])
+        options = ServerOptions(model_base_path=base, file_system_poll_wait_seconds=0,
+                                monitoring_config_file=monitoring)
+        app = build_app(options, adapter=VintedAdapter(watcher=watcher))
         started.append((app, watcher))
         return app, watcher, version
 
@@ -197,9 +209,8 @@ def test_request_sampling_writes_hashes_sizes_and_predictions_never_images(watch
 
 
 def test_without_metrics_the_watcher_stays_off(model_base):
-    from vinted_classifier.serving import build_project_app
-
-    app = build_project_app(model_base_path=model_base, file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0),
+                    adapter=VintedAdapter())
     try:
         watcher = app.observers[0]
         assert isinstance(watcher, ModelWatcher) and watcher.enabled is False
@@ -208,44 +219,3 @@ def test_without_metrics_the_watcher_stays_off(model_base):
         assert watcher._thread is None
     finally:
         app.close()
-
-
-def test_observer_hook_sees_predictions_and_refusals_and_a_failing_one_fails_nothing(model_base, caplog):
-    """The generic hook (tf_serving_compat.observers): what an observer gets; its errors are logged only."""
-    from tf_serving_compat.observers import PredictObserver
-    from tf_serving_compat.server import build_app
-
-    class Recorder:
-        def __init__(self):
-            self.seen, self.refused, self.attached = [], [], None
-
-        def attach(self, serving):
-            self.attached = serving
-
-        def on_predict(self, loaded, signature_name, inputs, outputs):
-            self.seen.append((loaded.version, signature_name, {k: v.shape for k, v in inputs.items()}, sorted(outputs)))
-
-        def on_reject(self, model, code, message):
-            self.refused.append((model, code))
-
-    class Broken(Recorder):
-        def on_predict(self, *args):
-            raise RuntimeError("observer bug")
-
-        def on_reject(self, *args):
-            raise RuntimeError("observer bug")
-
-    recorder, broken = Recorder(), Broken()
-    assert isinstance(recorder, PredictObserver)
-    app = build_app(model_base_path=model_base, file_system_poll_wait_seconds=0, observers=[broken, recorder])
-    try:
-        with TestClient(app.app) as c:
-            assert c.post("/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())] * 2}).status_code == 200
-            assert c.post("/v1/models/my_model:predict", json={"instances": []}).status_code == 400
-    finally:
-        app.close()
-    assert recorder.attached is app
-    assert recorder.seen == [(1, "serving_default", {"image_bytes": (2,)},
-                              ["cc3", "tag_flags", "tags", "top2_codes", "top2_names"])]
-    assert recorder.refused == [("my_model", "INVALID_ARGUMENT")]
-    assert "observer Broken failed in on_predict" in caplog.text

@@ -25,7 +25,7 @@ def error_of(response) -> str:
 def test_serving_package_does_not_import_the_project():
     """tf_serving_compat must stay publishable alone: building its app imports no vinted_classifier."""
     code = ("import sys; import tf_serving_compat.server, tf_serving_compat.app, tf_serving_compat.grpc_service, "
-            "tf_serving_compat.monitoring, tf_serving_compat.host, tf_serving_compat.versions; "
+            "tf_serving_compat.monitoring, tf_serving_compat.factory, tf_serving_compat.versions, hostinfo; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'vinted_classifier'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -91,9 +91,12 @@ def test_predict_image_version_must_be_ascii_digits(project_client, query):
 def test_predict_image_body_limit(model_base):
     from starlette.testclient import TestClient
 
-    from vinted_classifier.serving import build_project_app
+    from tf_serving_compat.factory import build_app
+    from tf_serving_compat.options import ServerOptions
+    from vinted_classifier.serving import VintedAdapter
 
-    app = build_project_app(model_base_path=model_base, file_system_poll_wait_seconds=0, max_body_bytes=2000)
+    options = ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, max_body_bytes=2000)
+    app = build_app(options, adapter=VintedAdapter())
     try:
         with TestClient(app.app) as c:
             upload = c.post("/predict_image", files={"file": ("a.jpeg", b"y" * 5000, "image/jpeg")})
@@ -145,7 +148,7 @@ def test_our_parser_takes_every_flag_of_tensorflow_model_server_with_its_type():
     """TF Serving's main.cc flag table (tests/serving/data): each flag parses here with its type."""
     import tf_flags
 
-    from tf_serving_compat.server import boolean_flags, build_parser
+    from tf_serving_compat.cli import boolean_flags, build_parser
 
     table = tf_flags.flag_table()
     assert len(table) >= 48 and "xla_gpu_compilation_enabled" in table
@@ -225,8 +228,9 @@ def test_our_server_serves_the_real_binarys_flags_from_the_exports_serving_files
     from serve_helpers import V1_BIAS, b64, install_version, template
     from starlette.testclient import TestClient
 
-    from tf_serving_compat.host import RewriteDecision, decide_rewrite
-    from tf_serving_compat.server import app_from_args, build_parser, start_line
+    from hostinfo import RewriteDecision, decide_rewrite
+    from tf_serving_compat.cli import build_parser
+    from tf_serving_compat.factory import app_from_args, start_line
     from vinted_classifier.serving_files import real_server_args, write_serving_config
 
     saved_model_dir = tmp_path / "saved_model"
