@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
+
 from bench import harness
+from vinted_classifier.contract import RunLabels
 
 TITLE = "7. Backbones: size, speed and held-out accuracy"
 NOTES = """
@@ -27,14 +32,12 @@ BACKBONES = ("vgg19", "vgg16", "mobilenet_v2", "efficientnet_b0", "resnet50")
 
 
 def run(ctx: harness.Context) -> list[dict]:
-    import numpy as np
-
-    from vinted_classifier import data, evaluate
-    from vinted_classifier.export import export_saved_model
-    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
-    from vinted_classifier.pipeline import load_images
-    from vinted_classifier.precision import use_precision
-    from vinted_classifier.runs import RunLabels
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier import data, evaluate  # noqa: PLC0415
+    from vinted_classifier.export import export_saved_model  # noqa: PLC0415
+    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable  # noqa: PLC0415
+    from vinted_classifier.pipeline import load_images  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
 
     base_cfg = harness.bench_config(ctx)
     prepared = data.prepare(base_cfg.data, base_cfg.seed)
@@ -43,7 +46,9 @@ def run(ctx: harness.Context) -> list[dict]:
     policy = harness.auto_policy()
     epochs = ctx.pick(15, 2)
     backbones = ctx.pick(BACKBONES, ("vgg19", "mobilenet_v2"))
-    images = {split: load_images(prepared.paths(split), base_cfg.model.image_size) for split in ("train", "val", "holdout")}
+    images = {
+        split: load_images(prepared.paths(split), base_cfg.model.image_size) for split in ("train", "val", "holdout")
+    }
     speed_batch = images["holdout"][: ctx.pick(96, 8)]
 
     bundles, facts = {}, {}
@@ -66,16 +71,29 @@ def run(ctx: harness.Context) -> list[dict]:
             probs[split] = (np.asarray(out[category], np.float32), np.asarray(out["tags"], np.float32))
         thresholds = evaluate.tune_thresholds(prepared.tags("val").astype(np.int64), probs["val"][1])
         metrics = evaluate.evaluate_predictions(
-            prepared.codes("holdout"), probs["holdout"][0], prepared.tags("holdout").astype(np.int64),
-            probs["holdout"][1], categories=categories, tag_names=tags, thresholds=np.asarray(thresholds))
+            prepared.codes("holdout"),
+            probs["holdout"][0],
+            prepared.tags("holdout").astype(np.int64),
+            probs["holdout"][1],
+            categories=categories,
+            tag_names=tags,
+            thresholds=np.asarray(thresholds),
+        )
         labels = RunLabels(category, categories, tags, [float(t) for t in thresholds], cfg.model.image_size)
-        version = export_saved_model(bundle.model, labels, ctx.work / "saved_model", name, version=1,
-                                     model_cfg=cfg.model)
+        version = export_saved_model(
+            bundle.model, labels, ctx.work / "saved_model", name, version=1, model_cfg=cfg.model
+        )
         saved_mb = sum(f.stat().st_size for f in version.rglob("*") if f.is_file()) / 2**20
-        facts[name] = {"params": params, "saved_mb": saved_mb, "weights": bundle.weights_source.split(":")[0],
-                       "top1": metrics["top1_accuracy"], "top2": metrics["top2_accuracy"],
-                       "tag_f1": metrics["tags"]["macro_f1"] or 0.0, "n": metrics["n"],
-                       "feature_dim": int(feats["train"].shape[1])}
+        facts[name] = {
+            "params": params,
+            "saved_mb": saved_mb,
+            "weights": bundle.weights_source.split(":")[0],
+            "top1": metrics["top1_accuracy"],
+            "top2": metrics["top2_accuracy"],
+            "tag_f1": metrics["tags"]["macro_f1"] or 0.0,
+            "n": metrics["n"],
+            "feature_dim": int(feats["train"].shape[1]),
+        }
         bundles[name] = bundle
 
     def infer(name: str):
@@ -85,34 +103,48 @@ def run(ctx: harness.Context) -> list[dict]:
     rows = []
     for name in backbones:
         f = facts[name]
-        speed = harness.ratio_rows("backbones", f"{name}: inference", "vgg19 inference", times, len(speed_batch),
-                                   name, "vgg19",
-                                   note=f"{policy}, {base_cfg.model.image_size[0]}x{base_cfg.model.image_size[1]}, "
-                                        f"batch 32")
+        speed = harness.ratio_rows(
+            "backbones",
+            f"{name}: inference",
+            "vgg19 inference",
+            times,
+            len(speed_batch),
+            name,
+            "vgg19",
+            note=f"{policy}, {base_cfg.model.image_size[0]}x{base_cfg.model.image_size[1]}, batch 32",
+        )
         representative = name == "vgg19" and f["weights"] != "none"
         rows += [
             speed,
-            harness.row("backbones", f"{name}: parameters", f["params"] / 1e6, "M",
-                        note=f"feature dim {f['feature_dim']}"),
+            harness.row(
+                "backbones", f"{name}: parameters", f["params"] / 1e6, "M", note=f"feature dim {f['feature_dim']}"
+            ),
             harness.row("backbones", f"{name}: SavedModel size", f["saved_mb"], "MiB"),
-            harness.row("backbones", f"{name}: held-out top-1 / top-2 / tag F1", f["top1"], "score",
-                        note=f"top-1 {f['top1']:.3f}, top-2 {f['top2']:.3f}, tag macro F1 {f['tag_f1']:.3f} "
-                             f"(n={f['n']}, {epochs} head epochs on cached clean features); weights {f['weights']}"
-                             + ("" if representative else " — NOT representative (no ImageNet weights offline)")),
+            harness.row(
+                "backbones",
+                f"{name}: held-out top-1 / top-2 / tag F1",
+                f["top1"],
+                "score",
+                note=f"top-1 {f['top1']:.3f}, top-2 {f['top2']:.3f}, tag macro F1 {f['tag_f1']:.3f} "
+                f"(n={f['n']}, {epochs} head epochs on cached clean features); weights {f['weights']}"
+                + ("" if representative else " — NOT representative (no ImageNet weights offline)"),
+            ),
         ]
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """One line per backbone (the report's view of the rows; accuracy figures come from the notes)."""
-    import re
 
     by: dict[str, dict] = {}
     for r in rows:
         backbone, _, what = r["name"].partition(": ")
         by.setdefault(backbone, {})[what] = r
-    lines = ["| backbone | parameters | SavedModel | inference | vs VGG19 | held-out top-1 | top-2 | tag macro F1 "
-             "| weights |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| backbone | parameters | SavedModel | inference | vs VGG19 | held-out top-1 | top-2 | tag macro F1 "
+        "| weights |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     detail = ""
     for backbone, r in by.items():
         acc = r["held-out top-1 / top-2 / tag F1"]
@@ -125,14 +157,18 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {backbone} | {r['parameters']['value']:.1f} M | {r['SavedModel size']['value']:.0f} MiB "
             f"| {speed['value']:.0f} img/s | {speed['ratio']:.2f}× | {top1}{mark} | {top2}{mark} | {f1}{mark} "
-            f"| {weights.group(1).rstrip(';') if weights else ''} |")
+            f"| {weights.group(1).rstrip(';') if weights else ''} |"
+        )
         detail = detail.group(1) if detail else ""
     speed_note = next(iter(by.values()))["inference"]["note"] if by else ""
-    lines += ["", f"Inference: `model.predict` on preloaded images, {speed_note}; *vs VGG19* is the median of "
-              "per-round ratios (all backbones interleaved round by round), so it can differ from the ratio of the "
-              f"img/s medians. Accuracy: held-out split ({detail}). "
-              "**\\* Not representative: trained from `weights=none` (random) features — there are no offline "
-              "ImageNet weights for this backbone here; only its size and speed are meaningful.**"]
+    lines += [
+        "",
+        f"Inference: `model.predict` on preloaded images, {speed_note}; *vs VGG19* is the median of "
+        "per-round ratios (all backbones interleaved round by round), so it can differ from the ratio of the "
+        f"img/s medians. Accuracy: held-out split ({detail}). "
+        "**\\* Not representative: trained from `weights=none` (random) features — there are no offline "
+        "ImageNet weights for this backbone here; only its size and speed are meaningful.**",
+    ]
     return "\n".join(lines)
 
 

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
 from bench import harness
+from vinted_classifier.config import load_config
+from vinted_classifier.contract import RunLabels
 
 TITLE = "9. Batch scoring: Apache Beam (DirectRunner, 2 processes) vs vinted predict"
 NOTES = """
@@ -31,10 +53,10 @@ TIMEOUT_S = 2400  # 7 copies of the test set, 2 rounds of 2 variants on 2 shared
 
 def _make_run(ctx, cfg):
     """A run folder (model.keras, config.yaml, labels.json) and its SavedModel export; untrained head."""
-    from vinted_classifier.export import export_saved_model
-    from vinted_classifier.model import build_model
-    from vinted_classifier.precision import use_precision
-    from vinted_classifier.runs import RunLabels
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier.export import export_saved_model  # noqa: PLC0415
+    from vinted_classifier.model import build_model  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
 
     categories, tags = harness.vocabulary(cfg)
     with use_precision("float32"):
@@ -45,18 +67,16 @@ def _make_run(ctx, cfg):
     bundle.model.save(run_dir / "model.keras")
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     labels.save(run_dir / "labels.json")
-    version = export_saved_model(bundle.model, labels, cfg.export.saved_model_dir, cfg.export.model_name,
-                                 model_cfg=cfg.model)
+    version = export_saved_model(
+        bundle.model, labels, cfg.export.saved_model_dir, cfg.export.model_name, model_cfg=cfg.model
+    )
     return run_dir, version
 
 
 def _scaled_test_set(ctx, cfg, copies: int):
     """``copies`` x the test set under new uuids (hard links), so a fixed start-up cost is amortised as at scale."""
-    import os
-
-    import pandas as pd
-
-    from vinted_classifier import data
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier import data  # noqa: PLC0415
 
     folder = ctx.work / f"test_x{copies}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,14 +110,10 @@ BEAM_VARIANTS = {  # name -> (label, BeamPredictJob overrides)
 def run(ctx: harness.Context) -> list[dict]:
     """``vinted predict`` vs Beam variants, alternating; env BENCH_BEAM_COPIES (test set copies, default 7:
     3,003 images) and BENCH_BEAM_VARIANTS (comma-separated names of BEAM_VARIANTS, default ``beam``)."""
-    import dataclasses
-    import os
-
-    import pandas as pd
-
-    from vinted_classifier import data
-    from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict
-    from vinted_classifier.predict import predict_test_set
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier import data  # noqa: PLC0415
+    from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict  # noqa: PLC0415
+    from vinted_classifier.predict import predict_test_set  # noqa: PLC0415
 
     copies = int(os.environ.get("BENCH_BEAM_COPIES", ctx.pick(7, 1)))
     names = os.environ.get("BENCH_BEAM_VARIANTS", "beam").split(",")
@@ -108,31 +124,41 @@ def run(ctx: harness.Context) -> list[dict]:
     batch = cfg.train.batch_size
     repeats = int(os.environ.get("BENCH_BEAM_ROUNDS", ctx.pick(2, 1)))
     local_out = ctx.work / "local" / "predictions.parquet"
-    base_job = BeamPredictJob(saved_model=str(version), input_parquet=str(cfg.data.data_dir / cfg.data.test_file),
-                              images=str(cfg.data.images), out_path="", batch_size=batch, rewrite="auto")
+    base_job = BeamPredictJob(
+        saved_model=str(version),
+        input_parquet=str(cfg.data.data_dir / cfg.data.test_file),
+        images=str(cfg.data.images),
+        out_path="",
+        batch_size=batch,
+        rewrite="auto",
+    )
     beam_args = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
     def local():
         predict_test_set(run_dir, out_path=local_out, batch_size=batch, rewrite="auto")
 
     def beam_variant(name):
-        job = dataclasses.replace(base_job, out_path=str(ctx.work / name / "predictions.parquet"),
-                                  **BEAM_VARIANTS[name][1])
+        job = dataclasses.replace(
+            base_job, out_path=str(ctx.work / name / "predictions.parquet"), **BEAM_VARIANTS[name][1]
+        )
 
         def call():
             result = run_beam_predict(job, beam_args)
             assert result.counters["images_scored"] == len(ids), result.counters
+
         return call
 
     cpu: dict[str, list[float]] = {}
 
     def with_cpu(name, call):
         """The call, and the CPU seconds it used in this process and every (finished) child process."""
+
         def wrapped():
             before = _cpu_seconds()
             call()
             _wait_for_workers_to_exit()
             cpu.setdefault(name, []).append(_cpu_seconds() - before)
+
         return wrapped
 
     variants = {name: with_cpu(name, beam_variant(name)) for name in names}
@@ -141,31 +167,38 @@ def run(ctx: harness.Context) -> list[dict]:
     for name in names:
         written = pd.read_parquet(ctx.work / name / "predictions.parquet")
         assert written["uuid"].tolist() == local_frame["uuid"].tolist(), f"{name} and vinted predict differ in uuids"
-    return [harness.ratio_rows(
-        "beam", BEAM_VARIANTS[name][0], "vinted predict (one process)", times, len(ids), name, "local", goal=0.8,
-        note=f"{len(ids)} images (the demo test set x{copies}), {cfg.model.backbone} float32 graph + rewrite auto, "
-             f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}, batch {batch}, {repeats} rounds alternating, "
-             f"model load, worker start and the merge included; on {_cpu()}") for name in names] + [
-        _cpu_row(name, cpu[name], cpu["local"], len(ids)) for name in names]
+    return [
+        harness.ratio_rows(
+            "beam",
+            BEAM_VARIANTS[name][0],
+            "vinted predict (one process)",
+            times,
+            len(ids),
+            name,
+            "local",
+            goal=0.8,
+            note=f"{len(ids)} images (the demo test set x{copies}), {cfg.model.backbone} float32 graph + rewrite auto, "
+            f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}, batch {batch}, {repeats} rounds alternating, "
+            f"model load, worker start and the merge included; on {_cpu()}",
+        )
+        for name in names
+    ] + [_cpu_row(name, cpu[name], cpu["local"], len(ids)) for name in names]
 
 
 def _cpu_seconds() -> float:
-    import resource
-
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _wait_for_workers_to_exit(timeout_s: float = 30.0) -> None:
     """SDK worker processes are counted in RUSAGE_CHILDREN only once they have exited and been reaped."""
-    import time
-
-    import psutil
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        alive = [p for p in psutil.Process().children(recursive=True) if p.is_running()
-                 and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
         if not alive:
             return
         time.sleep(0.2)
@@ -174,17 +207,24 @@ def _wait_for_workers_to_exit(timeout_s: float = 30.0) -> None:
 
 def _cpu_row(name: str, variant_s: list[float], local_s: list[float], images: int) -> dict:
     """CPU per image (all processes): what contention does not change, unlike img/s on a shared machine."""
-    import statistics
-
     ms = [1000 * s / images for s in variant_s]
     base = [1000 * s / images for s in local_s]
-    ratio = statistics.median(b / v for b, v in zip(base, ms))
-    return {"bench": "beam", "name": f"{BEAM_VARIANTS[name][0]}: CPU per image", "value": round(statistics.median(ms), 2),
-            "unit": "ms CPU/img", "baseline_name": "vinted predict: CPU per image",
-            "baseline_value": round(statistics.median(base), 2), "ratio": round(ratio, 3), "goal": None,
-            "goal_met": None, "higher_is_better": False, "samples": [round(v, 2) for v in ms],
-            "note": "user+system CPU of every process (driver, workers; the local process), per image; "
-                    "ratio = vinted predict's / Beam's (above 1: Beam spends less CPU per image)"}
+    ratio = statistics.median(b / v for b, v in zip(base, ms, strict=True))
+    return {
+        "bench": "beam",
+        "name": f"{BEAM_VARIANTS[name][0]}: CPU per image",
+        "value": round(statistics.median(ms), 2),
+        "unit": "ms CPU/img",
+        "baseline_name": "vinted predict: CPU per image",
+        "baseline_value": round(statistics.median(base), 2),
+        "ratio": round(ratio, 3),
+        "goal": None,
+        "goal_met": None,
+        "higher_is_better": False,
+        "samples": [round(v, 2) for v in ms],
+        "note": "user+system CPU of every process (driver, workers; the local process), per image; "
+        "ratio = vinted predict's / Beam's (above 1: Beam spends less CPU per image)",
+    }
 
 
 # --------------------------------------------------------------------------- scale: memory vs job size
@@ -201,15 +241,6 @@ ordered file. A sampler reads VmHWM (peak RSS) of the driver and of every descen
 
 def synthetic_job(n_images: int, cache: str = SCALE_CACHE):
     """(folder, ids parquet): ``n_images`` uuids and ``<uuid>.jpeg`` files, made once and reused."""
-    import io
-    import os
-    from pathlib import Path
-
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
     folder = Path(cache).expanduser() / f"n{n_images}"
     ids_path = folder / "test.parquet"
     if ids_path.is_file():
@@ -239,21 +270,23 @@ def synthetic_job(n_images: int, cache: str = SCALE_CACHE):
 
 def tiny_export(cache: str = SCALE_CACHE):
     """A tiny SavedModel export (MobileNetV2 at 32x32, no pretrained weights), made once."""
-    from pathlib import Path
 
-    from vinted_classifier.config import load_config
-    from vinted_classifier.export import export_saved_model
-    from vinted_classifier.model import build_model
-    from vinted_classifier.precision import use_precision
-    from vinted_classifier.runs import RunLabels
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier.export import export_saved_model  # noqa: PLC0415
+    from vinted_classifier.model import build_model  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
 
     base = Path(cache).expanduser() / "saved_model"
-    made = sorted((p for p in (base / "tiny").glob("[0-9]*") if (p / "saved_model.pb").is_file()),
-                  key=lambda p: int(p.name))
+    made = sorted(
+        (p for p in (base / "tiny").glob("[0-9]*") if (p / "saved_model.pb").is_file()), key=lambda p: int(p.name)
+    )
     if made:  # found without importing TensorFlow: the driver being measured must not load it
         return made[-1]
-    cfg = load_config(None, ["model.backbone=mobilenet_v2", "model.image_height=32", "model.image_width=32",
-                             "model.dense_units=16"], presets=["tiny"])
+    cfg = load_config(
+        None,
+        ["model.backbone=mobilenet_v2", "model.image_height=32", "model.image_width=32", "model.dense_units=16"],
+        presets=["tiny"],
+    )
     categories, tags = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"], ["polka dot", "floral", "checker"]
     with use_precision("float32"):
         bundle = build_model(cfg.model, categories, tags, "cc3")
@@ -265,8 +298,6 @@ class PeakRss:
     """Samples VmHWM (peak RSS, kB) of this process and every descendant, keeping each pid's largest value."""
 
     def __init__(self, interval_s: float = 0.2):
-        import threading
-
         self.peaks_kb: dict[int, tuple[str, int]] = {}
         self._interval, self._stop = interval_s, threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -285,8 +316,6 @@ class PeakRss:
             self._sample()
 
     def _sample(self):
-        import psutil
-
         me = psutil.Process()
         for process in [me, *me.children(recursive=True)]:
             try:
@@ -311,17 +340,24 @@ def _is_python_worker(command: str) -> bool:
 
 def scale_once(n_images: int, workers: int = 2, share_model: bool = False) -> dict:
     """Score the synthetic job of ``n_images``; peak RSS per process (MiB), wall time, counters."""
-    import time
 
-    from vinted_classifier.beam_predict import BeamPredictJob, merge_job_shards, run_beam_predict
-    from vinted_classifier.runs import RunLabels
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier.beam_predict import BeamPredictJob, merge_job_shards, run_beam_predict  # noqa: PLC0415
 
     folder, ids_path = synthetic_job(n_images)
     version = tiny_export()
     out = folder / "out" / "predictions.parquet"
-    job = BeamPredictJob(saved_model=str(version), input_parquet=str(ids_path), images=str(folder / "images"),
-                         out_path=str(out), batch_size=64, rewrite="off", detailed=True, share_model=share_model,
-                         shards_only=True)  # the merge runs below, measured on its own
+    job = BeamPredictJob(
+        saved_model=str(version),
+        input_parquet=str(ids_path),
+        images=str(folder / "images"),
+        out_path=str(out),
+        batch_size=64,
+        rewrite="off",
+        detailed=True,
+        share_model=share_model,
+        shards_only=True,
+    )  # the merge runs below, measured on its own
     args = ["--runner=DirectRunner", f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
     started = time.perf_counter()
     with PeakRss() as rss:
@@ -334,19 +370,22 @@ def scale_once(n_images: int, workers: int = 2, share_model: bool = False) -> di
     driver = next(kb for role, kb in rss.peaks_kb.values() if role == "driver")
     workers_kb = sorted(kb for role, kb in rss.peaks_kb.values() if _is_python_worker(role))
     others = {role: kb for role, kb in rss.peaks_kb.values() if role != "driver" and not _is_python_worker(role)}
-    return {"images": n_images, "wall_s": round(wall, 1), "pipeline_s": round(pipeline_s, 1),
-            "img_per_s": round(n_images / wall, 1), "driver_peak_mib": round(driver / 1024, 1),
-            "driver_peak_before_merge_mib": round(driver_after_pipeline / 1024, 1), "worker_peak_mib": [round(kb / 1024, 1) for kb in workers_kb],
-            "other_children_peak_mib": {k: round(v / 1024, 1) for k, v in others.items()},
-            "rows_merged": merged, "counters": result.counters}
+    return {
+        "images": n_images,
+        "wall_s": round(wall, 1),
+        "pipeline_s": round(pipeline_s, 1),
+        "img_per_s": round(n_images / wall, 1),
+        "driver_peak_mib": round(driver / 1024, 1),
+        "driver_peak_before_merge_mib": round(driver_after_pipeline / 1024, 1),
+        "worker_peak_mib": [round(kb / 1024, 1) for kb in workers_kb],
+        "other_children_peak_mib": {k: round(v / 1024, 1) for k, v in others.items()},
+        "rows_merged": merged,
+        "counters": result.counters,
+    }
 
 
 def scale_main(argv: list[str]) -> int:
     """Each size in a fresh interpreter (so one size's peak cannot hide in another's), one JSON line each."""
-    import argparse
-    import json
-    import subprocess
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m bench.bench_beam scale", description=SCALE_HELP)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -360,7 +399,16 @@ def scale_main(argv: list[str]) -> int:
     tiny_export()  # here, not in the measured child
     for size in args.sizes:
         synthetic_job(size)
-        command = [sys.executable, "-m", "bench.bench_beam", "scale", "--one", str(size), "--workers", str(args.workers)]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.bench_beam",
+            "scale",
+            "--one",
+            str(size),
+            "--workers",
+            str(args.workers),
+        ]
         if args.share_model:
             command.append("--share-model")
         done = subprocess.run(command, capture_output=True, text=True)
@@ -368,7 +416,7 @@ def scale_main(argv: list[str]) -> int:
         if done.returncode or not lines:
             print(f"size {size} failed (rc {done.returncode}):\n{done.stderr[-4000:]}", flush=True)
             return 1
-        print(lines[-1][len("RESULT "):], flush=True)
+        print(lines[-1][len("RESULT ") :], flush=True)
     return 0
 
 

@@ -24,10 +24,11 @@ clean view, or a larger batch size for the cached phase, would raise the ratio f
 
 
 def run(ctx: harness.Context) -> list[dict]:
-    from vinted_classifier import data, pipeline
-    from vinted_classifier.features import feature_dataset, write_feature_cache
-    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
-    from vinted_classifier.precision import use_precision
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier import data, pipeline  # noqa: PLC0415
+    from vinted_classifier.features import feature_dataset, write_feature_cache  # noqa: PLC0415
+    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
 
     cfg = harness.bench_config(ctx)
     prepared = data.prepare(cfg.data, cfg.seed)
@@ -43,19 +44,22 @@ def run(ctx: harness.Context) -> list[dict]:
     views = cfg.train.cached_augmented_views if cfg.model.augment else 0
 
     with use_precision(policy):
-        bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
-                             category_output=category)
+        bundle = build_model(
+            cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags), category_output=category
+        )
         set_trainable(bundle, "head", LAST_BLOCK_PREFIXES[cfg.model.backbone])
         harness.compile_for(bundle, bundle.model, cfg, cfg.train.head_learning_rate)
         harness.compile_for(bundle, bundle.head, cfg, cfg.train.head_learning_rate)
 
     def labelled():
-        return pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch, codes=codes,
-                                     tags=tags, category_output=category)
+        return pipeline.make_dataset(
+            paths, image_size=cfg.model.image_size, batch_size=batch, codes=codes, tags=tags, category_output=category
+        )
 
     def cache_to(name: str, ds):
-        return write_feature_cache(bundle, ds, ctx.work / "feature_cache" / f"{name}.f32", category_output=category,
-                                   augment_views=views)
+        return write_feature_cache(
+            bundle, ds, ctx.work / "feature_cache" / f"{name}.f32", category_output=category, augment_views=views
+        )
 
     shutil.rmtree(ctx.work / "feature_cache", ignore_errors=True)  # a reused cache would time nothing
     cache_to("trace", labelled().take(1))  # trace once, untimed
@@ -63,33 +67,70 @@ def run(ctx: harness.Context) -> list[dict]:
     repeat = cache.rows // n
 
     def cached():
-        ds = feature_dataset(cache, batch_size=batch, category_output=category,
-                             shuffle_buffer=cfg.train.feature_shuffle_buffer, seed=cfg.seed)
+        ds = feature_dataset(
+            cache,
+            batch_size=batch,
+            category_output=category,
+            shuffle_buffer=cfg.train.feature_shuffle_buffer,
+            seed=cfg.seed,
+        )
         bundle.head.fit(ds, epochs=epochs_cached, verbose=0, shuffle=False)
 
     def uncached():
-        ds = pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch, codes=codes,
-                                   tags=tags, category_output=category, shuffle=True, seed=cfg.seed)
+        ds = pipeline.make_dataset(
+            paths,
+            image_size=cfg.model.image_size,
+            batch_size=batch,
+            codes=codes,
+            tags=tags,
+            category_output=category,
+            shuffle=True,
+            seed=cfg.seed,
+        )
         bundle.model.fit(ds, epochs=1, verbose=0, shuffle=False)
 
     times = harness.interleaved({"cached": cached, "uncached": uncached}, repeats=repeats, warmup=1)
     per_epoch = {"cached": [t / epochs_cached for t in times["cached"]], "uncached": times["uncached"]}
-    speedups = [u / c for u, c in zip(per_epoch["uncached"], per_epoch["cached"])]
+    speedups = [u / c for u, c in zip(per_epoch["uncached"], per_epoch["cached"], strict=True)]
     cached_s, uncached_s = harness.median(per_epoch["cached"]), harness.median(per_epoch["uncached"])
     break_even = caching_s / max(uncached_s - cached_s, 1e-9)
     common = f"{cfg.model.backbone} {policy}, {n} images, batch {batch}"
     return [
-        harness.row("frozen", "head epoch, backbone re-run (uncached) / cached features", harness.median(speedups),
-                    "x speed-up", baseline_name="uncached epoch s ÷ cached epoch s", ratio=harness.median(speedups),
-                    goal=20.0, samples=speedups,
-                    note=f"{common}; cached epoch = {n} x {repeat} view(s) rows, mean of {epochs_cached} epochs/fit"),
-        harness.row("frozen", "uncached epoch time", uncached_s, "s", samples=per_epoch["uncached"],
-                    note=f"{n / uncached_s:.1f} img/s through the frozen backbone"),
-        harness.row("frozen", "cached epoch time", cached_s, "s", samples=per_epoch["cached"],
-                    note=f"{cache.rows / cached_s:,.0f} feature rows/s"),
-        harness.row("frozen", "one-time feature caching", caching_s, "s",
-                    note=f"{n} images x {repeat} view(s) ({cache.rows} rows, dim {cache.feature_dim}); "
-                         f"pays for itself after {break_even:.2f} epoch(s)"),
+        harness.row(
+            "frozen",
+            "head epoch, backbone re-run (uncached) / cached features",
+            harness.median(speedups),
+            "x speed-up",
+            baseline_name="uncached epoch s ÷ cached epoch s",
+            ratio=harness.median(speedups),
+            goal=20.0,
+            samples=speedups,
+            note=f"{common}; cached epoch = {n} x {repeat} view(s) rows, mean of {epochs_cached} epochs/fit",
+        ),
+        harness.row(
+            "frozen",
+            "uncached epoch time",
+            uncached_s,
+            "s",
+            samples=per_epoch["uncached"],
+            note=f"{n / uncached_s:.1f} img/s through the frozen backbone",
+        ),
+        harness.row(
+            "frozen",
+            "cached epoch time",
+            cached_s,
+            "s",
+            samples=per_epoch["cached"],
+            note=f"{cache.rows / cached_s:,.0f} feature rows/s",
+        ),
+        harness.row(
+            "frozen",
+            "one-time feature caching",
+            caching_s,
+            "s",
+            note=f"{n} images x {repeat} view(s) ({cache.rows} rows, dim {cache.feature_dim}); "
+            f"pays for itself after {break_even:.2f} epoch(s)",
+        ),
     ]
 
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 from bench import harness
+from vinted_classifier.contract import RunLabels
 
 TIMEOUT_S = 2400  # the 10x children decode-check ~35k images each
 TITLE = "6. Memory: peak RSS, demo set vs 10x demo set"
 NOTES = """
 Each figure is the peak RSS (kernel high-water mark `VmHWM`, reported by the child at its end) of a
-fresh child process that does one job on one dataset; the ratio is 10x-set peak / demo-set peak (goal: within 10%, i.e. <= 1.10x).
+fresh child process that does one job on one dataset; the ratio is 10x-set peak / demo-set peak
+(goal: within 10%, i.e. <= 1.10x).
 *predict* is `predict.predict_test_set` (the `vinted predict` path: load the run, check every test
 image, stream, write the parquet files) for every row of `test.parquet`, VGG19 160x128.
 *train, uncached* is phase 1 without feature caching: `data.prepare` (labels, decode-check and hash of
@@ -35,14 +38,24 @@ the features were held in memory in several copies at once.)
 
 
 def _children_cmd(task: str, data_dir: Path, work: Path, smoke: bool, out: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "bench.bench_memory", "--task", task, "--data", str(data_dir), "--work", str(work),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bench_memory",
+        "--task",
+        task,
+        "--data",
+        str(data_dir),
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+    ]
     return cmd + (["--smoke"] if smoke else [])
 
 
 def _task_main(argv: list[str]) -> int:
     """Child side: do one job, write a small JSON with what was done."""
-    import argparse
 
     p = argparse.ArgumentParser()
     p.add_argument("--task", required=True, choices=["train_cached", "train_uncached", "predict"])
@@ -56,26 +69,40 @@ def _task_main(argv: list[str]) -> int:
     started = time.perf_counter()
     info: dict = {"task": args.task, "data": str(args.data)}
     if args.task == "predict":
-        from vinted_classifier.predict import predict_test_set
+        # Each child imports only what its job uses: the peak RSS of that job is what is measured.
+        from vinted_classifier.predict import predict_test_set  # noqa: PLC0415
 
         frame = predict_test_set(args.work / "run", data_dir=args.data, out_path=args.out.with_suffix(".parquet"))
         info["images"] = len(frame)
         info["image_size"] = list(ctx.image_size)
     else:
-        from vinted_classifier import data, train
-        from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
-        from vinted_classifier.precision import set_precision
+        # Each child imports only what its job uses: the peak RSS of that job is what is measured.
+        from vinted_classifier import data, train  # noqa: PLC0415
+        from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable  # noqa: PLC0415
+        from vinted_classifier.precision import set_precision  # noqa: PLC0415
 
         cached = args.task == "train_cached"
         size = (32, 32) if cached else ctx.image_size
         run_name = f"{args.task}-{args.data.name}"
-        cfg = harness.bench_config(ctx, args.data, [f"model.image_height={size[0]}", f"model.image_width={size[1]}",
-                                                    "train.head_epochs=1", "train.early_stopping_patience=0",
-                                                    f"run_name={run_name}"])
+        cfg = harness.bench_config(
+            ctx,
+            args.data,
+            [
+                f"model.image_height={size[0]}",
+                f"model.image_width={size[1]}",
+                "train.head_epochs=1",
+                "train.early_stopping_patience=0",
+                f"run_name={run_name}",
+            ],
+        )
         set_precision(harness.auto_policy())
         prepared = data.prepare(cfg.data, cfg.seed)
-        bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
-                             category_output=cfg.data.category_column)
+        bundle = build_model(
+            cfg.model,
+            list(prepared.vocab.categories),
+            list(prepared.vocab.tags),
+            category_output=cfg.data.category_column,
+        )
         set_trainable(bundle, "head", LAST_BLOCK_PREFIXES[cfg.model.backbone])
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         info["train_images"] = len(prepared.paths("train"))
@@ -96,9 +123,9 @@ def _task_main(argv: list[str]) -> int:
 
 def _make_run(ctx: harness.Context, data_dir: Path) -> Path:
     """A finished-run folder (config, labels, model.keras) for predict_test_set; untrained head."""
-    from vinted_classifier.model import build_model
-    from vinted_classifier.precision import use_precision
-    from vinted_classifier.runs import RunLabels
+    # Each child imports only what its job uses: the peak RSS of that job is what is measured.
+    from vinted_classifier.model import build_model  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
 
     cfg = harness.bench_config(ctx, data_dir)
     categories, tags = harness.vocabulary(cfg)
@@ -109,7 +136,8 @@ def _make_run(ctx: harness.Context, data_dir: Path) -> Path:
     bundle.model.save(run_dir / "model.keras")
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     RunLabels(cfg.data.category_column, categories, tags, [0.5] * len(tags), cfg.model.image_size).save(
-        run_dir / "labels.json")
+        run_dir / "labels.json"
+    )
     return run_dir
 
 
@@ -131,8 +159,11 @@ def run(ctx: harness.Context) -> list[dict]:
     for task in ("predict", "train_uncached", "train_cached"):
         for label, folder in sets.items():
             out = ctx.work / f"{task}-{label}.json"
-            measured = harness.peak_rss_of(_children_cmd(task, folder, ctx.work, ctx.smoke, out), timeout=timeout,
-                                           log_path=ctx.work / f"{task}-{label}.log")
+            measured = harness.peak_rss_of(
+                _children_cmd(task, folder, ctx.work, ctx.smoke, out),
+                timeout=timeout,
+                log_path=ctx.work / f"{task}-{label}.log",
+            )
             if measured["returncode"] != 0:
                 log = (ctx.work / f"{task}-{label}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"memory child {task} on {label} failed ({measured['returncode']}):\n{log}")
@@ -140,23 +171,35 @@ def run(ctx: harness.Context) -> list[dict]:
             # the child's own VmHWM at its end is exact; the polled value can only be lower
             measured["peak_rss_mb"] = max(measured["peak_rss_mb"], measured["info"]["own_peak_rss_mb"])
             results[(task, label)] = measured
-    names = {"predict": "predict_test_set over test.parquet", "train_uncached": "train phase 1, uncached (streaming)",
-             "train_cached": "train phase 1, cached features, 1 epoch"}
+    names = {
+        "predict": "predict_test_set over test.parquet",
+        "train_uncached": "train phase 1, uncached (streaming)",
+        "train_cached": "train phase 1, cached features, 1 epoch",
+    }
     rows = []
     for task, title in names.items():
         small, large = results[(task, "1x")], results[(task, "10x")]
 
-        def size(r):
+        def size(r, task=task):
             info = r["info"]
             return f"{info.get('images', info.get('train_images'))} {'test' if task == 'predict' else 'train'} images"
 
         extra = f", {small['info']['steps']} steps each" if "steps" in small["info"] else ""
-        rows.append(harness.row(
-            "memory", f"{title}: {scales['10x']:g}x set", large["peak_rss_mb"], "MiB",
-            baseline_name=f"scale {scales['1x']:g} set", baseline_value=small["peak_rss_mb"], goal=1.10,
-            higher_is_better=False,
-            note=f"{size(small)} -> {size(large)}{extra}; image size {'x'.join(map(str, small['info']['image_size']))}; "
-                 f"child wall {small['seconds']:.0f} s / {large['seconds']:.0f} s"))
+        rows.append(
+            harness.row(
+                "memory",
+                f"{title}: {scales['10x']:g}x set",
+                large["peak_rss_mb"],
+                "MiB",
+                baseline_name=f"scale {scales['1x']:g} set",
+                baseline_value=small["peak_rss_mb"],
+                goal=1.10,
+                higher_is_better=False,
+                note=f"{size(small)} -> {size(large)}{extra}; "
+                f"image size {'x'.join(map(str, small['info']['image_size']))}; "
+                f"child wall {small['seconds']:.0f} s / {large['seconds']:.0f} s",
+            )
+        )
     return rows
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from bench import harness
 
 TITLE = "2. Input pipeline: fit from JPEG files vs in-memory batches"
@@ -28,12 +30,12 @@ table with that in mind; the per-round samples are in `bench/results/latest.json
 
 
 def run(ctx: harness.Context) -> list[dict]:
-    import numpy as np
-    import tensorflow as tf
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    import tensorflow as tf  # noqa: PLC0415
 
-    from vinted_classifier import data, pipeline
-    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
-    from vinted_classifier.precision import use_precision
+    from vinted_classifier import data, pipeline  # noqa: PLC0415
+    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
 
     cfg = harness.bench_config(ctx)
     prepared = data.prepare(cfg.data, cfg.seed)
@@ -47,19 +49,29 @@ def run(ctx: harness.Context) -> list[dict]:
     policy = harness.auto_policy()
 
     def from_files():
-        return pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch, codes=codes, tags=tags,
-                                     category_output=category, shuffle=True, seed=cfg.seed)
+        return pipeline.make_dataset(
+            paths,
+            image_size=cfg.model.image_size,
+            batch_size=batch,
+            codes=codes,
+            tags=tags,
+            category_output=category,
+            shuffle=True,
+            seed=cfg.seed,
+        )
 
-    images = np.concatenate([b for b in pipeline.make_dataset(paths, image_size=cfg.model.image_size,
-                                                               batch_size=batch)])
+    images = np.concatenate(
+        [b for b in pipeline.make_dataset(paths, image_size=cfg.model.image_size, batch_size=batch)]
+    )
 
     def from_memory():
         ds = tf.data.Dataset.from_tensor_slices((images, {category: codes, "tags": tags}))
         return ds.shuffle(n, seed=cfg.seed).batch(batch).prefetch(tf.data.AUTOTUNE)
 
     with use_precision(policy):
-        bundle = build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
-                             category_output=category)
+        bundle = build_model(
+            cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags), category_output=category
+        )
     rows = []
     for phase in ("finetune", "head"):
         with use_precision(policy):
@@ -73,14 +85,33 @@ def run(ctx: harness.Context) -> list[dict]:
             variants["pipeline"] = lambda: sum(int(b[0].shape[0]) for b in from_files())
         times = harness.interleaved(variants, repeats=repeats, warmup=1)
         label = "fine-tune" if phase == "finetune" else "head-only, uncached"
-        rows.append(harness.ratio_rows(
-            "pipeline", f"fit {label}: from JPEG files", "same batches in memory", times, n, "files", "memory",
-            goal=0.9, note=f"{cfg.model.backbone} {policy}, {n} images, batch {batch}, {repeats} rounds"))
+        rows.append(
+            harness.ratio_rows(
+                "pipeline",
+                f"fit {label}: from JPEG files",
+                "same batches in memory",
+                times,
+                n,
+                "files",
+                "memory",
+                goal=0.9,
+                note=f"{cfg.model.backbone} {policy}, {n} images, batch {batch}, {repeats} rounds",
+            )
+        )
         if phase == "finetune":
-            rows.append(harness.ratio_rows(
-                "pipeline", "pipeline only (read+decode+resize, no model)", "fit fine-tune in memory (model "
-                "consumption)", times, n, "pipeline", "memory",
-                note=f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}; ratio > 1: the decoder outruns the model"))
+            rows.append(
+                harness.ratio_rows(
+                    "pipeline",
+                    "pipeline only (read+decode+resize, no model)",
+                    "fit fine-tune in memory (model consumption)",
+                    times,
+                    n,
+                    "pipeline",
+                    "memory",
+                    note=f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}; "
+                    "ratio > 1: the decoder outruns the model",
+                )
+            )
     return rows
 
 

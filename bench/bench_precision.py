@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from bench import harness
 
 TITLE = "1. Training step throughput: mixed_bfloat16 vs float32"
@@ -17,10 +19,9 @@ variables stay float32 (mixed policy), outputs are float32.
 
 
 def run(ctx: harness.Context) -> list[dict]:
-    import numpy as np
-
-    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable
-    from vinted_classifier.precision import use_precision
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier.model import LAST_BLOCK_PREFIXES, build_model, set_trainable  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
 
     cfg = harness.bench_config(ctx)
     categories, tags = harness.vocabulary(cfg)
@@ -30,8 +31,10 @@ def run(ctx: harness.Context) -> list[dict]:
     height, width = ctx.image_size
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, height, width, 3)).astype(np.float32)
-    y = {cfg.data.category_column: rng.integers(0, len(categories), batch).astype(np.int64),
-         "tags": rng.integers(0, 2, (batch, len(tags))).astype(np.float32)}
+    y = {
+        cfg.data.category_column: rng.integers(0, len(categories), batch).astype(np.int64),
+        "tags": rng.integers(0, 2, (batch, len(tags))).astype(np.float32),
+    }
 
     policies = ("mixed_bfloat16", "float32")
     bundles = {}
@@ -53,11 +56,21 @@ def run(ctx: harness.Context) -> list[dict]:
         times = harness.interleaved({p: step(p) for p in policies}, repeats=repeats, warmup=1)
         label = "fine-tune (block5 trainable)" if phase == "finetune" else "head-only (backbone frozen, run each step)"
         ms = {p: harness.median(times[p]) / steps * 1000 for p in policies}
-        rows.append(harness.ratio_rows(
-            "precision", f"{label}: mixed_bfloat16", "float32", times, batch * steps, "mixed_bfloat16", "float32",
-            unit="img/s", goal=1.8,
-            note=f"VGG19 {height}x{width}, batch {batch}; step {ms['mixed_bfloat16']:.0f} ms vs "
-                 f"{ms['float32']:.0f} ms; {repeats} interleaved rounds x {steps} steps"))
+        rows.append(
+            harness.ratio_rows(
+                "precision",
+                f"{label}: mixed_bfloat16",
+                "float32",
+                times,
+                batch * steps,
+                "mixed_bfloat16",
+                "float32",
+                unit="img/s",
+                goal=1.8,
+                note=f"VGG19 {height}x{width}, batch {batch}; step {ms['mixed_bfloat16']:.0f} ms vs "
+                f"{ms['float32']:.0f} ms; {repeats} interleaved rounds x {steps} steps",
+            )
+        )
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench import harness
+from vinted_classifier.contract import RunLabels
 
 TITLE = "4. Batch prediction: predict_ids from files vs raw model on preloaded tensors"
 NOTES = """
@@ -15,11 +16,11 @@ weights untrained — irrelevant to speed), same batch size, alternating call by
 
 
 def run(ctx: harness.Context) -> list[dict]:
-    from vinted_classifier import data, pipeline
-    from vinted_classifier.model import build_model
-    from vinted_classifier.precision import use_precision
-    from vinted_classifier.predict import predict_ids
-    from vinted_classifier.runs import RunLabels
+    # TensorFlow loads in the benchmark's process only: run_all imports this module for its docs.
+    from vinted_classifier import data, pipeline  # noqa: PLC0415
+    from vinted_classifier.model import build_model  # noqa: PLC0415
+    from vinted_classifier.precision import use_precision  # noqa: PLC0415
+    from vinted_classifier.predict import predict_ids  # noqa: PLC0415
 
     cfg = harness.bench_config(ctx)
     categories, tags = harness.vocabulary(cfg)
@@ -42,11 +43,21 @@ def run(ctx: harness.Context) -> list[dict]:
         model.predict(images, batch_size=batch, verbose=0)
 
     times = harness.interleaved({"files": files, "memory": memory}, repeats=repeats, warmup=1)
-    return [harness.ratio_rows(
-        "predict", "predict_ids over test.parquet (JPEG files)", "model.predict on preloaded array", times,
-        len(ids), "files", "memory", goal=0.9,
-        note=f"{len(ids)} images, {cfg.model.backbone} {policy} {cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
-             f"batch {batch}, {repeats} rounds")]
+    return [
+        harness.ratio_rows(
+            "predict",
+            "predict_ids over test.parquet (JPEG files)",
+            "model.predict on preloaded array",
+            times,
+            len(ids),
+            "files",
+            "memory",
+            goal=0.9,
+            note=f"{len(ids)} images, {cfg.model.backbone} {policy} "
+            f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}, "
+            f"batch {batch}, {repeats} rounds",
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import resource
@@ -33,16 +34,33 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import psutil
+
+from vinted_classifier.config import load_config
 
 PROJECT = Path(__file__).resolve().parent.parent
 BENCH_DIR = PROJECT / "bench"
 CACHE_DIR = BENCH_DIR / ".cache"
-ROW_FIELDS = ("bench", "name", "value", "unit", "baseline_name", "baseline_value", "ratio", "goal",
-              "goal_met", "samples", "note")
+ROW_FIELDS = (
+    "bench",
+    "name",
+    "value",
+    "unit",
+    "baseline_name",
+    "baseline_value",
+    "ratio",
+    "goal",
+    "goal_met",
+    "samples",
+    "note",
+)
 
 
 # --------------------------------------------------------------------------- context
@@ -82,9 +100,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def row(bench: str, name: str, value: float, unit: str, *, baseline_name: str | None = None,
-        baseline_value: float | None = None, ratio: float | None = None, goal: float | None = None,
-        higher_is_better: bool = True, samples: Sequence[float] | None = None, note: str = "") -> dict:
+def row(
+    bench: str,
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    baseline_name: str | None = None,
+    baseline_value: float | None = None,
+    ratio: float | None = None,
+    goal: float | None = None,
+    higher_is_better: bool = True,
+    samples: Sequence[float] | None = None,
+    note: str = "",
+) -> dict:
     """One result line. ``ratio`` defaults to value / baseline_value; ``goal`` is a minimum
     ratio (or a maximum when ``higher_is_better`` is false)."""
     if ratio is None and baseline_value:
@@ -93,18 +122,35 @@ def row(bench: str, name: str, value: float, unit: str, *, baseline_name: str | 
     if goal is not None and ratio is not None:
         goal_met = bool(ratio >= goal) if higher_is_better else bool(ratio <= goal)
     return {
-        "bench": bench, "name": name, "value": _clean(float(value)), "unit": unit,
+        "bench": bench,
+        "name": name,
+        "value": _clean(float(value)),
+        "unit": unit,
         "baseline_name": baseline_name,
         "baseline_value": None if baseline_value is None else _clean(float(baseline_value)),
-        "ratio": None if ratio is None else _clean(float(ratio)), "goal": goal, "goal_met": goal_met,
+        "ratio": None if ratio is None else _clean(float(ratio)),
+        "goal": goal,
+        "goal_met": goal_met,
         "higher_is_better": higher_is_better,
-        "samples": None if samples is None else _clean([float(s) for s in samples]), "note": note,
+        "samples": None if samples is None else _clean([float(s) for s in samples]),
+        "note": note,
     }
 
 
-def ratio_rows(bench: str, name: str, baseline_name: str, times: dict[str, list[float]], items: float,
-               variant: str, baseline: str, *, unit: str = "img/s", goal: float | None = None,
-               baseline_items: float | None = None, note: str = "") -> dict:
+def ratio_rows(
+    bench: str,
+    name: str,
+    baseline_name: str,
+    times: dict[str, list[float]],
+    items: float,
+    variant: str,
+    baseline: str,
+    *,
+    unit: str = "img/s",
+    goal: float | None = None,
+    baseline_items: float | None = None,
+    note: str = "",
+) -> dict:
     """Throughput row (items per second) of ``variant`` vs ``baseline`` from interleaved times.
 
     value/baseline_value are median throughputs; ratio is the median of per-round ratios.
@@ -112,9 +158,19 @@ def ratio_rows(bench: str, name: str, baseline_name: str, times: dict[str, list[
     baseline_items = items if baseline_items is None else baseline_items
     rates = [items / t for t in times[variant]]
     base_rates = [baseline_items / t for t in times[baseline]]
-    paired = [a / b for a, b in zip(rates, base_rates)]
-    result = row(bench, name, median(rates), unit, baseline_name=baseline_name, baseline_value=median(base_rates),
-                 ratio=median(paired), goal=goal, samples=rates, note=note)
+    paired = [a / b for a, b in zip(rates, base_rates, strict=True)]
+    result = row(
+        bench,
+        name,
+        median(rates),
+        unit,
+        baseline_name=baseline_name,
+        baseline_value=median(base_rates),
+        ratio=median(paired),
+        goal=goal,
+        samples=rates,
+        note=note,
+    )
     result["baseline_samples"] = _clean([float(b) for b in base_rates])
     return result
 
@@ -128,8 +184,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1,
-                deadline: float | None = None) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1, deadline: float | None = None
+) -> dict[str, list[float]]:
     """Seconds per call of each variant: ``warmup`` untimed rounds, then ``repeats`` rounds
     alternating the order (A B, B A, ...). Stops early (keeping >= 1 round) past ``deadline``
     (a ``time.monotonic()`` value)."""
@@ -167,8 +224,15 @@ def vm_hwm_mb(pid: int | str = "self") -> float | None:
     return None
 
 
-def peak_rss_of(command: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
-                cwd: Path = PROJECT, log_path: Path | None = None, poll_s: float = 0.05) -> dict:
+def peak_rss_of(
+    command: Sequence[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path = PROJECT,
+    log_path: Path | None = None,
+    poll_s: float = 0.05,
+) -> dict:
     """Run ``command`` as a child; return its peak RSS (MiB), wall seconds and exit code.
 
     ``peak_rss_mb``: the child's VmHWM (kernel high-water mark of its resident set since exec),
@@ -178,15 +242,16 @@ def peak_rss_of(command: Sequence[str], *, timeout: float, env: dict[str, str] |
     ``polled_peak_mb`` is the largest summed RSS of the child and its descendants seen by polling.
     A command that writes its own final VmHWM (see :func:`own_peak_rss_mb`) is more exact still.
     """
-    import psutil
 
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT) + os.pathsep
-                    + os.environ.get("PYTHONPATH", ""))
+    full_env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
     full_env.update(env or {})
     log_file = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     started = time.perf_counter()
-    process = subprocess.Popen(list(command), cwd=cwd, env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        list(command), cwd=cwd, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
     polled, hwm = [0], [0.0]
     done = threading.Event()
 
@@ -225,8 +290,13 @@ def peak_rss_of(command: Sequence[str], *, timeout: float, env: dict[str, str] |
             log_file.close()
     process.returncode = os.waitstatus_to_exitcode(status)
     ru_maxrss = usage.ru_maxrss / 1024.0
-    return {"peak_rss_mb": hwm[0] or ru_maxrss, "ru_maxrss_mb": ru_maxrss, "polled_peak_mb": polled[0] / 2**20,
-            "seconds": time.perf_counter() - started, "returncode": process.returncode}
+    return {
+        "peak_rss_mb": hwm[0] or ru_maxrss,
+        "ru_maxrss_mb": ru_maxrss,
+        "polled_peak_mb": polled[0] / 2**20,
+        "seconds": time.perf_counter() - started,
+        "returncode": process.returncode,
+    }
 
 
 def _kill_group(pid: int) -> None:
@@ -247,10 +317,6 @@ def own_peak_rss_mb() -> float:
 
 def machine() -> dict:
     """CPU model, cores, RAM, bf16 flags, library versions, load average."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import psutil
-
     model, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -272,16 +338,20 @@ def machine() -> dict:
     except AttributeError:
         usable = os.cpu_count()
     return {
-        "cpu_model": model, "logical_cores": os.cpu_count(), "usable_cores": usable,
+        "cpu_model": model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "cpu_bf16_flags": sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f")),
-        "python": platform.python_version(), "platform": platform.platform(), **versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **versions,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 # --------------------------------------------------------------------------- markdown
@@ -312,35 +382,53 @@ def _goal(r: dict) -> str:
 
 
 def rows_table(rows: list[dict]) -> str:
-    lines = ["| measurement | value | baseline | baseline value | ratio | goal | note |",
-             "|---|---:|---|---:|---:|---|---|"]
+    lines = [
+        "| measurement | value | baseline | baseline value | ratio | goal | note |",
+        "|---|---:|---|---:|---:|---|---|",
+    ]
     for r in rows:
         ratio = f"{_fmt(r['ratio'])}×" if r.get("ratio") is not None else ""
         base = f"{_fmt(r['baseline_value'])} {r['unit']}" if r.get("baseline_value") is not None else ""
         note = str(r.get("note") or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {r.get('baseline_name') or ''} | {base} "
-                     f"| {ratio} | {_goal(r)} | {note} |")
+        lines.append(
+            f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {r.get('baseline_name') or ''} | {base} "
+            f"| {ratio} | {_goal(r)} | {note} |"
+        )
     return "\n".join(lines)
 
 
-def write_markdown(report: dict, path: Path, *, titles: dict[str, str], notes: dict[str, str],
-                   preface: str = "", tables: dict[str, Callable[[list[dict]], str]] | None = None) -> None:
+def write_markdown(
+    report: dict,
+    path: Path,
+    *,
+    titles: dict[str, str],
+    notes: dict[str, str],
+    preface: str = "",
+    tables: dict[str, Callable[[list[dict]], str]] | None = None,
+) -> None:
     """The report. ``tables[name](rows)`` replaces the generic rows table of that benchmark."""
     tables = tables or {}
     m = report["machine"]
-    out = ["# Benchmarks", "",
-           "<!-- generated by `python -m bench.run_all` (make bench); edit bench/*.py, not this file -->", ""]
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- generated by `python -m bench.run_all` (make bench); edit bench/*.py, not this file -->",
+        "",
+    ]
     if preface:
         out += [preface.strip(), ""]
-    out += ["## Run", "",
-            f"* **Date:** {report['date']} (UTC; each benchmark's own date is under its heading); "
-            f"total wall time {report['total_seconds'] / 60:.1f} min",
-            f"* **Command:** `{report['command']}`",
-            f"* **Machine:** {m['cpu_model']}; {m['usable_cores']} usable of {m['logical_cores']} logical cores; "
-            f"{m['ram_gib']} GiB RAM; CPU flags {', '.join(m['cpu_bf16_flags']) or 'none'}; {m['platform']}",
-            f"* **Software:** Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
-            f"NumPy {m['numpy']}",
-            f"* **Load average (1 min)** at start: {m['loadavg_1m']}; per benchmark below.", ""]
+    out += [
+        "## Run",
+        "",
+        f"* **Date:** {report['date']} (UTC; each benchmark's own date is under its heading); "
+        f"total wall time {report['total_seconds'] / 60:.1f} min",
+        f"* **Command:** `{report['command']}`",
+        f"* **Machine:** {m['cpu_model']}; {m['usable_cores']} usable of {m['logical_cores']} logical cores; "
+        f"{m['ram_gib']} GiB RAM; CPU flags {', '.join(m['cpu_bf16_flags']) or 'none'}; {m['platform']}",
+        f"* **Software:** Python {m['python']}, TensorFlow {m['tensorflow']}, Keras {m['keras']}, NumPy {m['numpy']}",
+        f"* **Load average (1 min)** at start: {m['loadavg_1m']}; per benchmark below.",
+        "",
+    ]
     summary = [r for b in report["benchmarks"].values() for r in b.get("rows", []) if r.get("goal") is not None]
     if summary:
         out += ["## Goals at a glance", "", "| benchmark | measurement | ratio | goal |", "|---|---|---:|---|"]
@@ -351,8 +439,10 @@ def write_markdown(report: dict, path: Path, *, titles: dict[str, str], notes: d
         out += [f"## {titles.get(name, name)} (`{name}`)", ""]
         load = result.get("loadavg_1m") or {}
         when = f"{result['date']}, " if result.get("date") else ""
-        out.append(f"*{when}{result.get('mode', 'full')} mode, {result.get('seconds', 0):.0f} s; load average "
-                   f"{load.get('before', '?')} → {load.get('after', '?')}*")
+        out.append(
+            f"*{when}{result.get('mode', 'full')} mode, {result.get('seconds', 0):.0f} s; load average "
+            f"{load.get('before', '?')} → {load.get('after', '?')}*"
+        )
         out.append("")
         if result.get("error"):
             out += ["**Failed:**", "", "```", result["error"].strip()[-2000:], "```", ""]
@@ -373,7 +463,8 @@ def ensure_demo(folder: Path, scale: float, seed: int = 0) -> Path:
     """A demo dataset at ``scale``, generated once and reused (``bench/.cache`` by default)."""
     if (folder / "data.parquet").is_file() and (folder / "test.parquet").is_file():
         return folder
-    from vinted_classifier.demo import generate_demo_dataset
+    # The project and TensorFlow load in a benchmark's process only: run_all imports the harness.
+    from vinted_classifier.demo import generate_demo_dataset  # noqa: PLC0415
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     print(f"[bench] generating demo data scale={scale} into {folder} (once; cached)", file=sys.stderr, flush=True)
@@ -393,12 +484,16 @@ def demo_dir(ctx: Context) -> Path:
 
 def bench_config(ctx: Context, data_dir: Path | None = None, overrides: Sequence[str] = ()):
     """The default run pointed at the bench data; smoke mode stacks the ``smoke`` preset, without weights."""
-    from vinted_classifier.config import load_config
 
     height, width = ctx.image_size
-    sets = [f"data.data_dir={data_dir or demo_dir(ctx)}", f"model.image_height={height}",
-            f"model.image_width={width}", "train.verbose=0", f"output_dir={ctx.work / 'runs'}",
-            f"export.saved_model_dir={ctx.work / 'saved_model'}"]
+    sets = [
+        f"data.data_dir={data_dir or demo_dir(ctx)}",
+        f"model.image_height={height}",
+        f"model.image_width={width}",
+        "train.verbose=0",
+        f"output_dir={ctx.work / 'runs'}",
+        f"export.saved_model_dir={ctx.work / 'saved_model'}",
+    ]
     if ctx.smoke:
         sets.append("model.weights=none")
     return load_config(None, [*sets, *overrides], presets=["smoke"] if ctx.smoke else ())
@@ -406,33 +501,42 @@ def bench_config(ctx: Context, data_dir: Path | None = None, overrides: Sequence
 
 def vocabulary(cfg) -> tuple[list[str], list[str]]:
     """(categories, tag names) from the labels file, without the image checks of ``prepare``."""
-    from vinted_classifier import data
+    # The project and TensorFlow load in a benchmark's process only: run_all imports the harness.
+    from vinted_classifier import data  # noqa: PLC0415
 
     vocab = data.Vocabulary.from_labels(data.read_labels(cfg.data), cfg.data)
     return list(vocab.categories), list(vocab.tags)
 
 
 def compile_for(bundle, keras_model, cfg, learning_rate: float) -> None:
-    from vinted_classifier.model import compile_model
+    # The project and TensorFlow load in a benchmark's process only: run_all imports the harness.
+    from vinted_classifier.model import compile_model  # noqa: PLC0415
 
-    compile_model(keras_model, category_output=cfg.data.category_column, n_tags=len(bundle.tag_names),
-                  tag_names=list(bundle.tag_names), learning_rate=learning_rate,
-                  loss_weights=cfg.train.loss_weights, label_smoothing=cfg.train.label_smoothing)
+    compile_model(
+        keras_model,
+        category_output=cfg.data.category_column,
+        n_tags=len(bundle.tag_names),
+        tag_names=list(bundle.tag_names),
+        learning_rate=learning_rate,
+        loss_weights=cfg.train.loss_weights,
+        label_smoothing=cfg.train.label_smoothing,
+    )
 
 
 def auto_policy() -> str:
-    from vinted_classifier.precision import resolve_precision
+    # The project and TensorFlow load in a benchmark's process only: run_all imports the harness.
+    from vinted_classifier.precision import resolve_precision  # noqa: PLC0415
 
     return resolve_precision("auto")
 
 
 def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
-        import absl.logging
+        # absl comes with TensorFlow: present whenever there is TensorFlow logging to quieten.
+        import absl.logging  # noqa: PLC0415
 
         absl.logging.set_verbosity(absl.logging.ERROR)
     except ImportError:
@@ -450,16 +554,18 @@ def run_benchmark(module, ctx: Context) -> dict:
     try:
         rows = module.run(ctx)
     except Exception:  # noqa: BLE001 - reported in the results, the other benchmarks still run
-        import traceback
-
         error = traceback.format_exc()
     for r in rows:
         missing = set(ROW_FIELDS) - set(r)
         if missing:
             raise ValueError(f"row {r.get('name')!r} of {ctx.name} lacks {sorted(missing)}")
-    return {"rows": rows, "error": error, "seconds": round(time.perf_counter() - started, 1),
-            "loadavg_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
-            "peak_rss_mb": round(own_peak_rss_mb(), 1)}
+    return {
+        "rows": rows,
+        "error": error,
+        "seconds": round(time.perf_counter() - started, 1),
+        "loadavg_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+        "peak_rss_mb": round(own_peak_rss_mb(), 1),
+    }
 
 
 def child_main(module, argv: list[str] | None = None) -> int:

@@ -24,8 +24,20 @@ from pathlib import Path
 
 from bench import harness
 
-BENCHMARKS = ("precision", "pipeline", "frozen", "predict", "serve", "memory", "backbones", "export_precision",
-              "beam", "determinism", "serve_protocols", "large_requests")
+BENCHMARKS = (
+    "precision",
+    "pipeline",
+    "frozen",
+    "predict",
+    "serve",
+    "memory",
+    "backbones",
+    "export_precision",
+    "beam",
+    "determinism",
+    "serve_protocols",
+    "large_requests",
+)
 DOCS = harness.PROJECT / "docs" / "benchmarks.md"
 RESULTS = harness.BENCH_DIR / "results" / "latest.json"
 
@@ -61,13 +73,17 @@ def run_child(name: str, smoke: bool, out_dir: Path, timeout: float) -> dict:
     out = out_dir / f"{name}.json"
     log = out_dir / f"{name}.log"
     command = [sys.executable, "-m", f"bench.bench_{name}", "--out", str(out)] + (["--smoke"] if smoke else [])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=str(harness.PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=str(harness.PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     started = time.perf_counter()
     load_before = round(os.getloadavg()[0], 2)
     with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=harness.PROJECT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=harness.PROJECT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -79,8 +95,11 @@ def run_child(name: str, smoke: bool, out_dir: Path, timeout: float) -> dict:
     else:
         tail = log.read_text(errors="replace")[-3000:]
         why = f"timed out after {timeout:.0f} s" if process.returncode in (-9, 137) else f"exit {process.returncode}"
-        result = {"rows": [], "error": f"benchmark process {why}:\n{tail}",
-                  "loadavg_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)}}
+        result = {
+            "rows": [],
+            "error": f"benchmark process {why}:\n{tail}",
+            "loadavg_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+        }
     result["seconds"] = seconds
     result["date"] = harness.now_iso()
     result["mode"] = "smoke" if smoke else "full"
@@ -89,9 +108,14 @@ def run_child(name: str, smoke: bool, out_dir: Path, timeout: float) -> dict:
 
 def _write_docs(report: dict, path: Path) -> None:
     modules = {name: _module(name) for name in report["benchmarks"]}
-    harness.write_markdown(report, path, titles={n: m.TITLE for n, m in modules.items()},
-                           notes={n: m.NOTES for n, m in modules.items()}, preface=PREFACE,
-                           tables={n: m.table for n, m in modules.items() if hasattr(m, "table")})
+    harness.write_markdown(
+        report,
+        path,
+        titles={n: m.TITLE for n, m in modules.items()},
+        notes={n: m.NOTES for n, m in modules.items()},
+        preface=PREFACE,
+        tables={n: m.table for n, m in modules.items() if hasattr(m, "table")},
+    )
 
 
 def _print_summary(report: dict) -> None:
@@ -102,8 +126,10 @@ def _print_summary(report: dict) -> None:
             ratio = f"  ratio {r['ratio']:.3g}x" if r.get("ratio") is not None else ""
             goal = ""
             if r.get("goal") is not None:
-                goal = f"  goal {'>=' if r.get('higher_is_better', True) else '<='} {r['goal']} " \
-                       f"{'met' if r['goal_met'] else 'MISSED'}"
+                goal = (
+                    f"  goal {'>=' if r.get('higher_is_better', True) else '<='} {r['goal']} "
+                    f"{'met' if r['goal_met'] else 'MISSED'}"
+                )
             print(f"   {r['name']}: {r['value']:.4g} {r['unit']}{ratio}{goal}")
         if result.get("error"):
             print("   " + result["error"].strip().splitlines()[-1])
@@ -113,12 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models and data; writes to a temp dir")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
-                        help=f"run only these ({', '.join(BENCHMARKS)})")
+    parser.add_argument(
+        "--only", nargs="+", choices=BENCHMARKS, metavar="NAME", help=f"run only these ({', '.join(BENCHMARKS)})"
+    )
     parser.add_argument("--out", type=Path, help="smoke mode: write results here instead of a temp dir")
-    parser.add_argument("--render", action="store_true",
-                        help="only re-write docs/benchmarks.md from bench/results/latest.json (no measuring)")
-    parser.add_argument("--timeout", type=float, help="seconds per benchmark (default 900 full or the module's TIMEOUT_S, 300 smoke)")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-write docs/benchmarks.md from bench/results/latest.json (no measuring)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="seconds per benchmark (default 900 full or the module's TIMEOUT_S, 300 smoke)"
+    )
     args = parser.parse_args(argv)
     if args.render:
         report = json.loads(RESULTS.read_text())
@@ -129,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     timeout = args.timeout or (300.0 if args.smoke else 900.0)
     command = " ".join(["python -m bench.run_all", *map(shlex.quote, argv)])
     started = time.perf_counter()
-    report = {"date": harness.now_iso(), "command": command, "mode": "smoke" if args.smoke else "full",
-              "machine": harness.machine(), "benchmarks": {}}
+    report = {
+        "date": harness.now_iso(),
+        "command": command,
+        "mode": "smoke" if args.smoke else "full",
+        "machine": harness.machine(),
+        "benchmarks": {},
+    }
 
     if args.smoke:
         out_dir = args.out or Path(tempfile.mkdtemp(prefix="bench-smoke-"))

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import write_tiny_dataset
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,7 +34,8 @@ def float32_graphs_between_tests():
     """
     yield
     if "tensorflow" in sys.modules:
-        from hostinfo import RewriteDecision, apply_rewrite
+        # Here, not at the top: a test session that never needs TensorFlow never imports it.
+        from hostinfo import RewriteDecision, apply_rewrite  # noqa: PLC0415
 
         apply_rewrite(RewriteDecision("off", "reset between tests"))
 
@@ -48,7 +48,8 @@ def tiny_dataset(tmp_path) -> Path:
 @pytest.fixture()
 def reset_policy():
     """Start from the float32 policy and restore the previous global Keras policy afterwards."""
-    import keras
+    # Keras only for the tests that ask for this fixture.
+    import keras  # noqa: PLC0415
 
     before = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from vinted_classifier.config import RunConfig, load_config
 
@@ -13,10 +14,8 @@ TAGS = ["polka dot", "floral", "checker"]
 CATEGORIES = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"]
 
 
-def write_tiny_dataset(folder: Path, n_per_category: int = 6, n_test: int = 5, seed: int = 0,
-                       size=(40, 30)) -> Path:
+def write_tiny_dataset(folder: Path, n_per_category: int = 6, n_test: int = 5, seed: int = 0, size=(40, 30)) -> Path:
     """Write a small, learnable Vinted-layout dataset: colour encodes category, stripes encode tags."""
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,7 +36,7 @@ def write_tiny_dataset(folder: Path, n_per_category: int = 6, n_test: int = 5, s
         uuid = f"{index:05x}_" + "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789"), 24))
         draw(category, tag, uuid)
         flags = [int(tag == k) for k in range(3)]
-        rows.append({"uuid": uuid, "cc3": category, "color1": "RED", **dict(zip(TAGS, flags))})
+        rows.append({"uuid": uuid, "cc3": category, "color1": "RED", **dict(zip(TAGS, flags, strict=True))})
     labels = pd.DataFrame(rows)
     labels = pd.concat([labels, labels.iloc[:2]], ignore_index=True)  # two exact duplicate rows
     labels.to_parquet(folder / "data.parquet", index=False)
@@ -46,11 +45,21 @@ def write_tiny_dataset(folder: Path, n_per_category: int = 6, n_test: int = 5, s
         uuid = f"t{index:04x}_" + "".join(rng.choice(list("abcdefghij0123456789"), 24))
         draw(CATEGORIES[index % 3], None, uuid)
         test_ids.append(uuid)
-    pd.DataFrame({"uuid": pd.Series(test_ids, dtype="string[pyarrow]")}).to_parquet(folder / "test.parquet", index=False)
+    pd.DataFrame({"uuid": pd.Series(test_ids, dtype="string[pyarrow]")}).to_parquet(
+        folder / "test.parquet", index=False
+    )
     return folder
 
 
 def tiny_config(data_dir: Path, out_dir: Path, *extra: str) -> RunConfig:
     """The ``tiny`` preset (configs/tiny.yaml) on the given data, writing under ``out_dir``."""
-    return load_config(None, [f"data.data_dir={data_dir}", f"output_dir={out_dir}",
-                              f"export.saved_model_dir={out_dir / 'saved_model'}", *extra], presets=["tiny"])
+    return load_config(
+        None,
+        [
+            f"data.data_dir={data_dir}",
+            f"output_dir={out_dir}",
+            f"export.saved_model_dir={out_dir / 'saved_model'}",
+            *extra,
+        ],
+        presets=["tiny"],
+    )

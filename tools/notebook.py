@@ -26,9 +26,10 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -77,8 +78,12 @@ def venv_kernel() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="vinted-kernel-"))
     spec_dir = folder / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": KERNELSPEC["display_name"], "language": "python", "metadata": {"debugger": True}}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": KERNELSPEC["display_name"],
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     previous = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(folder), *([previous] if previous else [])])
@@ -115,9 +120,11 @@ def _environment(**values: str | None) -> Iterator[None]:
 
 _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # TensorFlow's C++ start-up INFO lines (absl format, not silenced by TF_CPP_MIN_LOG_LEVEL) and their preamble.
-_TF_INFO = re.compile(r"^(I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*"
-                      r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR)\n?",
-                      re.MULTILINE)
+_TF_INFO = re.compile(
+    r"^(I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR)\n?",
+    re.MULTILINE,
+)
 
 
 def collapse_terminal(text: str) -> str:
@@ -136,7 +143,7 @@ def collapse_terminal(text: str) -> str:
             elif piece == "\b":
                 cursor = max(0, cursor - 1)
             else:
-                shown[cursor:cursor + len(piece)] = piece
+                shown[cursor : cursor + len(piece)] = piece
                 cursor += len(piece)
         lines.append("".join(shown).rstrip())
     return "\n".join(lines)
@@ -146,8 +153,12 @@ def _clean_outputs(outputs: list) -> list:
     """Merge consecutive stream chunks of the same stream, then collapse their redraws."""
     merged: list = []
     for output in outputs:
-        if (output.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
-                and merged[-1].get("name") == output.get("name")):
+        if (
+            output.get("output_type") == "stream"
+            and merged
+            and merged[-1].get("output_type") == "stream"
+            and merged[-1].get("name") == output.get("name")
+        ):
             merged[-1]["text"] += output["text"]
         else:
             merged.append(output)
@@ -200,7 +211,8 @@ def clear_outputs(nb: dict) -> dict:
 
 def _failure(error: Exception, output: Path) -> NotebookError:
     """Name the failing cell (position among code cells and first source line) from the executed copy."""
-    import nbformat
+    # nbformat and papermill are the [notebook] extra: the helpers above and `--help` work without it.
+    import nbformat  # noqa: PLC0415
 
     detail = f"{getattr(error, 'ename', type(error).__name__)}: {getattr(error, 'evalue', error)}"
     where = "a cell"
@@ -216,21 +228,37 @@ def _failure(error: Exception, output: Path) -> NotebookError:
     return NotebookError(f"notebook failed in {where}: {detail}; executed copy with the traceback: {output}")
 
 
-def execute(output: Path, parameters: dict[str, Any] | None = None, *, source: Path = NOTEBOOK,
-            workdir: Path | None = None, timeout: int | None = None) -> dict:
+def execute(
+    output: Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    source: Path = NOTEBOOK,
+    workdir: Path | None = None,
+    timeout: int | None = None,
+) -> dict:
     """Run ``source`` into ``output`` with papermill on this interpreter; raise NotebookError on a cell error."""
-    import nbformat
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    # nbformat and papermill are the [notebook] extra: the helpers above and `--help` work without it.
+    import nbformat  # noqa: PLC0415
+    import papermill  # noqa: PLC0415
+    from papermill.exceptions import PapermillExecutionError  # noqa: PLC0415
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    env = {WORKDIR_ENV: str(workdir) if workdir else None,
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    env = {
+        WORKDIR_ENV: str(workdir) if workdir else None,
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
     with venv_kernel() as kernel_name, _environment(**env):
         try:
-            papermill.execute_notebook(str(source), str(output), parameters=parameters or None,
-                                       kernel_name=kernel_name, cwd=str(PROJECT_ROOT), progress_bar=sys.stderr.isatty(),
-                                       log_output=False, execution_timeout=timeout)
+            papermill.execute_notebook(
+                str(source),
+                str(output),
+                parameters=parameters or None,
+                kernel_name=kernel_name,
+                cwd=str(PROJECT_ROOT),
+                progress_bar=sys.stderr.isatty(),
+                log_output=False,
+                execution_timeout=timeout,
+            )
         except PapermillExecutionError as error:
             raise _failure(error, output) from error
     return nbformat.read(str(output), as_version=4)
@@ -243,15 +271,25 @@ def check_interpreter(nb: dict) -> None:
         raise NotebookError(f"the notebook did not report running in {sys.prefix}; check the kernel")
 
 
-def run(*, smoke: bool = False, in_place: bool = False, output: Path | None = None,
-        parameters: dict[str, Any] | None = None, source: Path = NOTEBOOK, timeout: int | None = None) -> Path:
+def run(
+    *,
+    smoke: bool = False,
+    in_place: bool = False,
+    output: Path | None = None,
+    parameters: dict[str, Any] | None = None,
+    source: Path = NOTEBOOK,
+    timeout: int | None = None,
+) -> Path:
     """Execute the notebook as the CLI does; return the executed notebook's path."""
-    import nbformat
+    # nbformat and papermill are the [notebook] extra: the helpers above and `--help` work without it.
+    import nbformat  # noqa: PLC0415
 
     parameters = dict(parameters or {})
     if in_place and (smoke or parameters or output):
-        raise ValueError("--in-place regenerates the committed notebook with its default parameters; "
-                         "it takes no --smoke, -p or --output")
+        raise ValueError(
+            "--in-place regenerates the committed notebook with its default parameters; "
+            "it takes no --smoke, -p or --output"
+        )
     if smoke:
         parameters = {**SMOKE_PARAMETERS, "port": free_port(), **parameters}
         if output is not None and Path(output).resolve() == Path(source).resolve():
@@ -280,15 +318,22 @@ def run(*, smoke: bool = False, in_place: bool = False, output: Path | None = No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tools.notebook",
-                                     description="Execute Vinted_exercise.ipynb with papermill on this interpreter.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.notebook", description="Execute Vinted_exercise.ipynb with papermill on this interpreter."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute the notebook")
     run_p.add_argument("--smoke", action="store_true", help="tiny demo set, temp outputs, into a temp copy")
     run_p.add_argument("--in-place", action="store_true", help="regenerate the committed notebook (default parameters)")
     run_p.add_argument("--output", type=Path, default=None, help="where the executed copy goes (default: a temp file)")
-    run_p.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
-                       help="notebook parameter, value parsed as YAML (repeatable)")
+    run_p.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="notebook parameter, value parsed as YAML (repeatable)",
+    )
     run_p.add_argument("--source", type=Path, default=NOTEBOOK, help=argparse.SUPPRESS)
     run_p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")
     clear_p = sub.add_parser("clear", help="strip outputs and noise from the committed notebook")
@@ -300,15 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "clear":
-        import nbformat
+        # nbformat and papermill are the [notebook] extra: the helpers above and `--help` work without it.
+        import nbformat  # noqa: PLC0415
 
         nb = nbformat.read(str(args.source), as_version=4)
         nbformat.write(nbformat.from_dict(clear_outputs(nb)), str(args.source))
         print(f"cleared {args.source}")
         return 0
     try:
-        path = run(smoke=args.smoke, in_place=args.in_place, output=args.output,
-                   parameters=parse_parameters(args.parameter), source=args.source, timeout=args.cell_timeout)
+        path = run(
+            smoke=args.smoke,
+            in_place=args.in_place,
+            output=args.output,
+            parameters=parse_parameters(args.parameter),
+            source=args.source,
+            timeout=args.cell_timeout,
+        )
     except (NotebookError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -20,17 +20,28 @@ Pipeline (``vinted_classifier.beam.transforms``)::
 No step shuffles per-row data: each worker runs the whole chain on its slices. Then, unless
 ``shards_only``, ``beam.merge`` streams the shards into the homework's single ordered files (``<out>``,
 ``<out stem>_detailed``, ``<out stem>_rejected``) in bounded memory, moving a uuid found on several
-rows to the rejected file, and removes the shards. Counters (namespace ``vinted``): images_read, images_scored, images_rejected.
+rows to the rejected file, and removes the shards. Counters (namespace ``vinted``): images_read, images_scored,
+images_rejected.
 Apache Beam is imported only when a pipeline is built (``pip install -e ".[beam]"``).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .beam.inputs import image_problem  # noqa: F401 - part of this module's interface
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .beam.inputs import open_parquet, plan_row_groups
+from .beam.merge import MergedOutput, find_duplicates, merge_shards
+from .contract import DEFAULT_ID_COLUMN, RunLabels, labels_path
+from .export import existing_versions
+from .predict import format_predictions
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +57,17 @@ COUNTERS = ("images_read", "images_scored", "images_rejected")
 class BeamPredictJob:
     """Everything a worker needs, as plain strings (pickled to every worker)."""
 
-    saved_model: str            # a version folder (holds saved_model.pb and assets/labels.json)
-    input_parquet: str          # parquet file or glob with the id column, local or any Beam filesystem
-    images: str                 # folder of <uuid><ext> images, same
-    out_path: str               # predictions parquet; <stem>_detailed / _rejected / _shards beside it
-    id_column: str = "uuid"
+    saved_model: str  # a version folder (holds saved_model.pb and assets/labels.json)
+    input_parquet: str  # parquet file or glob with the id column, local or any Beam filesystem
+    images: str  # folder of <uuid><ext> images, same
+    out_path: str  # predictions parquet; <stem>_detailed / _rejected / _shards beside it
+    id_column: str = DEFAULT_ID_COLUMN
     image_extensions: tuple[str, ...] = (".jpeg", ".jpg", ".png")
     batch_size: int = 32
-    rewrite: str = "auto"       # host-aware mixed-precision rewrite on each worker (tf_serving_compat.host)
+    rewrite: str = "auto"  # host-aware mixed-precision rewrite on each worker (hostinfo)
     detailed: bool = True
-    shards_only: bool = False   # keep the sharded output (index-keyed) and skip the single-file merge
-    share_model: bool = False   # one model per machine shared by its SDK worker processes (Beam's large_model)
+    shards_only: bool = False  # keep the sharded output (index-keyed) and skip the single-file merge
+    share_model: bool = False  # one model per machine shared by its SDK worker processes (Beam's large_model)
     threads_per_worker: int = 0  # TensorFlow intra/inter-op threads per worker process; 0: TensorFlow's default
 
     def sibling(self, suffix: str) -> str:
@@ -71,7 +82,7 @@ class BeamPredictJob:
         return f"{self.shard_folder()}/{kind}"
 
     def _stem(self) -> str:
-        return self.out_path[:-len(".parquet")] if self.out_path.endswith(".parquet") else self.out_path
+        return self.out_path[: -len(".parquet")] if self.out_path.endswith(".parquet") else self.out_path
 
 
 def resolve_saved_model(path: str | Path) -> Path:
@@ -79,12 +90,11 @@ def resolve_saved_model(path: str | Path) -> Path:
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         return path
-    from .export import existing_versions
-
     versions = existing_versions(path)
     if not versions:
-        raise FileNotFoundError(f"no SavedModel at {path} (neither saved_model.pb nor numeric version folders); "
-                                "run `vinted export` first")
+        raise FileNotFoundError(
+            f"no SavedModel at {path} (neither saved_model.pb nor numeric version folders); run `vinted export` first"
+        )
     return path / str(versions[-1])
 
 
@@ -93,20 +103,15 @@ def resolve_saved_model(path: str | Path) -> Path:
 
 def _file_schema(frame):
     """The schema ``utils.write_parquet`` gives ``frame`` (strings as ``string``, pandas metadata kept)."""
-    import pyarrow as pa
-
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    return pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema],
-                     metadata=table.schema.metadata)
+    return pa.schema(
+        [f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema],
+        metadata=table.schema.metadata,
+    )
 
 
 def output_schemas(labels, id_column: str):
     """(homework file schema, detailed file schema, shard schema = index + detailed columns, no metadata)."""
-    import numpy as np
-    import pyarrow as pa
-
-    from .predict import format_predictions
-
     one = np.full((1, len(labels.categories)), 1.0 / len(labels.categories), np.float32)
     frame, detailed = format_predictions(["x"], one, np.zeros((1, len(labels.tags)), np.float32), labels, id_column)
     homework, detail = _file_schema(frame), _file_schema(detailed)
@@ -116,11 +121,9 @@ def output_schemas(labels, id_column: str):
 
 def rejected_schemas(id_column: str):
     """(rejected file schema as ``vinted predict``-style pandas strings, rejected shard schema)."""
-    import pandas as pd
-    import pyarrow as pa
-
-    frame = pd.DataFrame({id_column: pd.array([], dtype="string[pyarrow]"),
-                          "reason": pd.array([], dtype="string[pyarrow]")})
+    frame = pd.DataFrame(
+        {id_column: pd.array([], dtype="string[pyarrow]"), "reason": pd.array([], dtype="string[pyarrow]")}
+    )
     file_schema = _file_schema(frame)
     return file_schema, pa.schema([pa.field("index", pa.int64()), *file_schema]).remove_metadata()
 
@@ -130,37 +133,53 @@ def rejected_schemas(id_column: str):
 
 def make_model_handler(job: BeamPredictJob, category_output: str):
     """Our ``ModelHandler`` for ``job``'s SavedModel (a fresh instance; picklable: strings only)."""
-    from .beam.transforms import SavedModelBytesHandler
+    # Apache Beam is an optional extra ([beam]): imported only when a job runs, so the CLI works without it.
+    from .beam.transforms import SavedModelBytesHandler  # noqa: PLC0415
 
-    return SavedModelBytesHandler(job.saved_model, category_output, job.rewrite, job.batch_size,
-                                  share_model=job.share_model, threads=job.threads_per_worker)
+    return SavedModelBytesHandler(
+        job.saved_model,
+        category_output,
+        job.rewrite,
+        job.batch_size,
+        share_model=job.share_model,
+        threads=job.threads_per_worker,
+    )
 
 
 def build_pipeline(pipeline, job: BeamPredictJob, row_groups: list, labels) -> None:
     """Add the scoring transforms to ``pipeline`` (a ``beam.Pipeline``); ``row_groups`` from ``plan_row_groups``."""
-    import apache_beam as beam
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    # Apache Beam is an optional extra ([beam]): imported only when a job runs, so the CLI works without it.
+    import apache_beam as beam  # noqa: PLC0415
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: PLC0415
 
-    from .beam import transforms as t
+    from .beam import transforms as t  # noqa: PLC0415
 
     _, _, shard_schema = output_schemas(labels, job.id_column)
     _, rejected_shard_schema = rejected_schemas(job.id_column)
-    ids = (pipeline
-           | "RowGroupSlices" >> beam.Create(row_groups)  # with a reshuffle: the slices spread over workers
-           | "ReadIds" >> beam.ParDo(t.ReadSliceIds(job.id_column)).with_outputs(t.REJECTED, main="ids"))
+    ids = (
+        pipeline
+        | "RowGroupSlices" >> beam.Create(row_groups)  # with a reshuffle: the slices spread over workers
+        | "ReadIds" >> beam.ParDo(t.ReadSliceIds(job.id_column)).with_outputs(t.REJECTED, main="ids")
+    )
     read = ids.ids | "ReadImages" >> beam.ParDo(t.ReadImageBytes(job.images, job.image_extensions)).with_outputs(
-        t.REJECTED, main="images")
-    scored = (read.images
-              | "Score" >> RunInference(KeyedModelHandler(make_model_handler(job, labels.category_output)))
-              | "Format" >> beam.ParDo(t.FormatScoredRows(labels, job.id_column, shard_schema)).with_outputs(
-                  t.REJECTED, main="tables"))
+        t.REJECTED, main="images"
+    )
+    scored = (
+        read.images
+        | "Score" >> RunInference(KeyedModelHandler(make_model_handler(job, labels.category_output)))
+        | "Format"
+        >> beam.ParDo(t.FormatScoredRows(labels, job.id_column, shard_schema)).with_outputs(t.REJECTED, main="tables")
+    )
     _ = scored.tables | "WritePredictionShards" >> beam.io.WriteToParquetBatched(
-        job.shard_prefix(PREDICTION_SHARDS), shard_schema, file_name_suffix=".parquet")
-    _ = ((ids[t.REJECTED], read[t.REJECTED], scored[t.REJECTED])
-         | "Rejected" >> beam.Flatten()
-         | "RejectedRecords" >> beam.Map(t.rejected_record, job.id_column)
-         | "WriteRejectedShards" >> beam.io.WriteToParquet(
-             job.shard_prefix(REJECTED_SHARDS), rejected_shard_schema, file_name_suffix=".parquet"))
+        job.shard_prefix(PREDICTION_SHARDS), shard_schema, file_name_suffix=".parquet"
+    )
+    _ = (
+        (ids[t.REJECTED], read[t.REJECTED], scored[t.REJECTED])
+        | "Rejected" >> beam.Flatten()
+        | "RejectedRecords" >> beam.Map(t.rejected_record, job.id_column)
+        | "WriteRejectedShards"
+        >> beam.io.WriteToParquet(job.shard_prefix(REJECTED_SHARDS), rejected_shard_schema, file_name_suffix=".parquet")
+    )
 
 
 # --------------------------------------------------------------------------- running
@@ -168,8 +187,8 @@ def build_pipeline(pipeline, job: BeamPredictJob, row_groups: list, labels) -> N
 
 @dataclass(frozen=True)
 class BeamPredictResult:
-    out_path: str               # the merged predictions file, or the shard folder when shards_only
-    rejected_path: str          # the merged dead-letter file, or its shard glob when shards_only
+    out_path: str  # the merged predictions file, or the shard folder when shards_only
+    rejected_path: str  # the merged dead-letter file, or its shard glob when shards_only
     counters: dict[str, int]
     state: str
     rows_merged: int | None = None
@@ -177,7 +196,8 @@ class BeamPredictResult:
 
 def shard_paths(job: BeamPredictJob, kind: str) -> list[str]:
     """The finished shards of one kind (Beam names them ``<kind>-SSSSS-of-NNNNN.parquet``)."""
-    from apache_beam.io.filesystems import FileSystems
+    # Apache Beam is an optional extra ([beam]): imported only when a job runs, so the CLI works without it.
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
 
     pattern = f"{job.shard_prefix(kind)}-*-of-*.parquet"
     return sorted(meta.path for meta in FileSystems.match([pattern])[0].metadata_list)
@@ -185,7 +205,8 @@ def shard_paths(job: BeamPredictJob, kind: str) -> list[str]:
 
 def clear_shards(job: BeamPredictJob) -> None:
     """Remove shards a previous job left in this job's shard folder (a merge must read this job's only)."""
-    from apache_beam.io.filesystems import FileSystems
+    # Apache Beam is an optional extra ([beam]): imported only when a job runs, so the CLI works without it.
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
 
     stale = shard_paths(job, PREDICTION_SHARDS) + shard_paths(job, REJECTED_SHARDS)
     if stale:
@@ -195,8 +216,6 @@ def clear_shards(job: BeamPredictJob) -> None:
 
 def _shard_rows(paths: list[str]) -> int:
     """Rows in these parquet files, from their footers."""
-    from .beam.inputs import open_parquet
-
     total = 0
     for path in paths:
         with open_parquet(path) as parquet:
@@ -210,13 +229,8 @@ def merge_job_shards(job: BeamPredictJob, labels) -> tuple[int, int]:
     A uuid scored on several input rows is left out of the predictions and listed on each of its rows
     in the rejected file (the homework file has one row per uuid). Returns (predictions, rejected) rows.
     """
-    import tempfile
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    from .beam.merge import MergedOutput, find_duplicates, merge_shards
+    # Apache Beam is an optional extra ([beam]): imported only when a job runs, so the CLI works without it.
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
 
     homework, detail, _ = output_schemas(labels, job.id_column)
     rejected_file, rejected_shard = rejected_schemas(job.id_column)
@@ -231,17 +245,28 @@ def merge_job_shards(job: BeamPredictJob, labels) -> tuple[int, int]:
             log.warning("%d row(s) hold a uuid that is on several rows; they go to the rejected file", len(duplicates))
             extra = [str(Path(scratch) / "duplicates.parquet")]
             indexes = sorted(duplicates)
-            pq.write_table(pa.table([pa.array(indexes, pa.int64()), pa.array([duplicates[i][0] for i in indexes]),
-                                     pa.array([duplicates[i][1] for i in indexes])], schema=rejected_shard), extra[0])
+            pq.write_table(
+                pa.table(
+                    [
+                        pa.array(indexes, pa.int64()),
+                        pa.array([duplicates[i][0] for i in indexes]),
+                        pa.array([duplicates[i][1] for i in indexes]),
+                    ],
+                    schema=rejected_shard,
+                ),
+                extra[0],
+            )
         scored = merge_shards(predictions, outputs, drop=set(duplicates))
-        dead = merge_shards(shard_paths(job, REJECTED_SHARDS) + extra,
-                            [MergedOutput(job.sibling(REJECTED_SUFFIX), rejected_file)])
+        dead = merge_shards(
+            shard_paths(job, REJECTED_SHARDS) + extra, [MergedOutput(job.sibling(REJECTED_SUFFIX), rejected_file)]
+        )
     FileSystems.delete([job.shard_folder()])
     return scored, dead
 
 
 def _counters(result) -> dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter
+    # Apache Beam is an optional extra ([beam]): imported only when a job runs, so the CLI works without it.
+    from apache_beam.metrics.metric import MetricsFilter  # noqa: PLC0415
 
     counters = dict.fromkeys(COUNTERS, 0)
     for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]:
@@ -252,13 +277,11 @@ def _counters(result) -> dict[str, int]:
 
 def run_beam_predict(job: BeamPredictJob, beam_args: list[str]) -> BeamPredictResult:
     """Build and run the pipeline with ``beam_args`` (``--runner=...`` and the runner's options), then merge."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    # Apache Beam is an optional extra ([beam]): imported only when a job runs, so the CLI works without it.
+    import apache_beam as beam  # noqa: PLC0415
+    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415
 
-    from .beam.inputs import plan_row_groups
-    from .runs import RunLabels
-
-    labels = RunLabels.load(Path(job.saved_model) / "assets" / "labels.json")
+    labels = RunLabels.load(labels_path(job.saved_model))
     row_groups = plan_row_groups(job.input_parquet, job.id_column)
     clear_shards(job)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
@@ -271,24 +294,45 @@ def run_beam_predict(job: BeamPredictJob, beam_args: list[str]) -> BeamPredictRe
         return BeamPredictResult(job.shard_folder(), job.shard_prefix(REJECTED_SHARDS) + "-*.parquet", counters, state)
     predictions_before = _shard_rows(shard_paths(job, PREDICTION_SHARDS))
     if predictions_before != counters["images_scored"]:
-        raise RuntimeError(f"the shards in {job.shard_folder()} hold {predictions_before} predictions but the job "
-                           f"scored {counters['images_scored']} (incomplete shards, or another job wrote there)")
+        raise RuntimeError(
+            f"the shards in {job.shard_folder()} hold {predictions_before} predictions but the job "
+            f"scored {counters['images_scored']} (incomplete shards, or another job wrote there)"
+        )
     scored, _ = merge_job_shards(job, labels)
     return BeamPredictResult(job.out_path, job.sibling(REJECTED_SUFFIX), counters, state, scored)
 
 
-def predict_with_beam(cfg, *, runner: str, beam_args: list[str], out_path: str, data_dir: str | None = None,
-                      input_parquet: str | None = None, images: str | None = None, saved_model: str | None = None,
-                      rewrite: str | None = None, batch_size: int | None = None, detailed: bool = True,
-                      shards_only: bool = False, share_model: bool = False,
-                      threads_per_worker: int = 0) -> BeamPredictResult:
+def predict_with_beam(
+    cfg,
+    *,
+    runner: str,
+    beam_args: list[str],
+    out_path: str,
+    data_dir: str | None = None,
+    input_parquet: str | None = None,
+    images: str | None = None,
+    saved_model: str | None = None,
+    rewrite: str | None = None,
+    batch_size: int | None = None,
+    detailed: bool = True,
+    shards_only: bool = False,
+    share_model: bool = False,
+    threads_per_worker: int = 0,
+) -> BeamPredictResult:
     """``vinted predict --runner``: a job from the run config (data folder, export) and the CLI's overrides."""
     data_cfg = cfg.data.model_copy(update={"data_dir": Path(data_dir)} if data_dir else {})
     job = BeamPredictJob(
         saved_model=str(resolve_saved_model(saved_model or Path(cfg.export.saved_model_dir) / cfg.export.model_name)),
         input_parquet=str(input_parquet or Path(data_cfg.data_dir) / data_cfg.test_file),
-        images=str(images or data_cfg.images), out_path=str(out_path), id_column=data_cfg.id_column,
-        image_extensions=tuple(data_cfg.image_extensions), batch_size=batch_size or cfg.train.batch_size,
-        rewrite=rewrite or cfg.inference.mixed_precision_rewrite, detailed=detailed, shards_only=shards_only,
-        share_model=share_model, threads_per_worker=threads_per_worker)
+        images=str(images or data_cfg.images),
+        out_path=str(out_path),
+        id_column=data_cfg.id_column,
+        image_extensions=tuple(data_cfg.image_extensions),
+        batch_size=batch_size or cfg.train.batch_size,
+        rewrite=rewrite or cfg.inference.mixed_precision_rewrite,
+        detailed=detailed,
+        shards_only=shards_only,
+        share_model=share_model,
+        threads_per_worker=threads_per_worker,
+    )
     return run_beam_predict(job, [f"--runner={runner}", *beam_args])

@@ -18,8 +18,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROJECT_ROOT
 from .utils import write_json
+
+# config.py takes its defaults from this module, so the project root is found here, not imported from there.
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # ----------------------------------------------------------------------------- labels (data.parquet)
 DEFAULT_ID_COLUMN = "uuid"
@@ -39,7 +41,7 @@ PIXELS_SIGNATURE = "serving_pixels"
 
 # ----------------------------------------------------------------------------- export layout
 DEFAULT_MODEL_NAME = "my_model"
-DEFAULT_SAVED_MODEL_DIR = PROJECT_ROOT / "model_training" / "saved_model"
+DEFAULT_SAVED_MODEL_DIR = _PROJECT_ROOT / "model_training" / "saved_model"
 ASSETS_DIR = "assets"
 ASSETS_EXTRA_DIR = "assets.extra"
 LABELS_FILE = "labels.json"
@@ -73,9 +75,13 @@ class RunLabels:
     image_size: tuple[int, int]
 
     def to_dict(self) -> dict:
-        return {"category_output": self.category_output, "categories": list(self.categories),
-                "tags": list(self.tags), "thresholds": [float(t) for t in self.thresholds],
-                "image_size": list(self.image_size)}
+        return {
+            "category_output": self.category_output,
+            "categories": list(self.categories),
+            "tags": list(self.tags),
+            "thresholds": [float(t) for t in self.thresholds],
+            "image_size": list(self.image_size),
+        }
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunLabels:
@@ -85,8 +91,13 @@ class RunLabels:
         if len(raw["thresholds"]) != len(raw["tags"]):
             raise ValueError(f"labels.json: {len(raw['thresholds'])} thresholds for {len(raw['tags'])} tags")
         height, width = (int(v) for v in raw["image_size"])
-        return cls(raw["category_output"], list(raw["categories"]), list(raw["tags"]),
-                   [float(t) for t in raw["thresholds"]], (height, width))
+        return cls(
+            raw["category_output"],
+            list(raw["categories"]),
+            list(raw["tags"]),
+            [float(t) for t in raw["thresholds"]],
+            (height, width),
+        )
 
     def save(self, path: Path) -> None:
         write_json(path, self.to_dict())

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
+
+from tqdm import tqdm
 
 _FORCED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("vinted_progress_forced", default=None)
 ENV_VAR = "VINTED_PROGRESS"
@@ -53,8 +56,11 @@ def lines_enabled() -> bool:
 
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 def progress_line(desc: str, done: int, total: int | None, seconds: float, unit: str) -> str:
@@ -63,19 +69,23 @@ def progress_line(desc: str, done: int, total: int | None, seconds: float, unit:
     if total is None:
         return f"{desc}: {done} {unit}, {rate:.1f} {unit}/s, {_clock(seconds)} elapsed"
     eta = (total - done) / rate if rate > 0 else None
-    return (f"{desc}: {done}/{total} {unit} ({done / total:.0%}), {rate:.1f} {unit}/s, "
-            f"ETA {'?' if eta is None else _clock(eta)}")
+    return (
+        f"{desc}: {done}/{total} {unit} ({done / total:.0%}), {rate:.1f} {unit}/s, "
+        f"ETA {'?' if eta is None else _clock(eta)}"
+    )
 
 
 class PlainLines:
     """A ``tqdm`` look-alike (iterate, ``update``, ``close``, ``with``) that prints a line every interval."""
 
-    def __init__(self, iterable: Iterable | None, *, total: int | None, desc: str, unit: str,
-                 interval: float | None = None):
+    def __init__(
+        self, iterable: Iterable | None, *, total: int | None, desc: str, unit: str, interval: float | None = None
+    ):
         self.iterable, self.desc, self.unit = iterable, desc, unit
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.total = total if total is not None else (len(iterable) if isinstance(iterable, Sized) else None)
         self.interval = LINE_INTERVAL_SECONDS if interval is None else interval
-        self.n, self.printed, self.printed_at = 0, 0, None
+        self.n, self.printed = 0, 0
+        self.printed_at: int | None = None
         self.started = self.last = time.monotonic()
 
     def __iter__(self):
@@ -110,15 +120,22 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
     """A ``tqdm`` bar on a terminal, plain lines without one, else a silent pass-through; iterator or ``with``."""
     if lines_enabled():
         return PlainLines(iterable, total=total, desc=desc, unit=unit)
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled(), leave=False,
-                dynamic_ncols=True, file=sys.stderr)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled(),
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 def keras_callback(total_batches: int | None, desc: str):
     """A Keras callback that advances a bar per predicted batch (``model.predict(..., callbacks=[...])``)."""
-    import keras
+    # Keras only when a callback is built: data loading and the CLI use this module without TensorFlow.
+    import keras  # noqa: PLC0415
 
     class _PredictProgress(keras.callbacks.Callback):
         def on_predict_begin(self, logs=None):
@@ -134,14 +151,19 @@ def keras_callback(total_batches: int | None, desc: str):
 
 
 def fit_lines_callback(phase: str):
-    """Without a terminal: a plain line at most every interval inside a long epoch (a CPU fine-tune epoch takes minutes)."""
-    import keras
+    """Without a terminal: a plain line at most every interval inside a long epoch.
+
+    A CPU fine-tune epoch takes minutes, too long to stay silent.
+    """
+    # Keras only when a callback is built: data loading and the CLI use this module without TensorFlow.
+    import keras  # noqa: PLC0415
 
     class _BatchLines(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             epochs = self.params.get("epochs") or 0
-            self.lines = PlainLines(None, total=self.params.get("steps"), unit="batch",
-                                    desc=f"{phase} epoch {epoch + 1}/{epochs}")
+            self.lines = PlainLines(
+                None, total=self.params.get("steps"), unit="batch", desc=f"{phase} epoch {epoch + 1}/{epochs}"
+            )
 
         def on_train_batch_end(self, batch, logs=None):
             self.lines.update(1)
@@ -156,36 +178,43 @@ def epoch_line(logs: dict, *, phase: str, epoch: int, epochs: int, seconds: floa
     not the tuned thresholds the final evaluation uses), then averaged over tags; a value missing
     from ``logs`` prints as ``-``. Everything else stays in history.csv/TensorBoard.
     """
+
     def fmt(value) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     f1s = []
     for key, precision in logs.items():
         if key.startswith("val_tags_precision_"):
-            recall = logs.get("val_tags_recall_" + key[len("val_tags_precision_"):])
+            recall = logs.get("val_tags_recall_" + key[len("val_tags_precision_") :])
             if recall is not None:
                 f1s.append(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
     tag_f1 = sum(f1s) / len(f1s) if f1s else None
     width = len(str(epochs))
-    return (f"{phase} {epoch:>{width}}/{epochs}  loss {fmt(logs.get('loss'))}  val_loss {fmt(logs.get('val_loss'))}"
-            f"  top-1 {fmt(logs.get(f'val_{category_output}_top1'))}  top-2 {fmt(logs.get(f'val_{category_output}_top2'))}"
-            f"  tag F1 {fmt(tag_f1)}  {seconds:.1f}s")
+    top1, top2 = logs.get(f"val_{category_output}_top1"), logs.get(f"val_{category_output}_top2")
+    return (
+        f"{phase} {epoch:>{width}}/{epochs}  loss {fmt(logs.get('loss'))}  val_loss {fmt(logs.get('val_loss'))}"
+        f"  top-1 {fmt(top1)}  top-2 {fmt(top2)}  tag F1 {fmt(tag_f1)}  {seconds:.1f}s"
+    )
 
 
 def epoch_line_callback(phase: str, category_output: str):
     """A Keras callback printing :func:`epoch_line` after every epoch (instead of Keras's 15-metric line)."""
-    import time
-
-    import keras
+    # Keras only when a callback is built: data loading and the CLI use this module without TensorFlow.
+    import keras  # noqa: PLC0415
 
     class _EpochLine(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            line = epoch_line({k: float(v) for k, v in (logs or {}).items()}, phase=phase, epoch=epoch + 1,
-                              epochs=self.params.get("epochs") or 0, seconds=time.perf_counter() - self.started,
-                              category_output=category_output)
+            line = epoch_line(
+                {k: float(v) for k, v in (logs or {}).items()},
+                phase=phase,
+                epoch=epoch + 1,
+                epochs=self.params.get("epochs") or 0,
+                seconds=time.perf_counter() - self.started,
+                category_output=category_output,
+            )
             print(line, flush=True)
 
     return _EpochLine()
@@ -193,7 +222,6 @@ def epoch_line_callback(phase: str, category_output: str):
 
 def quiet_when_not_verbose(function):
     """Decorator for ``f(cfg, ...)``: with ``cfg.train.verbose == 0`` no bar shows anywhere inside."""
-    import functools
 
     @functools.wraps(function)
     def wrapper(cfg, *args, **kwargs):

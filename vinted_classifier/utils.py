@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def set_seed(seed: int, *, deterministic: bool | None = None) -> None:
@@ -25,11 +27,13 @@ def set_seed(seed: int, *, deterministic: bool | None = None) -> None:
     random.seed(seed)
     np.random.seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
-    import keras
+    # TensorFlow only when seeding: this module is imported by TensorFlow-free modules (config, the CLI).
+    import keras  # noqa: PLC0415
 
     keras.utils.set_random_seed(seed)
     if deterministic is not None:
-        from tensorflow.python.framework import config as tf_config  # disable_op_determinism is not public
+        # disable_op_determinism is not public; imported here for the same reason as keras above.
+        from tensorflow.python.framework import config as tf_config  # noqa: PLC0415
 
         if deterministic:
             tf_config.enable_op_determinism()
@@ -81,12 +85,11 @@ def write_parquet(frame, path: str | Path, metadata: dict[bytes, bytes] | None =
     Text columns are stored as ``string`` (not pandas 3's default ``large_string``) so
     the files carry exactly the Vinted files' schema.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    schema = pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema],
-                       metadata={**(table.schema.metadata or {}), **(metadata or {})})
+    schema = pa.schema(
+        [f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in table.schema],
+        metadata={**(table.schema.metadata or {}), **(metadata or {})},
+    )
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table.cast(schema), tmp)
 
@@ -103,9 +106,17 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def package_versions(names: tuple[str, ...] = (
-    "tensorflow", "keras", "numpy", "pandas", "pyarrow", "scikit-learn", "pillow",
-)) -> dict[str, str]:
+def package_versions(
+    names: tuple[str, ...] = (
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scikit-learn",
+        "pillow",
+    ),
+) -> dict[str, str]:
     versions = {}
     for name in names:
         try:

@@ -20,8 +20,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 def test_interleaved_alternates_order_and_counts_rounds():
     calls = []
-    times = harness.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                repeats=3, warmup=1)
+    times = harness.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
 
@@ -51,11 +50,24 @@ def test_peak_rss_of_kills_at_timeout():
 
 
 def test_markdown_report(tmp_path):
-    report = {"date": "2025-01-01T00:00:00+00:00", "command": "python -m bench.run_all", "total_seconds": 60,
-              "machine": harness.machine(), "benchmarks": {"demo": {
-                  "rows": [harness.row("demo", "thing", 2.0, "img/s", baseline_name="other", baseline_value=1.0,
-                                       goal=1.5, note="a | b")],
-                  "error": None, "seconds": 1.0, "loadavg_1m": {"before": 0.1, "after": 0.2}}}}
+    report = {
+        "date": "2025-01-01T00:00:00+00:00",
+        "command": "python -m bench.run_all",
+        "total_seconds": 60,
+        "machine": harness.machine(),
+        "benchmarks": {
+            "demo": {
+                "rows": [
+                    harness.row(
+                        "demo", "thing", 2.0, "img/s", baseline_name="other", baseline_value=1.0, goal=1.5, note="a | b"
+                    )
+                ],
+                "error": None,
+                "seconds": 1.0,
+                "loadavg_1m": {"before": 0.1, "after": 0.2},
+            }
+        },
+    }
     path = tmp_path / "b.md"
     harness.write_markdown(report, path, titles={"demo": "Demo"}, notes={"demo": "Some notes."})
     text = path.read_text()
@@ -69,8 +81,13 @@ def test_markdown_report(tmp_path):
 def test_smoke_benchmark(name, tmp_path):
     out = tmp_path / "out"
     docs_before = run_all.DOCS.stat().st_mtime_ns if run_all.DOCS.is_file() else None
-    completed = subprocess.run([sys.executable, "-m", "bench.run_all", "--smoke", "--only", name, "--out", str(out)],
-                               cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--smoke", "--only", name, "--out", str(out)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     report = json.loads((out / "results.json").read_text())
     result = report["benchmarks"][name]
     assert result["error"] is None, result["error"]

@@ -9,18 +9,25 @@ import sys
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pandas as pd
 import pytest
 
 from tools import notebook as runner
+from vinted_classifier import data
 from vinted_classifier.config import PROJECT_ROOT
 
 NOTEBOOK = PROJECT_ROOT / "Vinted_exercise.ipynb"
 MARKER = "served predictions match: True"
 HEADINGS = ("## 1. Data", "## 2. Multi-task modelling", "## 3. Serving")
-PARAMETERS = {"data_dir": None, "backbone": "vgg19", "image_size": (160, 128), "epochs": None, "smoke": False,
-              "demo_scale": 1.0, "port": 9000}
+PARAMETERS = {
+    "data_dir": None,
+    "backbone": "vgg19",
+    "image_size": (160, 128),
+    "epochs": None,
+    "smoke": False,
+    "demo_scale": 1.0,
+    "port": 9000,
+}
 MAX_DEF_LINES = 5
 
 
@@ -51,7 +58,8 @@ def _errors(nb) -> list[str]:
 @pytest.fixture()
 def module():
     """module.py, the notebook's entry point at the project root (importable: pytest's pythonpath is ".")."""
-    import module
+    # Imported here: this fixture is named after the module it returns.
+    import module  # noqa: PLC0415
 
     return module
 
@@ -89,15 +97,16 @@ def test_notebook_has_parameters_and_the_three_parts():
     assert values == PARAMETERS
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     positions = [markdown.find(heading) for heading in HEADINGS]
-    missing = [heading for heading, position in zip(HEADINGS, positions) if position < 0]
+    missing = [heading for heading, position in zip(HEADINGS, positions, strict=True) if position < 0]
     assert not missing, f"missing part heading(s): {missing}"
     assert positions == sorted(positions), "the three parts must appear in order"
 
 
 def test_notebook_parameters_parse_for_papermill():
     """papermill must see every parameter (a comment it cannot parse silently drops one)."""
-    from papermill.inspection import _infer_parameters
-    from papermill.iorw import load_notebook_node
+    # papermill is the optional [notebook] extra.
+    from papermill.inspection import _infer_parameters  # noqa: PLC0415
+    from papermill.iorw import load_notebook_node  # noqa: PLC0415
 
     names = {p.name for p in _infer_parameters(load_notebook_node(str(NOTEBOOK)))}
     assert names == set(PARAMETERS)
@@ -112,19 +121,31 @@ def test_collapse_terminal_keeps_final_state_of_redrawn_lines():
 
 
 def test_strip_noise_normalises_counts_metadata_and_streams():
-    nb = nbformat.v4.new_notebook(metadata={
-        "papermill": {"duration": 12.3, "parameters": {}},
-        "kernelspec": {"name": "vinted-tmp", "display_name": "x", "language": "python"},
-        "language_info": {"name": "python", "version": "3.11.7", "codemirror_mode": {"name": "ipython"}}})
-    streams = [nbformat.v4.new_output("stream", name="stdout", text="\r1/2 ..."),
-               nbformat.v4.new_output("stream", name="stdout", text="\r2/2 done\n"),
-               nbformat.v4.new_output("stream", name="stderr",
-                                      text="I0000 00:00:1795327070.190205   15528 port.cc:153] oneDNN on.\n")]
-    first = nbformat.v4.new_code_cell("m.train(cfg)", execution_count=7, outputs=streams,
-                                      metadata={"papermill": {"duration": 1.0}, "execution": {"iopub.status.busy": "t"},
-                                                "tags": ["keep"]})
-    second = nbformat.v4.new_code_cell("m.x", execution_count=9, outputs=[
-        nbformat.v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=9)])
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "papermill": {"duration": 12.3, "parameters": {}},
+            "kernelspec": {"name": "vinted-tmp", "display_name": "x", "language": "python"},
+            "language_info": {"name": "python", "version": "3.11.7", "codemirror_mode": {"name": "ipython"}},
+        }
+    )
+    streams = [
+        nbformat.v4.new_output("stream", name="stdout", text="\r1/2 ..."),
+        nbformat.v4.new_output("stream", name="stdout", text="\r2/2 done\n"),
+        nbformat.v4.new_output(
+            "stream", name="stderr", text="I0000 00:00:1795327070.190205   15528 port.cc:153] oneDNN on.\n"
+        ),
+    ]
+    first = nbformat.v4.new_code_cell(
+        "m.train(cfg)",
+        execution_count=7,
+        outputs=streams,
+        metadata={"papermill": {"duration": 1.0}, "execution": {"iopub.status.busy": "t"}, "tags": ["keep"]},
+    )
+    second = nbformat.v4.new_code_cell(
+        "m.x",
+        execution_count=9,
+        outputs=[nbformat.v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=9)],
+    )
     nb.cells = [nbformat.v4.new_markdown_cell("# t"), first, second]
     cleaned = runner.strip_noise(nb)
     assert "papermill" not in cleaned["metadata"]
@@ -141,7 +162,11 @@ def test_strip_noise_normalises_counts_metadata_and_streams():
 
 def test_parse_parameters_reads_yaml_values():
     assert runner.parse_parameters(["epochs=3", "image_size=[64, 48]", "data_dir=null", "backbone=resnet50"]) == {
-        "epochs": 3, "image_size": [64, 48], "data_dir": None, "backbone": "resnet50"}
+        "epochs": 3,
+        "image_size": [64, 48],
+        "data_dir": None,
+        "backbone": "resnet50",
+    }
     with pytest.raises(ValueError, match="name=value"):
         runner.parse_parameters(["epochs"])
 
@@ -162,11 +187,13 @@ def test_smoke_never_writes_the_committed_notebook():
 def test_cli_exits_nonzero_and_names_the_failing_cell(tmp_path, capsys):
     """A cell error is a non-zero exit whose message names the cell; the kernel is this interpreter."""
     source = tmp_path / "broken.ipynb"
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import sys\nprint(sys.prefix)"),
-        nbformat.v4.new_code_cell("raise KeyError('boom')"),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("import sys\nprint(sys.prefix)"),
+            nbformat.v4.new_code_cell("raise KeyError('boom')"),
+        ]
+    )
     nbformat.write(nb, str(source))
     code = runner.main(["run", "--source", str(source), "--output", str(tmp_path / "out.ipynb")])
     message = capsys.readouterr().err
@@ -183,8 +210,13 @@ def test_smoke_config_keeps_everything_in_a_temp_workspace(module, tmp_path, mon
     monkeypatch.setenv(module.WORKDIR_ENV, str(tmp_path))
     cfg = module.config(smoke=True, image_size=(160, 128), epochs=30)
     assert (cfg.model.image_height, cfg.model.image_width, cfg.train.head_epochs) == (64, 48, 2)
-    for path in (cfg.output_dir, cfg.export.saved_model_dir, cfg.release.staging_dir, cfg.data.data_dir,
-                 module.predictions_path(cfg, True)):
+    for path in (
+        cfg.output_dir,
+        cfg.export.saved_model_dir,
+        cfg.release.staging_dir,
+        cfg.data.data_dir,
+        module.predictions_path(cfg, True),
+    ):
         assert Path(path).is_relative_to(tmp_path), path
     full = module.config()
     assert module.predictions_path(full) == PROJECT_ROOT / "predictions.parquet"
@@ -192,11 +224,14 @@ def test_smoke_config_keeps_everything_in_a_temp_workspace(module, tmp_path, mon
 
 
 def test_downsample_effect_caps_only_the_dominant_category(module):
-    from vinted_classifier import data
-
     train = pd.DataFrame({"cc3": ["A"] * 10 + ["B"] * 4 + ["C"] * 3, "uuid": [f"u{i}" for i in range(17)]})
-    prepared = data.PreparedData(vocab=data.Vocabulary(("A", "B", "C"), ()), frames={"train": train},
-                                 duplicates={}, image_report=data.ImageReport(paths={}), splits_file=Path("x"))
+    prepared = data.PreparedData(
+        vocab=data.Vocabulary(("A", "B", "C"), ()),
+        frames={"train": train},
+        duplicates={},
+        image_report=data.ImageReport(paths={}),
+        splits_file=Path("x"),
+    )
     table = module.downsample_effect(prepared, module.config())
     assert table["as configured"].to_dict() == {"A": 10, "B": 4, "C": 3}
     assert table["cap=4"].to_dict() == {"A": 4, "B": 4, "C": 3}

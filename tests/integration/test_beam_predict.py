@@ -6,8 +6,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from helpers import tiny_config, write_tiny_dataset
+
+from vinted_classifier import data
+from vinted_classifier.beam_predict import BeamPredictJob, merge_job_shards, run_beam_predict
+from vinted_classifier.cli import main
+from vinted_classifier.contract import LABELS_FILE, RunLabels, labels_path
+from vinted_classifier.export import export_saved_model
+from vinted_classifier.model import build_model
+from vinted_classifier.precision import use_precision
+from vinted_classifier.predict import predict_test_set
+from vinted_classifier.utils import set_seed
 
 pytest.importorskip("apache_beam", reason="the [beam] extra is not installed")
 
@@ -18,25 +27,25 @@ TWO_PROCESSES = ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_ru
 def _make_run(cfg):
     """A run folder (model.keras, config.yaml, labels.json) and its export: the tiny model, untrained
     (what is compared is the two scoring paths on the same weights, not the model's quality)."""
-    from vinted_classifier import data
-    from vinted_classifier.export import export_saved_model
-    from vinted_classifier.model import build_model
-    from vinted_classifier.precision import use_precision
-    from vinted_classifier.runs import RunLabels
-    from vinted_classifier.utils import set_seed
 
     vocab = data.Vocabulary.from_labels(data.read_labels(cfg.data), cfg.data)
     set_seed(0)
     with use_precision("float32"):
         bundle = build_model(cfg.model, list(vocab.categories), list(vocab.tags), cfg.data.category_column)
-    labels = RunLabels(cfg.data.category_column, list(vocab.categories), list(vocab.tags),
-                       [0.5, 0.45, 0.55][: len(vocab.tags)], cfg.model.image_size)
+    labels = RunLabels(
+        cfg.data.category_column,
+        list(vocab.categories),
+        list(vocab.tags),
+        [0.5, 0.45, 0.55][: len(vocab.tags)],
+        cfg.model.image_size,
+    )
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     bundle.model.save(cfg.run_dir / "model.keras")
     (cfg.run_dir / "config.yaml").write_text(cfg.to_yaml())
-    labels.save(cfg.run_dir / "labels.json")
-    version = export_saved_model(bundle.model, labels, cfg.export.saved_model_dir, cfg.export.model_name,
-                                 model_cfg=cfg.model)
+    labels.save(cfg.run_dir / LABELS_FILE)
+    version = export_saved_model(
+        bundle.model, labels, cfg.export.saved_model_dir, cfg.export.model_name, model_cfg=cfg.model
+    )
     return cfg.run_dir, version
 
 
@@ -65,15 +74,17 @@ def _split_input(ids: list[str], folder) -> str:
 
 
 def test_two_worker_processes_write_what_vinted_predict_writes(exported, tmp_path):
-    from vinted_classifier.beam_predict import BeamPredictJob, run_beam_predict
-    from vinted_classifier.predict import predict_test_set
-
     cfg, run_dir, version, ids, corrupt, missing = exported
     expected_path = tmp_path / "local" / "predictions.parquet"
     predict_test_set(run_dir, out_path=expected_path, bad_images="skip", rewrite="off")
-    job = BeamPredictJob(saved_model=str(version), input_parquet=_split_input(ids, tmp_path / "input"),
-                         images=str(cfg.data.data_dir), out_path=str(tmp_path / "beam" / "predictions.parquet"),
-                         batch_size=4, rewrite="off")
+    job = BeamPredictJob(
+        saved_model=str(version),
+        input_parquet=_split_input(ids, tmp_path / "input"),
+        images=str(cfg.data.data_dir),
+        out_path=str(tmp_path / "beam" / "predictions.parquet"),
+        batch_size=4,
+        rewrite="off",
+    )
     result = run_beam_predict(job, TWO_PROCESSES)
 
     assert result.state == "DONE"
@@ -84,27 +95,29 @@ def test_two_worker_processes_write_what_vinted_predict_writes(exported, tmp_pat
     assert pq.read_schema(job.out_path).equals(pq.read_schema(expected_path))
     detailed = pd.read_parquet(job.sibling("_detailed"))
     expected_detailed = pd.read_parquet(expected_path.with_name("predictions_detailed.parquet"))
-    pd.testing.assert_frame_equal(detailed.drop(columns=[c for c in detailed if c.endswith("_probability")]),
-                                  expected_detailed.drop(columns=[c for c in detailed if c.endswith("_probability")]))
+    pd.testing.assert_frame_equal(
+        detailed.drop(columns=[c for c in detailed if c.endswith("_probability")]),
+        expected_detailed.drop(columns=[c for c in detailed if c.endswith("_probability")]),
+    )
     for column in (c for c in detailed if c.endswith("_probability")):  # SavedModel vs Keras: float32 rounding
         pd.testing.assert_series_equal(detailed[column], expected_detailed[column], rtol=1e-4, atol=1e-6)
 
     rejected = pd.read_parquet(result.rejected_path)
     assert rejected["uuid"].tolist() == [corrupt, missing]  # input order
-    reasons = dict(zip(rejected["uuid"], rejected["reason"]))
+    reasons = dict(zip(rejected["uuid"], rejected["reason"], strict=True))
     assert reasons[corrupt].startswith("undecodable image: InvalidArgumentError")
     assert reasons[missing].startswith("missing image: none of [") and f"{missing}.jpeg" in reasons[missing]
     assert result.counters == {"images_read": len(ids) - 1, "images_scored": len(kept), "images_rejected": 2}
     assert result.rows_merged == len(kept)
     assert not (tmp_path / "beam" / "predictions_shards").exists()  # merged, then removed
     assert sorted(p.name for p in (tmp_path / "beam").iterdir()) == [
-        "predictions.parquet", "predictions_detailed.parquet", "predictions_rejected.parquet"]
+        "predictions.parquet",
+        "predictions_detailed.parquet",
+        "predictions_rejected.parquet",
+    ]
 
 
 def test_shards_keep_the_input_index_and_dead_letters_name_uuid_and_reason(exported, tmp_path):
-    from vinted_classifier.beam_predict import BeamPredictJob, merge_job_shards, run_beam_predict
-    from vinted_classifier.runs import RunLabels
-
     cfg, _, version, ids, corrupt, missing = exported
     job_ids = [ids[0], corrupt, ids[1], ids[0], missing, ids[2]]  # ids[0] twice: a duplicate uuid
     pq.write_table(pa.table({"uuid": job_ids}), tmp_path / "ids.parquet")
@@ -112,24 +125,38 @@ def test_shards_keep_the_input_index_and_dead_letters_name_uuid_and_reason(expor
     shard_folder = tmp_path / "out" / "predictions_shards"
     shard_folder.mkdir(parents=True)
     pq.write_table(pa.table({"index": [99]}), shard_folder / "rejected-00000-of-00001.parquet")  # an earlier job's
-    job = BeamPredictJob(saved_model=str(version), input_parquet=str(tmp_path / "ids.parquet"),
-                         images=str(cfg.data.data_dir), out_path=str(out), batch_size=2, rewrite="off",
-                         shards_only=True)
+    job = BeamPredictJob(
+        saved_model=str(version),
+        input_parquet=str(tmp_path / "ids.parquet"),
+        images=str(cfg.data.data_dir),
+        out_path=str(out),
+        batch_size=2,
+        rewrite="off",
+        shards_only=True,
+    )
     result = run_beam_predict(job, ["--runner=DirectRunner", "--direct_num_workers=1"])
 
     assert result.out_path == str(shard_folder) and not out.exists()  # shards only: no merge
     shards = sorted(shard_folder.glob("*.parquet"))
     scored = pd.concat([pd.read_parquet(p) for p in shards if p.name.startswith("predictions-")]).sort_values("index")
     rejected = pd.concat([pd.read_parquet(p) for p in shards if p.name.startswith("rejected-")]).sort_values("index")
-    assert list(zip(scored["index"], scored["uuid"])) == [(0, ids[0]), (2, ids[1]), (3, ids[0]), (5, ids[2])]
+    assert list(zip(scored["index"], scored["uuid"], strict=True)) == [
+        (0, ids[0]),
+        (2, ids[1]),
+        (3, ids[0]),
+        (5, ids[2]),
+    ]
     assert {"category1", "category2", "category1_name", "category1_probability"} <= set(scored.columns)
-    assert list(zip(rejected["index"], rejected["uuid"])) == [(1, corrupt), (4, missing)]  # not the stale 99
+    assert list(zip(rejected["index"], rejected["uuid"], strict=True)) == [
+        (1, corrupt),
+        (4, missing),
+    ]  # not the stale 99
     reasons = rejected["reason"].tolist()
     assert reasons[0].startswith("undecodable image: InvalidArgumentError")
     assert reasons[1].startswith("missing image: none of [") and f"{missing}.jpeg" in reasons[1]
 
     # The merge keeps a uuid on several rows out of the homework file and lists each of its rows.
-    labels = RunLabels.load(version / "assets" / "labels.json")
+    labels = RunLabels.load(labels_path(version))
     assert merge_job_shards(job, labels) == (2, 4)
     assert pd.read_parquet(out)["uuid"].tolist() == [ids[1], ids[2]]
     merged_rejected = pd.read_parquet(job.sibling("_rejected"))
@@ -139,13 +166,20 @@ def test_shards_keep_the_input_index_and_dead_letters_name_uuid_and_reason(expor
 
 
 def test_cli_runner_options_reach_beam_and_bad_input_is_named(exported, tmp_path, capsys):
-    from vinted_classifier.cli import main
-
     cfg, _, version, ids, corrupt, missing = exported
     bad = tmp_path / "ids.parquet"
     pd.DataFrame({"item": ["a", "b"]}).to_parquet(bad)
-    common = ["predict", "--set", f"output_dir={cfg.output_dir}", "--set", f"data.data_dir={cfg.data.data_dir}",
-              "--saved-model", str(version.parent), "--runner", "DirectRunner"]
+    common = [
+        "predict",
+        "--set",
+        f"output_dir={cfg.output_dir}",
+        "--set",
+        f"data.data_dir={cfg.data.data_dir}",
+        "--saved-model",
+        str(version.parent),
+        "--runner",
+        "DirectRunner",
+    ]
     assert main([*common, "--input", str(bad), "--out", str(tmp_path / "p.parquet")]) == 2
     assert f"{bad}: missing column 'uuid'; found ['item']" in capsys.readouterr().err
     out = tmp_path / "cli" / "predictions.parquet"
@@ -155,8 +189,22 @@ def test_cli_runner_options_reach_beam_and_bad_input_is_named(exported, tmp_path
     assert pd.read_parquet(out)["uuid"].tolist() == [u for u in ids if u not in (corrupt, missing)]
     assert pd.read_parquet(out.with_name("predictions_rejected.parquet"))["uuid"].tolist() == [corrupt, missing]
     sharded = tmp_path / "sharded" / "predictions.parquet"
-    assert main([*common, "--mixed-precision-rewrite", "off", "--out", str(sharded), "--shards-only",
-                 "--batch-size", "3", "--direct_num_workers=1"]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--mixed-precision-rewrite",
+                "off",
+                "--out",
+                str(sharded),
+                "--shards-only",
+                "--batch-size",
+                "3",
+                "--direct_num_workers=1",
+            ]
+        )
+        == 0
+    )
     assert f"predictions {sharded.with_name('predictions_shards')}, rejected " in capsys.readouterr().out
     shards = sorted(p.name for p in sharded.with_name("predictions_shards").iterdir())
     assert shards and all(name.startswith(("predictions-", "rejected-")) for name in shards), shards

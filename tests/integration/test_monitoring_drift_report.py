@@ -6,32 +6,35 @@ import json
 
 import pandas as pd
 import pytest
-
 from helpers import tiny_config, write_tiny_dataset
+
+from vinted_classifier.cli import main
+from vinted_classifier.contract import DEFAULT_MODEL_NAME, reference_stats_path
+from vinted_classifier.export import export_run
+from vinted_classifier.monitoring.report import batch_images, drift_demo, drift_report, shifted_copy, thresholds_from
+from vinted_classifier.train import train
 
 pytestmark = pytest.mark.slow  # trains and exports a tiny model (~40 s on 2 cores)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from vinted_classifier.export import export_run
-    from vinted_classifier.train import train
-
     root = tmp_path_factory.mktemp("drift")
     dataset = write_tiny_dataset(root / "tiny", n_per_category=8, n_test=12)
     ids = pd.read_parquet(dataset / "test.parquet")["uuid"].astype(str)
     categories = ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"]  # the tiny set draws test item i in colour i % 3
     pd.DataFrame({"uuid": ids, "cc3": [categories[i % 3] for i in range(len(ids))]}).to_parquet(
-        dataset / "test_labels.parquet", index=False)
+        dataset / "test_labels.parquet", index=False
+    )
     cfg = tiny_config(dataset, root / "runs")
     run_dir = train(cfg).run_dir
-    version = export_run(run_dir, root / "saved_model", "my_model")
+    version = export_run(run_dir, root / "saved_model", DEFAULT_MODEL_NAME)
     return dataset, run_dir, version, cfg
 
 
 def test_export_carries_reference_statistics(exported):
     dataset, run_dir, version, _ = exported
-    doc = json.loads((version / "assets.extra" / "reference_stats.json").read_text())
+    doc = json.loads(reference_stats_path(version).read_text())
     assert doc["schema_version"] == 1 and doc["source"]["split"] == "holdout"
     assert doc["categories"] == ["BLOUSES", "CASUAL_DRESSES", "SHIRTS"]
     assert doc["rows"] == doc["source"]["images"] == sum(doc["category_counts"]) > 0
@@ -41,19 +44,27 @@ def test_export_carries_reference_statistics(exported):
 
 
 def test_vinted_drift_reports_the_shift_it_was_given(exported, tmp_path, capsys):
-    from vinted_classifier.cli import main
-
     dataset, _, version, cfg = exported
-    same = main(["drift", "--against", str(version), "--parquet", str(dataset / "test.parquet"),
-                 "--out", str(tmp_path / "same")])
+    same = main(
+        [
+            "drift",
+            "--against",
+            str(version),
+            "--parquet",
+            str(dataset / "test.parquet"),
+            "--out",
+            str(tmp_path / "same"),
+        ]
+    )
     assert same == 0
     baseline = pd.read_csv(tmp_path / "same" / "drift.csv").set_index("feature")
-    from vinted_classifier.monitoring.report import shifted_copy
 
     shifted, shift = shifted_copy(cfg, tmp_path / "shifted", drop_category=None)
     assert shift == {"images": 12, "darken": 0.5, "scale": 0.5, "dropped_category": None}
-    assert main(["drift", "--against", str(version.parent), "--images", str(shifted),
-                 "--out", str(tmp_path / "shift")]) == 0
+    assert (
+        main(["drift", "--against", str(version.parent), "--images", str(shifted), "--out", str(tmp_path / "shift")])
+        == 0
+    )
     printed = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "shift" / "drift.csv").set_index("feature")
     # 40x30 -> 20x15 stays in the first size bin [0, 64); the brightness halves: mostly disjoint bins.
@@ -66,26 +77,41 @@ def test_vinted_drift_reports_the_shift_it_was_given(exported, tmp_path, capsys)
 
 
 def test_vinted_drift_errors_name_what_is_missing(exported, tmp_path, capsys):
-    from vinted_classifier.cli import main
-
     dataset, _, version, cfg = exported
     pd.DataFrame({"uuid": ["nope"]}).to_parquet(tmp_path / "ids.parquet")
-    assert main(["drift", "--against", str(version), "--parquet", str(tmp_path / "ids.parquet"),
-                 "--image-dir", str(dataset)]) == 2
+    assert (
+        main(
+            [
+                "drift",
+                "--against",
+                str(version),
+                "--parquet",
+                str(tmp_path / "ids.parquet"),
+                "--image-dir",
+                str(dataset),
+            ]
+        )
+        == 2
+    )
     assert "1 uuid(s) without an image" in capsys.readouterr().err
     assert main(["drift", "--against", str(tmp_path), "--images", str(dataset)]) == 2
     assert "neither an export version" in capsys.readouterr().err
 
 
 def test_drift_demo_removes_a_category_and_reads_a_run_folder_too(exported, tmp_path):
-    from vinted_classifier.monitoring.report import drift_demo, drift_report, thresholds_from, batch_images
-
     dataset, run_dir, version, cfg = exported
     table, figure, shift = drift_demo(cfg, version, tmp_path / "demo")
     assert shift["dropped_category"] in {"BLOUSES", "CASUAL_DRESSES", "SHIRTS"}
     assert shift["images"] == 8  # 4 of the 12 test items are in each category
-    assert list(table.columns) == ["feature", "distance", "value (test set)", "threshold", "drift (test set)",
-                                   "value (shifted)", "drift (shifted)"]
+    assert list(table.columns) == [
+        "feature",
+        "distance",
+        "value (test set)",
+        "threshold",
+        "drift (test set)",
+        "value (shifted)",
+        "drift (shifted)",
+    ]
     shifted_rows = table.set_index("feature")
     assert shifted_rows.loc["brightness", "drift (shifted)"]
     assert figure.is_file()

@@ -14,8 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vinted_classifier.beam.inputs import RowGroupSlice, image_problem, plan_row_groups
-from vinted_classifier.beam_predict import BeamPredictJob, resolve_saved_model
+from vinted_classifier.beam import merge
+from vinted_classifier.beam.inputs import RowGroupSlice, image_problem, plan_row_groups, slice_rows_for
+from vinted_classifier.beam.merge import MergedOutput, find_duplicates, merge_shards
+from vinted_classifier.beam_predict import BeamPredictJob, build_pipeline, resolve_saved_model
+from vinted_classifier.contract import DEFAULT_CATEGORY_COLUMN, RunLabels
 
 pytest.importorskip("apache_beam", reason="the [beam] extra is not installed")
 
@@ -34,7 +37,8 @@ def test_row_groups_are_numbered_across_files_in_path_order(tmp_path):
 
 
 def test_slices_read_their_rows_with_global_indexes_and_reject_null_ids(tmp_path):
-    from vinted_classifier.beam.transforms import REJECTED, ReadSliceIds
+    # apache_beam is the optional [beam] extra: this module skips without it (importorskip above).
+    from vinted_classifier.beam.transforms import REJECTED, ReadSliceIds  # noqa: PLC0415
 
     path = _parquet(tmp_path / "ids.parquet", pd.DataFrame({"uuid": ["a", "b", None, "d", "e"]}), row_group_size=5)
     out = list(ReadSliceIds("uuid").process(RowGroupSlice(path, 0, 11, 3, 1)))  # rows 1..3, global 11..13
@@ -45,13 +49,14 @@ def test_slices_read_their_rows_with_global_indexes_and_reject_null_ids(tmp_path
 def test_large_row_groups_are_cut_into_slices(tmp_path):
     path = _parquet(tmp_path / "ids.parquet", pd.DataFrame({"uuid": [f"u{i}" for i in range(7)]}), row_group_size=5)
     assert plan_row_groups(path, "uuid", slice_rows=2) == [
-        RowGroupSlice(path, 0, 0, 2, 0), RowGroupSlice(path, 0, 2, 2, 2), RowGroupSlice(path, 0, 4, 1, 4),
-        RowGroupSlice(path, 1, 5, 2, 0)]
+        RowGroupSlice(path, 0, 0, 2, 0),
+        RowGroupSlice(path, 0, 2, 2, 2),
+        RowGroupSlice(path, 0, 4, 1, 4),
+        RowGroupSlice(path, 1, 5, 2, 0),
+    ]
 
 
 def test_work_items_grow_with_the_job_within_bounds():
-    from vinted_classifier.beam.inputs import slice_rows_for
-
     assert [slice_rows_for(n) for n in (10, 3_003, 100_000, 10_000_000, 100_000_000)] == [32, 32, 391, 39_063, 50_000]
 
 
@@ -92,8 +97,7 @@ def test_saved_model_resolution_and_output_paths(tmp_path):
 
 
 def test_importing_the_cli_and_beam_module_does_not_import_beam():
-    code = ("import sys, vinted_classifier.cli, vinted_classifier.beam_predict; "
-            "print('apache_beam' in sys.modules)")
+    code = "import sys, vinted_classifier.cli, vinted_classifier.beam_predict; print('apache_beam' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -102,20 +106,20 @@ def test_importing_the_cli_and_beam_module_does_not_import_beam():
 
 
 def _labels():
-    from vinted_classifier.runs import RunLabels
-
-    return RunLabels("cc3", ["A", "B", "C"], ["floral", "checker"], [0.5, 0.4], (40, 32))
+    return RunLabels(DEFAULT_CATEGORY_COLUMN, ["A", "B", "C"], ["floral", "checker"], [0.5, 0.4], (40, 32))
 
 
 def _graph(tmp_path, n_ids: int):
     """Every applied transform of the scoring pipeline for an input of ``n_ids`` uuids in 3 row groups."""
-    import apache_beam as beam
-
-    from vinted_classifier.beam_predict import build_pipeline
+    # apache_beam is the optional [beam] extra: this module skips without it (importorskip above).
+    import apache_beam as beam  # noqa: PLC0415
 
     tmp_path.mkdir(exist_ok=True)
-    path = _parquet(tmp_path / "ids.parquet", pd.DataFrame({"uuid": [f"id{i}" for i in range(n_ids)]}),
-                    row_group_size=-(-n_ids // 3))
+    path = _parquet(
+        tmp_path / "ids.parquet",
+        pd.DataFrame({"uuid": [f"id{i}" for i in range(n_ids)]}),
+        row_group_size=-(-n_ids // 3),
+    )
     job = BeamPredictJob("model", path, str(tmp_path), str(tmp_path / "out" / "predictions.parquet"))
     pipeline = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=DirectRunner"]))
     build_pipeline(pipeline, job, plan_row_groups(path, "uuid"), _labels())
@@ -133,7 +137,8 @@ def _graph(tmp_path, n_ids: int):
 
 
 def test_no_step_holds_the_whole_job(tmp_path):
-    import apache_beam as beam
+    # apache_beam is the optional [beam] extra: this module skips without it (importorskip above).
+    import apache_beam as beam  # noqa: PLC0415
 
     applied = _graph(tmp_path, 300)
     names = [node.full_label for node in applied]
@@ -144,14 +149,17 @@ def test_no_step_holds_the_whole_job(tmp_path):
     # ... and the only values the launcher puts in the graph are row-group descriptors and the sinks'
     # one-element initialisation (``WriteImpl``'s DoOnce), never the ids.
     created = [node.transform.values for node in applied if isinstance(node.transform, beam.Create)]
-    assert [len(values) for values in created if all(isinstance(v, RowGroupSlice) for v in values)] == [12]  # 3 x 100 ids / 32
+    slices = [values for values in created if all(isinstance(v, RowGroupSlice) for v in values)]
+    assert [len(values) for values in slices] == [12]  # 3 x 100 ids / 32
     assert all(tuple(values) == (None,) for values in created if not isinstance(values[0], RowGroupSlice)), created
-    assert {"RowGroupSlices", "ReadIds", "ReadImages", "Score", "WritePredictionShards", "WriteRejectedShards"} <= set(names)
+    stages = {"RowGroupSlices", "ReadIds", "ReadImages", "Score", "WritePredictionShards", "WriteRejectedShards"}
+    assert stages <= set(names)
     # No per-row shuffle: the only GroupByKeys are Create's reshuffle of the slices and the sinks' own
     # grouping of per-bundle file names.
     grouping = [node.full_label for node in applied if type(node.transform).__name__ == "GroupByKey"]
-    assert grouping and all(name.split("/")[0] in {"RowGroupSlices", "WritePredictionShards", "WriteRejectedShards"}
-                            for name in grouping), grouping
+    assert grouping and all(
+        name.split("/")[0] in {"RowGroupSlices", "WritePredictionShards", "WriteRejectedShards"} for name in grouping
+    ), grouping
     # A ten times larger job builds the same graph (same transforms, same Create sizes).
     assert [node.full_label for node in _graph(tmp_path / "big", 3000)] == names
 
@@ -160,17 +168,19 @@ def test_no_step_holds_the_whole_job(tmp_path):
 
 
 def _shard(path, indexes, values) -> str:
-    table = pa.table({"index": pa.array(indexes, pa.int64()), "uuid": pa.array([f"u{i}" for i in indexes]),
-                      "value": pa.array(values, pa.float32())})
+    table = pa.table(
+        {
+            "index": pa.array(indexes, pa.int64()),
+            "uuid": pa.array([f"u{i}" for i in indexes]),
+            "value": pa.array(values, pa.float32()),
+        }
+    )
     pq.write_table(table, path)
     return str(path)
 
 
 @pytest.mark.parametrize("fan_in", [32, 4])  # 18 runs: merged in one pass, or in passes of 4 runs
 def test_merge_restores_the_input_order_in_small_chunks(tmp_path, monkeypatch, fan_in):
-    from vinted_classifier.beam import merge
-    from vinted_classifier.beam.merge import MergedOutput, merge_shards
-
     monkeypatch.setattr(merge, "FAN_IN", fan_in)
     monkeypatch.setattr(merge, "RUN_ROW_GROUP", 8)
 
@@ -180,9 +190,12 @@ def test_merge_restores_the_input_order_in_small_chunks(tmp_path, monkeypatch, f
     shards = [_shard(tmp_path / f"s{k}.parquet", part, part * 0.5) for k, part in enumerate(np.array_split(order, 3))]
     out, narrow = tmp_path / "out" / "all.parquet", tmp_path / "out" / "narrow.parquet"
     full_schema = pa.schema([("uuid", pa.string()), ("value", pa.float32())], metadata={b"k": b"v"})
-    rows = merge_shards(shards, [MergedOutput(str(out), full_schema),
-                                 MergedOutput(str(narrow), pa.schema([("uuid", pa.string())]))],
-                        chunk_rows=50, read_rows=16)  # 18 sorted runs, merged 16 rows at a time
+    rows = merge_shards(
+        shards,
+        [MergedOutput(str(out), full_schema), MergedOutput(str(narrow), pa.schema([("uuid", pa.string())]))],
+        chunk_rows=50,
+        read_rows=16,
+    )  # 18 sorted runs, merged 16 rows at a time
     expected = np.sort(order)
     assert rows == len(expected)
     merged = pq.read_table(out)
@@ -191,40 +204,44 @@ def test_merge_restores_the_input_order_in_small_chunks(tmp_path, monkeypatch, f
     assert merged.schema.metadata == {b"k": b"v"}
     assert pq.read_table(narrow).column_names == ["uuid"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["all.parquet", "narrow.parquet"]  # no temp files left
-    kept = merge_shards(shards, [MergedOutput(str(narrow), pa.schema([("uuid", pa.string())]))],
-                        chunk_rows=50, read_rows=16, drop={int(expected[0]), int(expected[-1])})
+    kept = merge_shards(
+        shards,
+        [MergedOutput(str(narrow), pa.schema([("uuid", pa.string())]))],
+        chunk_rows=50,
+        read_rows=16,
+        drop={int(expected[0]), int(expected[-1])},
+    )
     assert kept == len(expected) - 2
     assert pq.read_table(narrow).column("uuid").to_pylist() == [f"u{i}" for i in expected[1:-1]]
 
 
 def test_duplicates_are_found_across_shards_and_read_batches(tmp_path, monkeypatch):
-    from vinted_classifier.beam import merge
-    from vinted_classifier.beam.merge import find_duplicates
-
     def shard(name, pairs):
         table = pa.table({"index": pa.array([i for i, _ in pairs], pa.int64()), "uuid": [u for _, u in pairs]})
         pq.write_table(table, tmp_path / name)
         return str(tmp_path / name)
 
     unique = [(i, f"u{i:03d}") for i in range(100)]
-    shards = [shard("a.parquet", unique[:50] + [(100, "u007"), (101, "x"), (102, "x")]),
-              shard("b.parquet", unique[50:] + [(103, "u007"), (104, "u090")])]
+    shards = [
+        shard("a.parquet", unique[:50] + [(100, "u007"), (101, "x"), (102, "x")]),
+        shard("b.parquet", unique[50:] + [(103, "u007"), (104, "u090")]),
+    ]
     found = find_duplicates(shards, "uuid", chunk_rows=20, read_rows=3)  # duplicates straddle runs and batches
     monkeypatch.setattr(merge, "FAN_IN", 3)
     assert find_duplicates(shards, "uuid", chunk_rows=9, read_rows=2) == found  # 13 runs, merged in 3 passes
-    assert found == {7: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
-                     100: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
-                     103: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
-                     90: ("u090", "duplicate uuid: on input rows [90, 104]"),
-                     104: ("u090", "duplicate uuid: on input rows [90, 104]"),
-                     101: ("x", "duplicate uuid: on input rows [101, 102]"),
-                     102: ("x", "duplicate uuid: on input rows [101, 102]")}
+    assert found == {
+        7: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
+        100: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
+        103: ("u007", "duplicate uuid: on input rows [7, 100, 103]"),
+        90: ("u090", "duplicate uuid: on input rows [90, 104]"),
+        104: ("u090", "duplicate uuid: on input rows [90, 104]"),
+        101: ("x", "duplicate uuid: on input rows [101, 102]"),
+        102: ("x", "duplicate uuid: on input rows [101, 102]"),
+    }
     assert find_duplicates([shard("c.parquet", unique)], "uuid", chunk_rows=7, read_rows=2) == {}
 
 
 def test_merge_refuses_an_index_claimed_by_two_shards(tmp_path):
-    from vinted_classifier.beam.merge import MergedOutput, merge_shards
-
     shards = [_shard(tmp_path / "a.parquet", [0, 2], [0, 0]), _shard(tmp_path / "b.parquet", [1, 2], [0, 0])]
     out = tmp_path / "out.parquet"
     with pytest.raises(ValueError, match="input index 2 .*appears in more than one shard"):

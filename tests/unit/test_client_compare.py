@@ -7,19 +7,40 @@ import pandas as pd
 import pytest
 
 from vinted_classifier import client
-from vinted_classifier.runs import RunLabels
+from vinted_classifier.contract import DEFAULT_CATEGORY_COLUMN, TAGS_OUTPUT, RunLabels
 
 
 def test_served_vs_local_tolerates_only_borderline_differences():
-    labels = RunLabels("cc3", ["A", "B", "C"], ["t1", "t2"], [0.5, 0.5], (64, 48))
-    detailed = pd.DataFrame([{"uuid": "u1", "category1": 0, "category2": 1, "t1": 1, "t2": 0,
-                              "category1_probability": 0.6, "category2_probability": 0.3,
-                              "t1_probability": 0.9, "t2_probability": 0.497}])
+    labels = RunLabels(DEFAULT_CATEGORY_COLUMN, ["A", "B", "C"], ["t1", "t2"], [0.5, 0.5], (64, 48))
+    detailed = pd.DataFrame(
+        [
+            {
+                "uuid": "u1",
+                "category1": 0,
+                "category2": 1,
+                "t1": 1,
+                "t2": 0,
+                "category1_probability": 0.6,
+                "category2_probability": 0.3,
+                "t1_probability": 0.9,
+                "t2_probability": 0.497,
+            }
+        ]
+    )
 
     def served(probs, flags, tags=(0.9, 0.497)):
         top2 = list(np.argsort(-np.asarray(probs), kind="stable")[:2])
-        return {"predictions": [{"cc3": probs, "tags": list(tags), "top2_codes": top2,
-                                 "top2_names": [labels.categories[i] for i in top2], "tag_flags": flags}]}
+        return {
+            "predictions": [
+                {
+                    labels.category_output: probs,
+                    TAGS_OUTPUT: list(tags),
+                    "top2_codes": top2,
+                    "top2_names": [labels.categories[i] for i in top2],
+                    "tag_flags": flags,
+                }
+            ]
+        }
 
     same = client.served_vs_local(served([0.6, 0.3, 0.1], [1, 0]), detailed, labels)
     assert same["match"].all() and same["max_prob_diff"].iloc[0] < 1e-9

@@ -8,18 +8,30 @@ import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vinted_classifier.config import MonitoringConfig
 from vinted_classifier.monitoring.drift import (
-    Observation, SlidingWindow, bin_counts, drift_scores, js_divergence, linf_distance, summarise)
+    Observation,
+    SlidingWindow,
+    bin_counts,
+    drift_scores,
+    js_divergence,
+    linf_distance,
+    summarise,
+)
+from vinted_classifier.monitoring.metrics import RateLimit
 from vinted_classifier.monitoring.reference import BIN_EDGES, build_reference, load_reference, reference_from_json
 from vinted_classifier.monitoring.stats import image_stats, observations, pixel_stats
 
 CATEGORIES = ["A", "B", "C", "D"]
 TAGS = ["dots", "flowers"]
 LIMITS = MonitoringConfig()
-THRESHOLDS = {"category_linf": LIMITS.category_linf_threshold, "tag_linf": LIMITS.tag_linf_threshold,
-              "js": LIMITS.js_threshold}
+THRESHOLDS = {
+    "category_linf": LIMITS.category_linf_threshold,
+    "tag_linf": LIMITS.tag_linf_threshold,
+    "js": LIMITS.js_threshold,
+}
 
 
 def test_linf_and_js_exact_values():
@@ -63,14 +75,16 @@ def test_the_reference_itself_has_no_drift():
 def test_one_class_only_drives_the_category_distance_above_its_threshold():
     scores = _scores([r for r in REFERENCE_ROWS if r.category == 0])
     assert scores.category_linf == 0.75  # [1/4]*4 vs [1, 0, 0, 0]
-    assert scores.tag_linf == 0.75       # both tags always on in class 0: rates 1, 1 vs 0.5, 0.25
+    assert scores.tag_linf == 0.75  # both tags always on in class 0: rates 1, 1 vs 0.5, 0.25
     assert "category" in scores.exceeded(THRESHOLDS) and "tags" in scores.exceeded(THRESHOLDS)
     assert scores.js["brightness"] > 0  # class 0 rows have only two of the eight brightness levels
 
 
 def test_half_as_bright_images_drive_the_brightness_divergence_above_its_threshold():
-    darker = [Observation(r.category, r.confidence, r.tags, r.width, r.height, r.aspect_ratio, r.brightness / 2)
-              for r in REFERENCE_ROWS]
+    darker = [
+        Observation(r.category, r.confidence, r.tags, r.width, r.height, r.aspect_ratio, r.brightness / 2)
+        for r in REFERENCE_ROWS
+    ]
     scores = _scores(darker)
     # reference 120..190 sits in bins [112,128)..[176,192); halved, 60..95 in [48,64)..[80,96): disjoint.
     assert scores.js["brightness"] == 1.0
@@ -82,8 +96,8 @@ def test_window_is_bounded_by_count_and_by_age():
     window = SlidingWindow(max_count=3, max_age_s=10)
     for t in range(5):
         window.add(Observation(category=t), now=float(t))
-    assert [o.category for o in window.snapshot(now=5.0)] == [2, 3, 4]      # count bound
-    assert [o.category for o in window.snapshot(now=13.5)] == [4]           # 2 and 3 older than 10 s
+    assert [o.category for o in window.snapshot(now=5.0)] == [2, 3, 4]  # count bound
+    assert [o.category for o in window.snapshot(now=13.5)] == [4]  # 2 and 3 older than 10 s
     assert window.snapshot(now=100.0) == [] and len(window) == 0
     with pytest.raises(ValueError, match="max_count"):
         SlidingWindow(0, 10)
@@ -92,16 +106,15 @@ def test_window_is_bounded_by_count_and_by_age():
 def test_observations_flag_nonfinite_rows_and_use_tag_thresholds():
     probs = np.array([[0.1, 0.7, 0.1, 0.1], [np.nan, 0.5, 0.25, 0.25]])
     tags = np.array([[0.6, 0.2], [0.9, 0.9]])
-    rows, nonfinite = observations(probs, tags, [0.5, 0.1], [{"width": 4.0, "height": 2.0, "aspect_ratio": 2.0,
-                                                               "brightness": 10.0}, None])
+    rows, nonfinite = observations(
+        probs, tags, [0.5, 0.1], [{"width": 4.0, "height": 2.0, "aspect_ratio": 2.0, "brightness": 10.0}, None]
+    )
     assert nonfinite == 1
     assert rows[0] == Observation(1, 0.7, (True, True), 4.0, 2.0, 2.0, 10.0)
     assert rows[1] == Observation()
 
 
 def _jpeg(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
@@ -141,14 +154,12 @@ def test_reference_round_trip_and_errors_name_the_field(tmp_path):
 
 
 def test_rate_limit_allows_a_burst_then_the_rate():
-    from vinted_classifier.monitoring.metrics import RateLimit
-
     now = [0.0]
     limit = RateLimit(2.0, clock=lambda: now[0])
     assert [limit() for _ in range(3)] == [True, True, False]  # a second's worth, then nothing
     now[0] = 0.5
-    assert [limit(), limit()] == [True, False]                 # half a second: one more
+    assert [limit(), limit()] == [True, False]  # half a second: one more
     now[0] = 100.0
-    assert sum(limit() for _ in range(5)) == 2                  # never more than one second's worth
+    assert sum(limit() for _ in range(5)) == 2  # never more than one second's worth
     stats = image_stats(_jpeg(np.full((8, 8, 3), 50, np.uint8)), brightness=False)
     assert stats == {"width": 8.0, "height": 8.0, "aspect_ratio": 1.0, "brightness": None}

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import io
+import logging
+
+import numpy as np
 
 from vinted_classifier import progress
 
 
 def test_epoch_line_reads_loss_top1_top2_and_mean_tag_f1():
-    logs = {"loss": 0.8123, "val_loss": 0.9, "val_cc3_top1": 0.84, "val_cc3_top2": 0.93,
-            "val_tags_precision_polka_dot": 0.8, "val_tags_recall_polka_dot": 0.6,
-            "val_tags_precision_floral": 1.0, "val_tags_recall_floral": 1.0,
-            "val_tags_auc_floral": 0.99, "cc3_top1": 0.9}
+    logs = {
+        "loss": 0.8123,
+        "val_loss": 0.9,
+        "val_cc3_top1": 0.84,
+        "val_cc3_top2": 0.93,
+        "val_tags_precision_polka_dot": 0.8,
+        "val_tags_recall_polka_dot": 0.6,
+        "val_tags_precision_floral": 1.0,
+        "val_tags_recall_floral": 1.0,
+        "val_tags_auc_floral": 0.99,
+        "cc3_top1": 0.9,
+    }
     line = progress.epoch_line(logs, phase="head", epoch=3, epochs=30, seconds=12.34, category_output="cc3")
     # polka dot F1 = 2*0.8*0.6/1.4 = 0.6857; floral 1.0; mean 0.8429
     assert line == "head  3/30  loss 0.812  val_loss 0.900  top-1 0.840  top-2 0.930  tag F1 0.843  12.3s"
@@ -59,8 +70,6 @@ def test_quiet_when_not_verbose_hides_bars_inside_the_call():
 
 
 def test_without_a_terminal_long_steps_print_plain_lines_with_count_rate_and_eta(monkeypatch, capsys):
-    import logging
-
     monkeypatch.delenv(progress.ENV_VAR, raising=False)
     monkeypatch.setattr(logging.getLogger("vinted_classifier"), "level", logging.INFO)
     monkeypatch.setattr(progress, "LINE_INTERVAL_SECONDS", 0.0)  # every item is "long" here
@@ -68,7 +77,10 @@ def test_without_a_terminal_long_steps_print_plain_lines_with_count_rate_and_eta
     assert list(progress.bar(range(3), desc="caching features", unit="batch")) == [0, 1, 2]
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(",")[0] for line in lines] == [
-        "caching features: 1/3 batch (33%)", "caching features: 2/3 batch (67%)", "caching features: 3/3 batch (100%)"]
+        "caching features: 1/3 batch (33%)",
+        "caching features: 2/3 batch (67%)",
+        "caching features: 3/3 batch (100%)",
+    ]
     assert all(" batch/s, ETA " in line for line in lines)
     with progress.shown(False):
         assert not progress.lines_enabled()
@@ -77,29 +89,33 @@ def test_without_a_terminal_long_steps_print_plain_lines_with_count_rate_and_eta
 
 
 def test_a_short_step_prints_nothing_and_lines_say_count_rate_eta_exactly(monkeypatch, capsys):
-    import logging
-
     monkeypatch.setattr(logging.getLogger("vinted_classifier"), "level", logging.INFO)
     assert sum(progress.PlainLines(range(4), total=None, desc="quick", unit="img", interval=3600)) == 6
     assert capsys.readouterr().err == ""
-    assert progress.progress_line("caching", 120, 240, 30.0, "batch") == "caching: 120/240 batch (50%), 4.0 batch/s, ETA 0:30"
+    line = progress.progress_line("caching", 120, 240, 30.0, "batch")
+    assert line == "caching: 120/240 batch (50%), 4.0 batch/s, ETA 0:30"
     assert progress.progress_line("scoring", 0, 10, 5.0, "img") == "scoring: 0/10 img (0%), 0.0 img/s, ETA ?"
     assert progress.progress_line("reading", 50, None, 4000.0, "row") == "reading: 50 row, 0.0 row/s, 1:06:40 elapsed"
 
 
 def test_long_training_epochs_print_batch_lines_without_a_terminal(monkeypatch, capsys):
-    import logging
-
-    import keras
-    import numpy as np
+    # Keras only here: the other tests of this module run without TensorFlow.
+    import keras  # noqa: PLC0415
 
     monkeypatch.delenv(progress.ENV_VAR, raising=False)
     monkeypatch.setattr(logging.getLogger("vinted_classifier"), "level", logging.INFO)
     monkeypatch.setattr(progress, "LINE_INTERVAL_SECONDS", 0.0)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    model.fit(np.zeros((6, 2)), np.zeros((6, 1)), batch_size=2, epochs=2, verbose=0,
-              callbacks=[progress.fit_lines_callback("finetune")])
+    model.fit(
+        np.zeros((6, 2)),
+        np.zeros((6, 1)),
+        batch_size=2,
+        epochs=2,
+        verbose=0,
+        callbacks=[progress.fit_lines_callback("finetune")],
+    )
     lines = [line.split(",")[0] for line in capsys.readouterr().err.splitlines()]
-    assert lines == [f"finetune epoch {e}/2: {b}/3 batch ({p})" for e in (1, 2) for b, p in
-                     ((1, "33%"), (2, "67%"), (3, "100%"))]
+    assert lines == [
+        f"finetune epoch {e}/2: {b}/3 batch ({p})" for e in (1, 2) for b, p in ((1, "33%"), (2, "67%"), (3, "100%"))
+    ]

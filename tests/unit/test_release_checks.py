@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tf_serving_compat.versions import parse_model_config_file
 from vinted_classifier.config import ReleaseConfig
+from vinted_classifier.contract import ASSETS_DIR, ASSETS_EXTRA_DIR
 from vinted_classifier.release import checks as C
-from vinted_classifier.release import rollout
+from vinted_classifier.release import rollout, staging
 from vinted_classifier.release.report import format_table
+from vinted_classifier.utils import write_json, write_parquet
 
 
 def test_top_k_hits_and_tag_f1():
@@ -43,8 +46,9 @@ def test_paired_bootstrap_separates_a_real_drop_from_noise():
     release = ReleaseConfig(bootstrap_samples=1000)
 
     def check(candidate):
-        diff = C.paired_difference(lambda idx: candidate[idx].mean(axis=1) - served[idx].mean(axis=1), 500,
-                                   samples=1000, confidence=0.95)
+        diff = C.paired_difference(
+            lambda idx: candidate[idx].mean(axis=1) - served[idx].mean(axis=1), 500, samples=1000, confidence=0.95
+        )
         return C.regression_check("vs served top-1", diff, release.regression_margin)
 
     drop = check(worse)
@@ -87,17 +91,21 @@ def test_cost_ratio_without_a_served_version_is_informative():
 
 
 def test_report_table_lists_every_check_and_the_decision():
-    report = {"checks": [C.Check("floor top-1", 0.9, 0.6, True).to_dict(), C.Check("numerics black", 1.0, 0.0, False,
-                                                                                    "1 non-finite").to_dict()],
-              "decision": "blocked", "blocked_by": ["numerics black"], "pushed_version": None}
+    report = {
+        "checks": [
+            C.Check("floor top-1", 0.9, 0.6, True).to_dict(),
+            C.Check("numerics black", 1.0, 0.0, False, "1 non-finite").to_dict(),
+        ],
+        "decision": "blocked",
+        "blocked_by": ["numerics black"],
+        "pushed_version": None,
+    }
     table = format_table(report)
     assert "floor top-1" in table and "FAIL" in table
     assert table.splitlines()[-1] == "decision: BLOCKED; failed: numerics black"
 
 
 def test_labels_follow_push_canary_promote_and_rollback(tmp_path):
-    from tf_serving_compat.versions import parse_model_config_file
-
     root = tmp_path / "saved_model"
     for version in (1, 2, 3):
         (root / "m" / str(version)).mkdir(parents=True)
@@ -134,8 +142,6 @@ def test_a_corrupt_state_file_is_named(tmp_path):
 
 
 def test_atomic_writes_get_the_umask_mode(tmp_path):
-    from vinted_classifier.utils import write_json, write_parquet
-
     old = os.umask(0o022)
     try:
         write_json(tmp_path / "metrics.json", {"a": 1})
@@ -154,20 +160,18 @@ def test_atomic_writes_get_the_umask_mode(tmp_path):
 
 
 def test_push_is_atomic_and_carries_the_candidate(tmp_path, monkeypatch):
-    from vinted_classifier.release import staging
-
     candidate = tmp_path / "staging" / "m" / "1"
-    (candidate / "assets.extra").mkdir(parents=True)
-    (candidate / "assets").mkdir()
+    (candidate / ASSETS_EXTRA_DIR).mkdir(parents=True)
+    (candidate / ASSETS_DIR).mkdir()
     (candidate / "saved_model.pb").write_bytes(b"graph")
-    (candidate / "assets" / "export.json").write_text(json.dumps({"version": 1, "precision": "float32"}))
-    (candidate / "assets.extra" / "reference_stats.json").write_text('{"n": 3}')
+    (candidate / ASSETS_DIR / "export.json").write_text(json.dumps({"version": 1, "precision": "float32"}))
+    (candidate / ASSETS_EXTRA_DIR / "reference_stats.json").write_text('{"n": 3}')
     root = tmp_path / "served" / "m"
     pushed = staging.push(candidate, root, 7, {"release.json": {"decision": "pushed"}})
     assert pushed == root / "7" and (pushed / "saved_model.pb").read_bytes() == b"graph"
-    assert json.loads((pushed / "assets" / "export.json").read_text())["version"] == 7
-    assert (pushed / "assets.extra" / "reference_stats.json").read_text() == '{"n": 3}'
-    assert json.loads((pushed / "assets.extra" / "release.json").read_text()) == {"decision": "pushed"}
+    assert json.loads((pushed / ASSETS_DIR / "export.json").read_text())["version"] == 7
+    assert (pushed / ASSETS_EXTRA_DIR / "reference_stats.json").read_text() == '{"n": 3}'
+    assert json.loads((pushed / ASSETS_EXTRA_DIR / "release.json").read_text()) == {"decision": "pushed"}
     with pytest.raises(FileExistsError, match="version 7 already exists"):
         staging.push(candidate, root, 7, {})
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 # Leading bytes of the formats tf.io.decode_image reads (what the SavedModel's decode accepts).
 IMAGE_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP"}
 
@@ -36,7 +39,8 @@ class RowGroupSlice:
 
 def input_files(pattern: str) -> list[str]:
     """The parquet files behind a path or glob on any Beam filesystem, sorted (their order is the input order)."""
-    from apache_beam.io.filesystems import FileSystems
+    # Apache Beam is an optional extra ([beam]); `vinted` and this module import without it.
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
 
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
@@ -51,16 +55,15 @@ def input_files(pattern: str) -> list[str]:
 def open_parquet(path: str):
     """A ``pyarrow.parquet.ParquetFile`` over a Beam filesystem handle (seekable: only the footer and the
     row groups asked for are read)."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
+    # Apache Beam is an optional extra ([beam]); `vinted` and this module import without it.
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
 
-    return pq.ParquetFile(FileSystems.open(path), pre_buffer=False)  # pre-buffering would read every row group at once
+    # pre_buffer=False: pre-buffering would read every row group at once.
+    return pq.ParquetFile(FileSystems.open(path), pre_buffer=False)
 
 
 def check_id_column(path: str, schema, id_column: str) -> None:
     """The id column exists and holds strings; the error names the file, the column and what was found."""
-    import pyarrow as pa
-
     if id_column not in schema.names:
         raise ValueError(f"{path}: missing column {id_column!r}; found {schema.names}")
     kind = schema.field(id_column).type
@@ -88,8 +91,11 @@ def plan_row_groups(pattern: str, id_column: str, slice_rows: int | None = None)
     if not first_index:
         raise ValueError(f"{pattern}: no ids to score (every input file is empty)")
     slice_rows = slice_rows or slice_rows_for(first_index)
-    return [RowGroupSlice(path, group, start + offset, min(slice_rows, rows - offset), offset)
-            for path, group, start, rows in groups for offset in range(0, rows, slice_rows)]
+    return [
+        RowGroupSlice(path, group, start + offset, min(slice_rows, rows - offset), offset)
+        for path, group, start, rows in groups
+        for offset in range(0, rows, slice_rows)
+    ]
 
 
 def image_problem(raw: bytes) -> str | None:

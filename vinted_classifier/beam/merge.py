@@ -12,8 +12,9 @@ Workers write shards in whatever order rows reached them. ``merge_shards``:
 ``find_duplicates`` runs the same external sort on the uuid to find uuids scored on several rows
 (the pipeline itself never shuffles per-row data, so this is where duplicates are caught).
 
-So memory does not grow with the job: one chunk, then FAN_IN small row groups, then the output buffer. Outputs are written to a local temporary file and moved into place (locally by rename,
-elsewhere by one streamed upload), so a reader never sees half a file.
+So memory does not grow with the job: one chunk, then FAN_IN small row groups, then the output buffer.
+Outputs are written to a local temporary file and moved into place (locally by rename, elsewhere by one
+streamed upload), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..utils import atomic_path
+from .inputs import open_parquet
 
 log = logging.getLogger(__name__)
 INDEX = "index"
@@ -41,7 +48,7 @@ CHUNK_ROWS = 16_384
 RUN_ROW_GROUP, FAN_IN = 1024, 32
 
 
-def _read_rows(runs: int, chunk_rows: int, read_rows: int | None) -> int:
+def _read_rows(read_rows: int | None) -> int:
     """Rows per batch read from each run: one run row group."""
     return read_rows or RUN_ROW_GROUP
 
@@ -51,23 +58,25 @@ class MergedOutput:
     """One ordered file to write: its final path, the columns it keeps and their schema (with metadata)."""
 
     path: str
-    schema: object  # pyarrow.Schema of the kept columns, in order
+    schema: pa.Schema  # the kept columns, in order
 
 
 class _SortedRun:
     """A spilled, sorted run, read back ``read_rows`` rows at a time."""
 
     def __init__(self, path: Path, read_rows: int, key: str = INDEX):
-        import pyarrow.parquet as pq
-
         self.key = key
         self._batches = pq.ParquetFile(path).iter_batches(batch_size=read_rows)
         self.current = None
         self.refill()
 
-    def refill(self) -> None:
-        import pyarrow as pa
+    def last_key(self):
+        """The largest key of the current batch (every smaller key of this run has been read)."""
+        if self.current is None:
+            raise ValueError("the run is exhausted")
+        return self.current.column(self.key)[-1].as_py()
 
+    def refill(self) -> None:
         batch = next(self._batches, None)
         self.current = None if batch is None else pa.Table.from_batches([batch])
 
@@ -81,16 +90,12 @@ class _SortedRun:
         return taken
 
 
-def _spill_sorted_runs(shards: list[str], folder: Path, chunk_rows: int, key: str = INDEX,
-                       columns: list[str] | None = None) -> list[Path]:
+def _spill_sorted_runs(
+    shards: list[str], folder: Path, chunk_rows: int, key: str = INDEX, columns: list[str] | None = None
+) -> list[Path]:
     """Every shard, ``chunk_rows`` at a time, sorted on ``key`` into local run files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .inputs import open_parquet
-
     folder.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs: list[Path] = []
     for shard in shards:
         with open_parquet(shard) as parquet:
             if INDEX not in parquet.schema_arrow.names:
@@ -106,11 +111,9 @@ def _spill_sorted_runs(shards: list[str], folder: Path, chunk_rows: int, key: st
 
 def _merged_slices(runs: list[Path], read_rows: int, key: str = INDEX) -> Iterator:
     """Tables of rows in increasing ``key`` order, each bounded by len(runs) * read_rows rows."""
-    import pyarrow as pa
-
     open_runs = [run for run in (_SortedRun(path, read_rows, key) for path in runs) if run.current is not None]
     while open_runs:
-        bound = min(run.current.column(key)[-1].as_py() for run in open_runs)
+        bound = min(run.last_key() for run in open_runs)
         parts = [run.take_through(bound) for run in open_runs]
         yield pa.concat_tables([part for part in parts if part.num_rows]).sort_by(key)
         open_runs = [run for run in open_runs if run.current is not None]
@@ -118,33 +121,30 @@ def _merged_slices(runs: list[Path], read_rows: int, key: str = INDEX) -> Iterat
 
 def _reduce_runs(runs: list[Path], folder: Path, read_rows: int, key: str = INDEX) -> list[Path]:
     """Merge runs FAN_IN at a time into longer runs until at most FAN_IN remain (bounded memory per pass)."""
-    import pyarrow.parquet as pq
-
     level = 0
     while len(runs) > FAN_IN:
         level += 1
-        merged = []
+        merged: list[Path] = []
         for start in range(0, len(runs), FAN_IN):
             path = folder / f"level{level}-{len(merged):06d}.parquet"
             writer = None
-            for table in _merged_slices(runs[start:start + FAN_IN], read_rows, key):
+            for table in _merged_slices(runs[start : start + FAN_IN], read_rows, key):
                 writer = writer or pq.ParquetWriter(path, table.schema)
                 writer.write_table(table, row_group_size=RUN_ROW_GROUP)
             if writer is not None:
                 writer.close()
                 merged.append(path)
-            for old in runs[start:start + FAN_IN]:
+            for old in runs[start : start + FAN_IN]:
                 old.unlink()
         runs = merged
     return runs
 
 
-def find_duplicates(shards: list[str], id_column: str, *, chunk_rows: int = CHUNK_ROWS,
-                    read_rows: int | None = None) -> dict[int, tuple[str, str]]:
+def find_duplicates(
+    shards: list[str], id_column: str, *, chunk_rows: int = CHUNK_ROWS, read_rows: int | None = None
+) -> dict[int, tuple[str, str]]:
     """{index: (uuid, reason)} for every row whose uuid is on several rows: an external sort on the uuid
     (memory: a chunk, then k small batches; the answer itself is as large as the duplicates)."""
-    import pyarrow as pa
-
     duplicates: dict[int, tuple[str, str]] = {}
 
     def report(group) -> None:
@@ -154,9 +154,9 @@ def find_duplicates(shards: list[str], id_column: str, *, chunk_rows: int = CHUN
 
     with tempfile.TemporaryDirectory(prefix="vinted-dups-") as scratch:
         runs = _spill_sorted_runs(shards, Path(scratch), chunk_rows, id_column, [id_column, INDEX])
-        runs = _reduce_runs(runs, Path(scratch), _read_rows(len(runs), chunk_rows, read_rows), id_column)
+        runs = _reduce_runs(runs, Path(scratch), _read_rows(read_rows), id_column)
         carry = None  # rows of the last uuid seen: the next slice may hold more of it
-        for table in _merged_slices(runs, _read_rows(len(runs), chunk_rows, read_rows), id_column):
+        for table in _merged_slices(runs, _read_rows(read_rows), id_column):
             table = table if carry is None else pa.concat_tables([carry, table])
             keys = table.column(id_column).to_numpy(zero_copy_only=False)
             split = int(np.searchsorted(keys, keys[-1], side="left"))
@@ -174,16 +174,15 @@ def _groups_of_several(table, id_column: str):
     if len(keys) < 2:
         return
     starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1], [True]]))
-    for start, stop in zip(starts[:-1], starts[1:]):
+    for start, stop in zip(starts[:-1], starts[1:], strict=True):
         if stop - start > 1:
             yield keys[start], sorted(int(i) for i in indexes[start:stop])
 
 
 def _publish(local: Path, target: str) -> None:
     """Move a finished local file to ``target``: a rename locally, one streamed upload elsewhere."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from ..utils import atomic_path
+    # Apache Beam is an optional extra ([beam]); the merge itself runs without it.
+    from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
 
     if FileSystems.get_scheme(target) is None:
         with atomic_path(target, suffix=".parquet") as tmp:
@@ -198,58 +197,76 @@ def _check_increasing(indexes: np.ndarray, last: int, shards: list[str]) -> None
     steps = np.diff(np.concatenate([[last], indexes]))
     if np.any(steps <= 0):
         repeated = int(indexes[int(np.argmax(steps <= 0))])
-        raise ValueError(f"input index {repeated} appears in more than one shard of {shards[:3]}; "
-                         "were two jobs written into one shard folder?")
+        raise ValueError(
+            f"input index {repeated} appears in more than one shard of {shards[:3]}; "
+            "were two jobs written into one shard folder?"
+        )
 
 
-def merge_shards(shards: list[str], outputs: list[MergedOutput], *, chunk_rows: int = CHUNK_ROWS,
-                 read_rows: int | None = None, drop: set[int] | frozenset[int] = frozenset()) -> int:
+def merge_shards(
+    shards: list[str],
+    outputs: list[MergedOutput],
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    read_rows: int | None = None,
+    drop: set[int] | frozenset[int] = frozenset(),
+) -> int:
     """Merge index-keyed shards into each output in index order, leaving out the indexes in ``drop``;
     returns the number of rows written.
 
     Raises if an index repeats (two shards claiming one input row means the job ran twice into one folder).
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    dropped = pa.array(sorted(drop), pa.int64())
-
-    rows, last = 0, -1
     with tempfile.TemporaryDirectory(prefix="vinted-merge-") as scratch:
         folder = Path(scratch)
         runs = _spill_sorted_runs(shards, folder, chunk_rows)
-        runs = _reduce_runs(runs, folder, _read_rows(len(runs), chunk_rows, read_rows))
+        runs = _reduce_runs(runs, folder, _read_rows(read_rows))
+        ordered = _kept_in_order(_merged_slices(runs, _read_rows(read_rows)), shards, drop)
         locals_ = [folder / f"out-{i}.parquet" for i in range(len(outputs))]
-        writers = [pq.ParquetWriter(path, output.schema) for path, output in zip(locals_, outputs)]
-        pending, pending_rows = [], 0
-
-        def flush():
-            nonlocal pending, pending_rows
-            if pending:
-                table = pa.concat_tables(pending)
-                for writer, output in zip(writers, outputs):
-                    writer.write_table(table.select(output.schema.names).cast(output.schema))
-                pa.default_memory_pool().release_unused()
-            pending, pending_rows = [], 0
-
-        try:
-            for table in _merged_slices(runs, _read_rows(len(runs), chunk_rows, read_rows)):
-                indexes = table.column(INDEX).to_numpy()
-                _check_increasing(indexes, last, shards)
-                last = int(indexes[-1])
-                if len(dropped):
-                    table = table.filter(pc.invert(pc.is_in(table.column(INDEX), value_set=dropped)))
-                rows += table.num_rows
-                pending.append(table)
-                pending_rows += table.num_rows
-                if pending_rows >= chunk_rows:  # one row group per chunk, not one per merge step
-                    flush()
-            flush()
-        finally:
-            for writer in writers:
-                writer.close()
-        for local, output in zip(locals_, outputs):
+        rows = _write_outputs(ordered, locals_, outputs, chunk_rows)
+        for local, output in zip(locals_, outputs, strict=True):
             _publish(local, output.path)
     log.info("merged %d rows from %d shard(s) into %s", rows, len(shards), [o.path for o in outputs])
+    return rows
+
+
+def _kept_in_order(tables: Iterator, shards: list[str], drop: set[int] | frozenset[int]) -> Iterator:
+    """The merged tables, checked for a repeated index, without the rows whose index is in ``drop``."""
+    dropped = pa.array(sorted(drop), pa.int64())
+    last = -1
+    for table in tables:
+        indexes = table.column(INDEX).to_numpy()
+        _check_increasing(indexes, last, shards)
+        last = int(indexes[-1])
+        if len(dropped):
+            table = table.filter(pc.invert(pc.is_in(table.column(INDEX), value_set=dropped)))
+        yield table
+
+
+def _write_outputs(tables: Iterator, paths: list[Path], outputs: list[MergedOutput], chunk_rows: int) -> int:
+    """Append ``tables`` to one local parquet per output (its columns and schema), one row group per
+    ``chunk_rows`` rows rather than one per merge step; returns the rows written."""
+    writers = [pq.ParquetWriter(path, output.schema) for path, output in zip(paths, outputs, strict=True)]
+    pending: list = []
+    rows = pending_rows = 0
+
+    def flush() -> None:
+        if pending:
+            table = pa.concat_tables(pending)
+            for writer, output in zip(writers, outputs, strict=True):
+                writer.write_table(table.select(output.schema.names).cast(output.schema))
+            pa.default_memory_pool().release_unused()
+        pending.clear()
+
+    try:
+        for table in tables:
+            rows += table.num_rows
+            pending.append(table)
+            pending_rows += table.num_rows
+            if pending_rows >= chunk_rows:
+                flush()
+                pending_rows = 0
+        flush()
+    finally:
+        for writer in writers:
+            writer.close()
     return rows

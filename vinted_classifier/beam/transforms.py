@@ -11,12 +11,18 @@ import logging
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from hostinfo import configure_rewrite
+
+from ..contract import DEFAULT_SIGNATURE, TAGS_OUTPUT
+from ..predict import format_predictions
 from .inputs import image_problem, open_parquet
 
 log = logging.getLogger(__name__)
@@ -44,17 +50,6 @@ class ReadSliceIds(beam.DoFn):
                 yield index, uuid
 
 
-class RejectDuplicateIds(beam.DoFn):
-    """(uuid, [indexes]) -> dead letters for a uuid on several rows (the optional duplicate check)."""
-
-    def process(self, grouped):
-        uuid, indexes = grouped
-        if len(indexes) > 1:
-            indexes = sorted(indexes)
-            for index in indexes:
-                yield index, uuid, f"duplicate uuid: on input rows {indexes[:10]}"
-
-
 class ReadImageBytes(beam.DoFn):
     """(index, uuid) -> ((index, uuid), bytes) through Beam's FileSystems; missing/empty/non-image -> rejected.
 
@@ -76,10 +71,10 @@ class ReadImageBytes(beam.DoFn):
                     return path, handle.read(), None
             except Exception as error:  # noqa: BLE001 - not found or unreadable: decided below
                 errors.append((path, error))
-        existing = [(path, error) for path, error in errors if FileSystems.exists(path)]
+        existing = [(path, failure) for path, failure in errors if FileSystems.exists(path)]
         if existing:
-            path, error = existing[0]
-            return path, None, f"unreadable {path}: {type(error).__name__}: {error}"
+            path, failure = existing[0]
+            return path, None, f"unreadable {path}: {type(failure).__name__}: {failure}"
         return None, None, f"missing image: none of {paths}"
 
     def process(self, element):
@@ -103,10 +98,8 @@ class _LoadedSignature:
         self.module, self.signature, self.category_output = module, signature, category_output
 
     def probabilities(self, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        import tensorflow as tf
-
         outputs = self.signature(image_bytes=tf.constant(images, dtype=tf.string))
-        return np.asarray(outputs[self.category_output], np.float32), np.asarray(outputs["tags"], np.float32)
+        return np.asarray(outputs[self.category_output], np.float32), np.asarray(outputs[TAGS_OUTPUT], np.float32)
 
 
 class SavedModelBytesHandler(ModelHandler):
@@ -118,43 +111,44 @@ class SavedModelBytesHandler(ModelHandler):
     image at a time; an image that fails alone gets ``{"error": ...}`` instead of probabilities.
     """
 
-    def __init__(self, saved_model: str, category_output: str, rewrite: str, batch_size: int,
-                 share_model: bool = False, threads: int = 0):
+    def __init__(
+        self,
+        saved_model: str,
+        category_output: str,
+        rewrite: str,
+        batch_size: int,
+        share_model: bool = False,
+        threads: int = 0,
+    ):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, large_model=share_model)
         self._saved_model, self._category_output = saved_model, category_output
         self._rewrite, self._threads = rewrite, threads
 
     def load_model(self):
-        import tensorflow as tf
-        from tf_serving_compat.host import configure_rewrite
-
         if self._threads:
             tf.config.threading.set_intra_op_parallelism_threads(self._threads)
             tf.config.threading.set_inter_op_parallelism_threads(self._threads)
         decision = configure_rewrite(self._rewrite)
         log.info("worker loading %s: %s", self._saved_model, decision.describe())
         module = tf.saved_model.load(self._saved_model)
-        return _LoadedSignature(module, module.signatures["serving_default"], self._category_output)
+        return _LoadedSignature(module, module.signatures[DEFAULT_SIGNATURE], self._category_output)
 
     def run_inference(self, batch, model, inference_args=None):
-        import tensorflow as tf
-
         try:
             p_cat, p_tags = model.probabilities(list(batch))
-            return [PredictionResult(None, {"category": c, "tags": t}) for c, t in zip(p_cat, p_tags)]
+            return [PredictionResult(None, {"category": c, "tags": t}) for c, t in zip(p_cat, p_tags, strict=True)]
         except tf.errors.OpError:
             return [self._one(raw, model) for raw in batch]
 
     @staticmethod
     def _one(raw: bytes, model):
-        import tensorflow as tf
-
         try:
             p_cat, p_tags = model.probabilities([raw])
             return PredictionResult(None, {"category": p_cat[0], "tags": p_tags[0]})
         except tf.errors.OpError as error:
-            return PredictionResult(None, {"error": f"undecodable image: {type(error).__name__}: "
-                                                    f"{error.message.splitlines()[0]}"})
+            return PredictionResult(
+                None, {"error": f"undecodable image: {type(error).__name__}: {error.message.splitlines()[0]}"}
+            )
 
     def get_num_bytes(self, batch) -> int:
         return sum(len(raw) for raw in batch)
@@ -201,10 +195,6 @@ class FormatScoredRows(beam.DoFn):
 
 def format_table(rows: list, labels, id_column: str, schema):
     """(index, uuid, category probs, tag probs) rows -> one table of ``schema`` (index + detailed columns)."""
-    import pyarrow as pa
-
-    from ..predict import format_predictions
-
     p_cat = np.stack([row[2] for row in rows]).astype(np.float32, copy=False)
     p_tags = np.stack([row[3] for row in rows]).astype(np.float32, copy=False)
     _, detailed = format_predictions([row[1] for row in rows], p_cat, p_tags, labels, id_column)

@@ -22,13 +22,13 @@ IMAGE_FEATURES = ("width", "height", "aspect_ratio", "brightness")
 class Observation:
     """One served row: what the model said and what the image looked like (None: not measurable)."""
 
-    category: int | None = None          # top-1 code; None for a non-finite output row
-    confidence: float | None = None      # top-1 probability
-    tags: tuple[bool, ...] = ()          # each tag predicted present
+    category: int | None = None  # top-1 code; None for a non-finite output row
+    confidence: float | None = None  # top-1 probability
+    tags: tuple[bool, ...] = ()  # each tag predicted present
     width: float | None = None
     height: float | None = None
-    aspect_ratio: float | None = None    # width / height
-    brightness: float | None = None      # mean luma, 0..255
+    aspect_ratio: float | None = None  # width / height
+    brightness: float | None = None  # mean luma, 0..255
 
     def value(self, feature: str) -> float | None:
         return self.confidence if feature == "top1_confidence" else getattr(self, feature)
@@ -78,7 +78,7 @@ class Summary:
 
     category_counts: np.ndarray
     tag_counts: np.ndarray
-    rows: int                                  # rows with a finite prediction
+    rows: int  # rows with a finite prediction
     numeric: dict[str, np.ndarray] = field(default_factory=dict)  # feature -> bin counts
 
     def tag_rates(self) -> np.ndarray:
@@ -97,10 +97,10 @@ def summarise(observations, n_categories: int, n_tags: int, edges: dict[str, lis
 
 @dataclass(frozen=True)
 class DriftScores:
-    samples: int                     # rows with a finite prediction in the window
+    samples: int  # rows with a finite prediction in the window
     category_linf: float
     tag_linf: float
-    js: dict[str, float]             # numeric feature -> JS divergence (nan: no value in the window)
+    js: dict[str, float]  # numeric feature -> JS divergence (nan: no value in the window)
 
     def exceeded(self, thresholds: dict[str, float]) -> list[str]:
         """The features whose distance is above its threshold (keys: category, tags, js)."""
@@ -114,11 +114,17 @@ class DriftScores:
 
 
 def drift_scores(reference: Summary, window: Summary) -> DriftScores:
-    tag_linf = (float(np.max(np.abs(window.tag_rates() - reference.tag_rates())))
-                if window.rows and reference.tag_counts.size else 0.0)
+    tag_linf = (
+        float(np.max(np.abs(window.tag_rates() - reference.tag_rates())))
+        if window.rows and reference.tag_counts.size
+        else 0.0
+    )
     category_linf = linf_distance(reference.category_counts, window.category_counts) if window.rows else 0.0
-    js = {name: js_divergence(reference.numeric[name], window.numeric[name])
-          for name in reference.numeric if name in window.numeric}
+    js = {
+        name: js_divergence(reference.numeric[name], window.numeric[name])
+        for name in reference.numeric
+        if name in window.numeric
+    }
     return DriftScores(window.rows, category_linf, tag_linf, js)
 
 

@@ -14,13 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from .. import data, pipeline
+from ..contract import REFERENCE_STATS_FILE, reference_stats_path
+from ..runs import predict_probabilities
+from ..utils import write_json
 from .drift import Observation, Summary, summarise
+from .stats import image_stats, observations
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-REFERENCE_FILE = "reference_stats.json"  # under a version's assets.extra/
 
 # One set of bin edges for the reference, the drift distances and the Prometheus histograms.
 _SIZES = [0, 64, 128, 192, 256, 320, 384, 512, 640, 768, 1024, 1536, 2048, 3072, 4096, 8192]
@@ -51,23 +56,26 @@ class Reference:
             "rows": s.rows,
             "categories": self.categories,
             "category_counts": s.category_counts.tolist(),
-            "category_distribution": [round(float(v), 6) for v in
-                                      (s.category_counts / max(s.rows, 1))],
+            "category_distribution": [round(float(v), 6) for v in (s.category_counts / max(s.rows, 1))],
             "tags": self.tags,
             "tag_counts": s.tag_counts.tolist(),
             "tag_rates": [round(float(v), 6) for v in s.tag_rates()],
-            "numeric": {name: {"edges": self.edges[name], "counts": s.numeric[name].tolist()}
-                        for name in self.edges},
+            "numeric": {name: {"edges": self.edges[name], "counts": s.numeric[name].tolist()} for name in self.edges},
         }
 
 
-def build_reference(rows: list[Observation], categories: list[str], tags: list[str], source: dict,
-                    edges: dict[str, list[float]] | None = None) -> Reference:
+def build_reference(
+    rows: list[Observation],
+    categories: list[str],
+    tags: list[str],
+    source: dict,
+    edges: dict[str, list[float]] | None = None,
+) -> Reference:
     edges = edges or BIN_EDGES
     summary = summarise(rows, len(categories), len(tags), edges)
     if summary.rows == 0:
         raise ValueError(f"no finite prediction among {len(rows)} reference rows ({source})")
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     return Reference(list(categories), list(tags), summary, edges, created, source)
 
 
@@ -113,7 +121,7 @@ def load_reference(path: str | Path) -> Reference:
 
 def version_reference(version_dir: str | Path) -> Reference | None:
     """An export version's reference, None when it has none (exports that predate it)."""
-    path = Path(version_dir) / "assets.extra" / REFERENCE_FILE
+    path = reference_stats_path(version_dir)
     return load_reference(path) if path.is_file() else None
 
 
@@ -122,10 +130,6 @@ def version_reference(version_dir: str | Path) -> Reference | None:
 
 def reference_images(cfg, limit: int) -> tuple[list[Path], str]:
     """Up to ``limit`` held-out images of a run (its splits file), else its test images; and which."""
-    import pandas as pd
-
-    from .. import data
-
     split_file = data.splits_path(cfg.data, cfg.seed)
     ids, split = [], "holdout"
     if split_file.is_file():
@@ -140,8 +144,14 @@ def reference_images(cfg, limit: int) -> tuple[list[Path], str]:
     image_dir = Path(cfg.data.images)
     paths = []
     for uuid_ in sorted(set(ids)):  # sorted: the same sample on every export of a run
-        found = next((image_dir / f"{uuid_}{ext}" for ext in cfg.data.image_extensions
-                      if (image_dir / f"{uuid_}{ext}").is_file()), None)
+        found = next(
+            (
+                image_dir / f"{uuid_}{ext}"
+                for ext in cfg.data.image_extensions
+                if (image_dir / f"{uuid_}{ext}").is_file()
+            ),
+            None,
+        )
         if found is not None:
             paths.append(found)
     step = max(1, len(paths) // limit) if limit else 1
@@ -150,34 +160,28 @@ def reference_images(cfg, limit: int) -> tuple[list[Path], str]:
 
 def reference_for_run(model, labels, cfg, limit: int) -> Reference | None:
     """A run's model over up to ``limit`` held-out images -> Reference (None: no images found)."""
-    from .. import pipeline
-    from ..runs import predict_probabilities
-    from .stats import image_stats, observations
-
     paths, split = reference_images(cfg, limit)
     if not paths:
-        log.warning("no held-out or test images found for %s: the export carries no reference statistics",
-                    cfg.run_name)
+        log.warning("no held-out or test images found for %s: the export carries no reference statistics", cfg.run_name)
         return None
-    ds = pipeline.make_dataset([str(p) for p in paths], image_size=labels.image_size,
-                               batch_size=cfg.train.batch_size)
+    ds = pipeline.make_dataset([str(p) for p in paths], image_size=labels.image_size, batch_size=cfg.train.batch_size)
     p_cat, p_tags = predict_probabilities(model, ds, labels.category_output, description="reference statistics")
     rows, _ = observations(p_cat, p_tags, labels.thresholds, [image_stats(p.read_bytes()) for p in paths])
-    return build_reference(rows, labels.categories, labels.tags,
-                           {"run_name": cfg.run_name, "split": split, "images": len(paths)})
+    return build_reference(
+        rows, labels.categories, labels.tags, {"run_name": cfg.run_name, "split": split, "images": len(paths)}
+    )
 
 
 def write_reference(reference: Reference, path: str | Path) -> None:
-    from ..utils import write_json
-
     write_json(path, reference.to_json())
 
 
 def run_reference_files(model, labels, cfg, run_dir: str | Path) -> dict[str, Path]:
-    """Write ``<run_dir>/reference_stats.json`` for an export's ``assets.extra/``: {name: path}, {} without images."""
+    """Write ``<run_dir>/reference_stats.json`` for an export's ``assets.extra/``: {name: path}, {} without
+    images."""
     reference = reference_for_run(model, labels, cfg, cfg.monitoring.reference_images)
     if reference is None:
         return {}
-    path = Path(run_dir) / REFERENCE_FILE
+    path = Path(run_dir) / REFERENCE_STATS_FILE
     write_reference(reference, path)
-    return {REFERENCE_FILE: path}
+    return {REFERENCE_STATS_FILE: path}

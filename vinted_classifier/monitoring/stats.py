@@ -11,19 +11,21 @@ import io
 import math
 
 import numpy as np
+from PIL import Image
 
 from .drift import Observation
+
+# width, height, aspect_ratio, brightness (None when the brightness was not measured).
+ImageStats = dict[str, float | None]
 
 # Luma weights of ITU-R BT.601, what PIL's convert("L") uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _BRIGHTNESS_PIXELS = 64 * 64  # non-JPEG images are reduced to about this many pixels first
 
 
-def image_stats(data: bytes, brightness: bool = True) -> dict[str, float] | None:
+def image_stats(data: bytes, brightness: bool = True) -> ImageStats | None:
     """width, height, aspect_ratio, brightness (mean luma 0..255; None unless asked) of an encoded image;
     None if unreadable. The size costs a header parse; the brightness a reduced decode."""
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(bytes(data))) as image:
             width, height = image.size
@@ -42,21 +44,24 @@ def _brightness(image, width: int, height: int) -> float:
     return float(np.asarray(small.convert("L"), dtype=np.float64).mean())
 
 
-def pixel_stats(pixels: np.ndarray) -> list[dict[str, float] | None]:
+def pixel_stats(pixels: np.ndarray) -> list[ImageStats | None]:
     """The same statistics for float pixels in [0, 1], shape [N, H, W, 3] (the pixel signature)."""
     pixels = np.asarray(pixels)
     if pixels.ndim != 4 or pixels.shape[-1] != 3:
         return [None] * (pixels.shape[0] if pixels.ndim else 1)
     height, width = pixels.shape[1:3]
-    out: list[dict[str, float] | None] = []
+    out: list[ImageStats | None] = []
     for row in pixels:
         luma = float(np.mean(row.astype(np.float64) @ _LUMA)) * 255.0
-        out.append({"width": float(width), "height": float(height), "aspect_ratio": width / max(height, 1),
-                    "brightness": luma} if math.isfinite(luma) else None)
+        out.append(
+            {"width": float(width), "height": float(height), "aspect_ratio": width / max(height, 1), "brightness": luma}
+            if math.isfinite(luma)
+            else None
+        )
     return out
 
 
-def input_stats(inputs: dict[str, np.ndarray], brightness=lambda: True) -> list[dict[str, float] | None]:
+def input_stats(inputs: dict[str, np.ndarray], brightness=lambda: True) -> list[ImageStats | None]:
     """Per-row image statistics of a request: its string input (encoded images) or its [N,H,W,3] input.
 
     ``brightness()`` is asked per encoded image whether to decode it for its brightness (a rate cap).
@@ -70,8 +75,13 @@ def input_stats(inputs: dict[str, np.ndarray], brightness=lambda: True) -> list[
     return []
 
 
-def observations(category_probs: np.ndarray, tag_probs: np.ndarray | None, thresholds=None, images=None,
-                 tag_flags: np.ndarray | None = None) -> tuple[list[Observation], int]:
+def observations(
+    category_probs: np.ndarray,
+    tag_probs: np.ndarray | None,
+    thresholds=None,
+    images=None,
+    tag_flags: np.ndarray | None = None,
+) -> tuple[list[Observation], int]:
     """(one Observation per row, rows with a non-finite output).
 
     A row whose probabilities are not all finite gets no category, confidence or tags (its argmax

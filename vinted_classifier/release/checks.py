@@ -51,8 +51,14 @@ def bootstrap_indices(n: int, samples: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(samples, n))
 
 
-def paired_difference(statistic: Callable[[np.ndarray], np.ndarray], n: int, *, samples: int, confidence: float,
-                      seed: int = 0) -> tuple[float, float, float]:
+def _mean_difference(a: np.ndarray, b: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The statistic for ``paired_difference``: mean of ``a`` minus mean of ``b`` over each resample's rows."""
+    return lambda idx: a[idx].mean(axis=1) - b[idx].mean(axis=1)
+
+
+def paired_difference(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, *, samples: int, confidence: float, seed: int = 0
+) -> tuple[float, float, float]:
     """(difference, lower, upper): ``statistic(indices)`` returns candidate - served per resample.
 
     ``statistic`` takes an index array of shape [B, n] (row 0 may be the identity) and returns [B].
@@ -71,7 +77,7 @@ def mcnemar(candidate_hits: np.ndarray, served_hits: np.ndarray) -> dict:
     served_only = int(((served_hits > 0) & (candidate_hits == 0)).sum())
     discordant = candidate_only + served_only
     k = min(candidate_only, served_only)
-    tail = sum(math.comb(discordant, i) for i in range(k + 1)) / 2 ** discordant if discordant else 1.0
+    tail = sum(math.comb(discordant, i) for i in range(k + 1)) / 2**discordant if discordant else 1.0
     return {"candidate_only": candidate_only, "served_only": served_only, "p_value": min(1.0, 2 * tail)}
 
 
@@ -99,27 +105,33 @@ class Predictions:
         return self.p_tags >= self.thresholds
 
 
-def floor_checks(y_cat: np.ndarray, y_tags: np.ndarray, pred: Predictions, tag_names: list[str],
-                 release) -> list[Check]:
-    checks = [at_least("floor top-1", top_k_hits(y_cat, pred.p_cat, 1).mean(), release.min_top1),
-              at_least("floor top-2", top_k_hits(y_cat, pred.p_cat, 2).mean(), release.min_top2)]
-    for name, value in zip(tag_names, tag_f1(y_tags, pred.flags)):
+def floor_checks(
+    y_cat: np.ndarray, y_tags: np.ndarray, pred: Predictions, tag_names: list[str], release
+) -> list[Check]:
+    checks = [
+        at_least("floor top-1", top_k_hits(y_cat, pred.p_cat, 1).mean(), release.min_top1),
+        at_least("floor top-2", top_k_hits(y_cat, pred.p_cat, 2).mean(), release.min_top2),
+    ]
+    for name, value in zip(tag_names, tag_f1(y_tags, pred.flags), strict=True):
         checks.append(at_least(f"floor F1 {name}", value, release.min_tag_f1))
     return checks
 
 
-def non_regression_checks(y_cat: np.ndarray, y_tags: np.ndarray, candidate: Predictions, served: Predictions,
-                          release, seed: int = 0) -> list[Check]:
+def non_regression_checks(
+    y_cat: np.ndarray, y_tags: np.ndarray, candidate: Predictions, served: Predictions, release, seed: int = 0
+) -> list[Check]:
     """Top-1, top-2 and mean tag F1: paired bootstrap of candidate - served on the same rows."""
     n = len(y_cat)
     options = dict(samples=release.bootstrap_samples, confidence=release.confidence, seed=seed)
     checks = []
     for k in (1, 2):
         a, b = top_k_hits(y_cat, candidate.p_cat, k), top_k_hits(y_cat, served.p_cat, k)
-        diff = paired_difference(lambda idx, a=a, b=b: a[idx].mean(axis=1) - b[idx].mean(axis=1), n, **options)
+        diff = paired_difference(_mean_difference(a, b), n, **options)
         test = mcnemar(a, b)
-        detail = (f"McNemar p={test['p_value']:.3g} ({test['candidate_only']} rows only the candidate gets right, "
-                  f"{test['served_only']} only the served)")
+        detail = (
+            f"McNemar p={test['p_value']:.3g} ({test['candidate_only']} rows only the candidate gets right, "
+            f"{test['served_only']} only the served)"
+        )
         checks.append(regression_check(f"vs served top-{k}", diff, release.regression_margin, detail))
     y = np.asarray(y_tags, bool)
     fa, fb = candidate.flags, served.flags
@@ -127,13 +139,20 @@ def non_regression_checks(y_cat: np.ndarray, y_tags: np.ndarray, candidate: Pred
     def mean_f1(idx: np.ndarray) -> np.ndarray:
         return tag_f1(y[idx], fa[idx]).mean(axis=-1) - tag_f1(y[idx], fb[idx]).mean(axis=-1)
 
-    checks.append(regression_check("vs served mean tag F1", paired_difference(mean_f1, n, **options),
-                                   release.regression_margin))
+    checks.append(
+        regression_check("vs served mean tag F1", paired_difference(mean_f1, n, **options), release.regression_margin)
+    )
     return checks
 
 
-def slice_checks(y_cat: np.ndarray, candidate: Predictions, served: Predictions | None,
-                 slices: dict[str, np.ndarray], release, seed: int = 0) -> list[Check]:
+def slice_checks(
+    y_cat: np.ndarray,
+    candidate: Predictions,
+    served: Predictions | None,
+    slices: dict[str, np.ndarray],
+    release,
+    seed: int = 0,
+) -> list[Check]:
     """Every slice with enough support: a top-1 floor, and no regression beyond the slice margin."""
     a = top_k_hits(y_cat, candidate.p_cat, 1)
     b = top_k_hits(y_cat, served.p_cat, 1) if served is not None else None
@@ -142,29 +161,57 @@ def slice_checks(y_cat: np.ndarray, candidate: Predictions, served: Predictions 
         support = int(mask.sum())
         if support < release.slice_min_support:
             value = float(a[mask].mean()) if support else None
-            checks.append(Check(f"slice {name} top-1", value, release.slice_min_top1, None,
-                                f"{support} rows < slice_min_support {release.slice_min_support}: not gated"))
+            checks.append(
+                Check(
+                    f"slice {name} top-1",
+                    value,
+                    release.slice_min_top1,
+                    None,
+                    f"{support} rows < slice_min_support {release.slice_min_support}: not gated",
+                )
+            )
             continue
         checks.append(at_least(f"slice {name} top-1", a[mask].mean(), release.slice_min_top1, f"{support} rows"))
         if b is not None:
-            sa, sb = a[mask], b[mask]
-            diff = paired_difference(lambda idx: sa[idx].mean(axis=1) - sb[idx].mean(axis=1), support,
-                                     samples=release.bootstrap_samples, confidence=release.confidence, seed=seed)
-            checks.append(regression_check(f"slice {name} vs served top-1", diff, release.slice_regression_margin,
-                                           f"{support} rows"))
+            diff = paired_difference(
+                _mean_difference(a[mask], b[mask]),
+                support,
+                samples=release.bootstrap_samples,
+                confidence=release.confidence,
+                seed=seed,
+            )
+            checks.append(
+                regression_check(
+                    f"slice {name} vs served top-1", diff, release.slice_regression_margin, f"{support} rows"
+                )
+            )
     return checks
 
 
-def baseline_checks(y_cat: np.ndarray, candidate: Predictions, prior_top1: float, probe_top1: float | None,
-                    release) -> list[Check]:
-    """"A simpler model is not better": the class prior and a linear probe on colour features."""
+def baseline_checks(
+    y_cat: np.ndarray, candidate: Predictions, prior_top1: float, probe_top1: float | None, release
+) -> list[Check]:
+    """ "A simpler model is not better": the class prior and a linear probe on colour features."""
     top1 = float(top_k_hits(y_cat, candidate.p_cat, 1).mean())
-    checks = [Check("beats class prior", top1 - prior_top1, release.prior_margin,
-                    top1 - prior_top1 >= release.prior_margin, f"top-1 {top1:.4f} vs class prior {prior_top1:.4f}")]
+    checks = [
+        Check(
+            "beats class prior",
+            top1 - prior_top1,
+            release.prior_margin,
+            top1 - prior_top1 >= release.prior_margin,
+            f"top-1 {top1:.4f} vs class prior {prior_top1:.4f}",
+        )
+    ]
     if probe_top1 is not None:
-        checks.append(Check("beats linear probe", top1 - probe_top1, release.probe_margin,
-                            top1 - probe_top1 >= release.probe_margin,
-                            f"top-1 {top1:.4f} vs linear probe on colour features {probe_top1:.4f}"))
+        checks.append(
+            Check(
+                "beats linear probe",
+                top1 - probe_top1,
+                release.probe_margin,
+                top1 - probe_top1 >= release.probe_margin,
+                f"top-1 {top1:.4f} vs linear probe on colour features {probe_top1:.4f}",
+            )
+        )
     return checks
 
 

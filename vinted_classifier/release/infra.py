@@ -18,9 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from ..export import DEFAULT_SIGNATURE
+from ..contract import DEFAULT_SIGNATURE, TAGS_OUTPUT
 from ..serving_files import write_serving_config
 from .checks import Check
 
@@ -38,9 +42,17 @@ class ServerFailed(RuntimeError):
 
 
 def server_command(base_path: Path, model_name: str, rest_port: int, grpc_port: int, rewrite: str) -> list[str]:
-    return [sys.executable, "-m", "vinted_classifier.cli", "serve", f"--rest_api_port={rest_port}",
-            f"--port={grpc_port}", f"--model_name={model_name}", f"--model_base_path={base_path}",
-            f"--mixed_precision_rewrite={rewrite}"]
+    return [
+        sys.executable,
+        "-m",
+        "vinted_classifier.cli",
+        "serve",
+        f"--rest_api_port={rest_port}",
+        f"--port={grpc_port}",
+        f"--model_name={model_name}",
+        f"--model_base_path={base_path}",
+        f"--mixed_precision_rewrite={rewrite}",
+    ]
 
 
 def _log_tail(log_file) -> str:
@@ -50,8 +62,6 @@ def _log_tail(log_file) -> str:
 
 
 def wait_available(process: subprocess.Popen, log_file, rest_port: int, model_name: str, timeout: float) -> None:
-    import requests
-
     url = f"http://127.0.0.1:{rest_port}/v1/models/{model_name}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,17 +76,19 @@ def wait_available(process: subprocess.Popen, log_file, rest_port: int, model_na
                 return
             error = status.get("status", {})
             if status.get("state") == "END" and error.get("error_code", "OK") != "OK":
-                raise ServerFailed(f"version {status.get('version')} failed to load or warm up: "
-                                   f"{error.get('error_code')}: {error.get('error_message', '')[:LOG_TAIL]}")
+                raise ServerFailed(
+                    f"version {status.get('version')} failed to load or warm up: "
+                    f"{error.get('error_code')}: {error.get('error_message', '')[:LOG_TAIL]}"
+                )
         time.sleep(0.5)
     raise ServerFailed(f"not AVAILABLE within {timeout:.0f}s: {_log_tail(log_file)}")
 
 
 def rest_outputs(port: int, model_name: str, images: list[bytes]) -> dict[str, np.ndarray]:
-    import requests
-
-    body = {"signature_name": DEFAULT_SIGNATURE,
-            "instances": [{"b64": base64.b64encode(image).decode()} for image in images]}
+    body = {
+        "signature_name": DEFAULT_SIGNATURE,
+        "instances": [{"b64": base64.b64encode(image).decode()} for image in images],
+    }
     response = requests.post(f"http://127.0.0.1:{port}/v1/models/{model_name}:predict", json=body, timeout=120)
     if response.status_code != 200:
         raise ServerFailed(f"REST predict answered {response.status_code}: {response.text[:LOG_TAIL]}")
@@ -85,10 +97,6 @@ def rest_outputs(port: int, model_name: str, images: list[bytes]) -> dict[str, n
 
 
 def grpc_outputs(port: int, model_name: str, images: list[bytes]) -> dict[str, np.ndarray]:
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = DEFAULT_SIGNATURE
@@ -101,11 +109,14 @@ def grpc_outputs(port: int, model_name: str, images: list[bytes]) -> dict[str, n
     return {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
 
 
-def agreement(protocol: str, served: dict[str, np.ndarray], offline: dict[str, np.ndarray], category_output: str,
-              atol: float) -> Check:
+def agreement(
+    protocol: str, served: dict[str, np.ndarray], offline: dict[str, np.ndarray], category_output: str, atol: float
+) -> Check:
     """Probabilities within ``atol``; top-2 equal except where offline's 2nd and 3rd are tied within ``atol``."""
-    diffs = [float(np.abs(np.asarray(served[key], np.float64) - offline[key]).max())
-             for key in (category_output, "tags")]
+    diffs = [
+        float(np.abs(np.asarray(served[key], np.float64) - offline[key]).max())
+        for key in (category_output, TAGS_OUTPUT)
+    ]
     worst = max(diffs)
     problems = [] if worst <= atol else [f"probabilities differ by up to {worst:.3g}"]
     ranked = np.sort(offline[category_output], axis=1)[:, ::-1]
@@ -114,12 +125,26 @@ def agreement(protocol: str, served: dict[str, np.ndarray], offline: dict[str, n
     top2_mismatch = (served_top2 != np.sort(offline["top2_codes"], axis=1)).any(axis=1)
     if (top2_mismatch & clear).any():
         problems.append(f"top-2 differs on {int((top2_mismatch & clear).sum())} of {len(clear)} golden images")
-    return Check(f"infra {protocol} = offline", worst, atol, not problems,
-                 "; ".join(problems) or f"{len(clear)} golden images agree")
+    return Check(
+        f"infra {protocol} = offline",
+        worst,
+        atol,
+        not problems,
+        "; ".join(problems) or f"{len(clear)} golden images agree",
+    )
 
 
-def validate_in_server(candidate: Path, model_name: str, golden: list[bytes], offline: dict[str, np.ndarray],
-                       category_output: str, *, atol: float, timeout: float, rewrite: str = "auto") -> list[Check]:
+def validate_in_server(
+    candidate: Path,
+    model_name: str,
+    golden: list[bytes],
+    offline: dict[str, np.ndarray],
+    category_output: str,
+    *,
+    atol: float,
+    timeout: float,
+    rewrite: str = "auto",
+) -> list[Check]:
     """Serve ``candidate`` from a temporary base path; one check for loading, one per protocol."""
     with tempfile.TemporaryDirectory(prefix="vinted-infra-") as folder:
         root = Path(folder) / "saved_model"
@@ -129,22 +154,40 @@ def validate_in_server(candidate: Path, model_name: str, golden: list[bytes], of
         write_serving_config(root, model_name)  # the launcher then gives the real binary the export's flags
         rest_port, grpc_port = free_port(), free_port()
         with tempfile.TemporaryFile(mode="w+") as log_file:
-            process = subprocess.Popen(server_command(base, model_name, rest_port, grpc_port, rewrite),
-                                       stdout=log_file, stderr=subprocess.STDOUT, text=True)
+            process = subprocess.Popen(
+                server_command(base, model_name, rest_port, grpc_port, rewrite),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             started = time.monotonic()
             try:
                 try:
                     wait_available(process, log_file, rest_port, model_name, timeout)
                 except ServerFailed as error:
                     return [Check("infra loads and warms up", None, None, False, str(error))]
-                checks = [Check("infra loads and warms up", round(time.monotonic() - started, 1), timeout, True,
-                                "seconds to AVAILABLE (limit: infra_timeout_seconds)")]
+                checks = [
+                    Check(
+                        "infra loads and warms up",
+                        round(time.monotonic() - started, 1),
+                        timeout,
+                        True,
+                        "seconds to AVAILABLE (limit: infra_timeout_seconds)",
+                    )
+                ]
                 for protocol, query, port in (("REST", rest_outputs, rest_port), ("gRPC", grpc_outputs, grpc_port)):
                     try:
                         served = query(port, model_name, golden)
                     except ServerFailed as error:
-                        checks.append(Check(f"infra {protocol} = offline", None, atol, False,
-                                            f"{error}; server log: {_log_tail(log_file)[-600:]}"))
+                        checks.append(
+                            Check(
+                                f"infra {protocol} = offline",
+                                None,
+                                atol,
+                                False,
+                                f"{error}; server log: {_log_tail(log_file)[-600:]}",
+                            )
+                        )
                         continue
                     checks.append(agreement(protocol, served, offline, category_output, atol))
                 return checks

@@ -19,8 +19,10 @@ def _number(value) -> str:
 
 def format_table(report: dict, *, details: bool = True) -> str:
     """One line per check (value, threshold, verdict), then the decision."""
-    rows = [(c["name"], _number(c["value"]), _number(c["threshold"]), VERDICTS[c["passed"]], c["detail"])
-            for c in report["checks"]]
+    rows = [
+        (c["name"], _number(c["value"]), _number(c["threshold"]), VERDICTS[c["passed"]], c["detail"])
+        for c in report["checks"]
+    ]
     width = max([len(r[0]) for r in rows] + [5])
     lines = [f"{'check':<{width}}  {'value':>9}  {'threshold':>9}  verdict"]
     for name, value, threshold, verdict, detail in rows:

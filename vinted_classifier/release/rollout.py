@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..serving_files import write_serving_config
@@ -26,7 +27,7 @@ STATE_DIR = "releases"
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def state_path(saved_model_dir: Path, model_name: str) -> Path:
@@ -71,8 +72,17 @@ def write_model_config(saved_model_dir: Path, model_name: str, state: dict, vers
     return write_serving_config(saved_model_dir, model_name, versions or served_versions(state), labels)
 
 
-def record_push(saved_model_dir: Path, model_name: str, version: int, *, canary: bool, forced: bool,
-                report_file: str, adopted: list[int] = (), candidate: str | None = None) -> dict:
+def record_push(
+    saved_model_dir: Path,
+    model_name: str,
+    version: int,
+    *,
+    canary: bool,
+    forced: bool,
+    report_file: str,
+    adopted: Sequence[int] = (),
+    candidate: str | None = None,
+) -> dict:
     """Add a pushed version to the state; label it ``canary`` or ``stable``; regenerate the config.
 
     ``adopted``: versions already in the served path from before the gate (the first release keeps
@@ -84,8 +94,9 @@ def record_push(saved_model_dir: Path, model_name: str, version: int, *, canary:
         state["released"].append({"version": old, "utc": utc_now(), "adopted": True})
     if not state["labels"].get("stable") and state["released"]:
         state["labels"]["stable"] = state["released"][-1]["version"]
-    state["released"].append({"version": version, "utc": utc_now(), "forced": forced, "report": report_file,
-                              "candidate": candidate})
+    state["released"].append(
+        {"version": version, "utc": utc_now(), "forced": forced, "report": report_file, "candidate": candidate}
+    )
     before = dict(state["labels"])
     # Step 1: load the new version under the old labels (a label may only name a loaded version).
     write_model_config(saved_model_dir, model_name, state, versions=sorted({*served_versions(state), version}))
@@ -93,9 +104,16 @@ def record_push(saved_model_dir: Path, model_name: str, version: int, *, canary:
         state["labels"]["canary"] = version
     else:
         state["labels"] = {"stable": version}
-    state["events"].append({"utc": utc_now(), "event": "canary" if "canary" in state["labels"] else "push",
-                            "version": version, "forced": forced, "labels_before": before,
-                            "labels_after": dict(state["labels"])})
+    state["events"].append(
+        {
+            "utc": utc_now(),
+            "event": "canary" if "canary" in state["labels"] else "push",
+            "version": version,
+            "forced": forced,
+            "labels_before": before,
+            "labels_after": dict(state["labels"]),
+        }
+    )
     save_state(saved_model_dir, model_name, state)
     write_model_config(saved_model_dir, model_name, state)
     return state
@@ -109,8 +127,15 @@ def promote(saved_model_dir: Path, model_name: str) -> dict:
         raise ValueError(f"{state_path(saved_model_dir, model_name)}: no canary version to promote")
     before = dict(state["labels"])
     state["labels"] = {"stable": canary}
-    state["events"].append({"utc": utc_now(), "event": "promote", "version": canary, "labels_before": before,
-                            "labels_after": dict(state["labels"])})
+    state["events"].append(
+        {
+            "utc": utc_now(),
+            "event": "promote",
+            "version": canary,
+            "labels_before": before,
+            "labels_after": dict(state["labels"]),
+        }
+    )
     save_state(saved_model_dir, model_name, state)
     write_model_config(saved_model_dir, model_name, state, versions=sorted({*served_versions(state), *before.values()}))
     return state
@@ -130,12 +155,23 @@ def rollback(saved_model_dir: Path, model_name: str, *, remove: bool = False) ->
     else:
         bad, target = labels.get("stable"), previous_stable(state)
         if target is None:
-            raise ValueError(f"{state_path(saved_model_dir, model_name)}: no earlier released version to roll back to "
-                             f"(live versions: {live_versions(state)})")
+            raise ValueError(
+                f"{state_path(saved_model_dir, model_name)}: no earlier released version to roll back to "
+                f"(live versions: {live_versions(state)})"
+            )
     before = dict(labels)
     state["labels"] = {"stable": target}
-    state["events"].append({"utc": utc_now(), "event": "rollback", "version": bad, "to": target,
-                            "removed": remove, "labels_before": before, "labels_after": dict(state["labels"])})
+    state["events"].append(
+        {
+            "utc": utc_now(),
+            "event": "rollback",
+            "version": bad,
+            "to": target,
+            "removed": remove,
+            "labels_before": before,
+            "labels_after": dict(state["labels"]),
+        }
+    )
     # The label moves first, with the bad version still loaded: requests by label never miss.
     save_state(saved_model_dir, model_name, state)
     write_model_config(saved_model_dir, model_name, state, versions=sorted({*served_versions(state), bad}))

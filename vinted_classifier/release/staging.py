@@ -8,10 +8,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..export import existing_versions
+from ..contract import ASSETS_DIR, ASSETS_EXTRA_DIR
+from ..export import existing_versions, export_run
 from ..utils import write_json
-
-EXTRA = "assets.extra"
 
 
 def staging_root(cfg) -> Path:
@@ -24,8 +23,6 @@ def served_root(cfg) -> Path:
 
 def stage_run(cfg, precision: str | None = None) -> Path:
     """``vinted export``: the run's best model as the next candidate in the staging area."""
-    from ..export import export_run
-
     return export_run(cfg.run_dir, cfg.release.staging_dir, cfg.export.model_name, precision, serving_config=False)
 
 
@@ -51,11 +48,11 @@ def push(candidate: Path, root: Path, version: int, extra_json: dict[str, dict])
     hidden = root / f".push-{version}-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(candidate, hidden, symlinks=False)
-        info_path = hidden / "assets" / "export.json"
+        info_path = hidden / ASSETS_DIR / "export.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         write_json(info_path, {**info, "version": version, "staged_as": str(candidate)})
         for name, payload in extra_json.items():
-            write_json(hidden / EXTRA / name, payload)
+            write_json(hidden / ASSETS_EXTRA_DIR / name, payload)
         os.rename(hidden, final)
     finally:
         if hidden.exists():
