@@ -1,28 +1,44 @@
 """The notebook's thin entry point: one call per notebook step; all logic lives in ``vinted_classifier``.
 
-    import module as m
-    cfg = m.config(smoke=True)
-    labels = m.load_labels(cfg)
+import module as m
+cfg = m.config(smoke=True)
+labels = m.load_labels(cfg)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+import yaml
+from IPython import get_ipython
+from IPython.display import Image
 
 from vinted_classifier import data, eda  # noqa: F401  (eda: the notebook calls m.eda.*)
 from vinted_classifier.client import (  # noqa: F401  (the serving part of the notebook)
-    b64_request, check_served, pixels_request, query, request_sizes, sample_images, served_vs_local, start_server,
-    stop_server)
+    b64_request,
+    check_served,
+    pixels_request,
+    query,
+    request_sizes,
+    sample_images,
+    served_vs_local,
+    start_server,
+    stop_server,
+)
 from vinted_classifier.config import PROJECT_ROOT, RunConfig, load_config
-from vinted_classifier.evaluate.tables import slices_table, summary_table  # noqa: F401
+from vinted_classifier.contract import DEFAULT_CATEGORY_COLUMN, LABELS_FILE, RunLabels
+from vinted_classifier.demo import ensure_demo_dataset
+from vinted_classifier.evaluate.tables import score_predictions_file, slices_table, summary_table  # noqa: F401
 from vinted_classifier.evaluate.tables import tag_table as metrics_table  # noqa: F401
-from vinted_classifier.runs import RunLabels
+from vinted_classifier.model import build_model
+from vinted_classifier.precision import detect_hardware, resolve_precision
 
 # The notebook runner (tools/notebook.py) points this at a folder it deletes afterwards; else smoke runs use a temp dir.
 WORKDIR_ENV = "VINTED_NOTEBOOK_WORKDIR"
@@ -33,23 +49,26 @@ def setup(level: int = logging.INFO) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
     if get_ipython() is not None:  # eda returns pyplot-free Figures: register their PNG formatter
         get_ipython().run_line_magic("matplotlib", "inline")
 
 
 def environment() -> dict:
     """Which interpreter runs the notebook (the runner checks it is the project's venv)."""
-    import platform
-
     return {"python": platform.python_version(), "sys.prefix": sys.prefix, "executable": sys.executable}
 
 
-def config(*, data_dir=None, backbone=None, image_size=None, epochs=None, finetune_epochs=None, run_name=None,
-           smoke: bool = False, extra: list[str] | None = None) -> RunConfig:
+def config(
+    *,
+    data_dir=None,
+    backbone=None,
+    image_size=None,
+    epochs=None,
+    finetune_epochs=None,
+    run_name=None,
+    smoke: bool = False,
+    extra: list[str] | None = None,
+) -> RunConfig:
     """The default run with the notebook's parameters. ``smoke=True`` stacks configs/smoke.yaml instead of
     image_size/epochs and moves runs, SavedModels and (without ``data_dir``) the demo data to a temp folder."""
     chosen = {"data.data_dir": data_dir, "model.backbone": backbone, "run_name": run_name}
@@ -61,23 +80,22 @@ def config(*, data_dir=None, backbone=None, image_size=None, epochs=None, finetu
     if not smoke:
         return load_config(None, overrides)
     workdir = Path(os.environ.get(WORKDIR_ENV) or tempfile.mkdtemp(prefix="vinted-notebook-smoke-"))
-    overrides += [f"output_dir={workdir / 'runs'}", f"export.saved_model_dir={workdir / 'saved_model'}",
-                  f"release.staging_dir={workdir / 'staging'}"]
+    overrides += [
+        f"output_dir={workdir / 'runs'}",
+        f"export.saved_model_dir={workdir / 'saved_model'}",
+        f"release.staging_dir={workdir / 'staging'}",
+    ]
     overrides += [f"data.data_dir={workdir / 'demo'}"] if data_dir is None else []
     return load_config(None, overrides, presets=["smoke"])
 
 
 def config_yaml(cfg: RunConfig, *sections: str) -> str:
     """The resolved config (or only some sections, e.g. "model", "train") as YAML, for printing."""
-    import yaml
-
     full = cfg.model_dump(mode="json")
     return yaml.safe_dump({k: full[k] for k in sections} if sections else full, sort_keys=False)
 
 
 def ensure_demo_data(cfg: RunConfig, scale: float = 1.0, *, generate: bool = True) -> Path:
-    from vinted_classifier.demo import ensure_demo_dataset
-
     return ensure_demo_dataset(cfg.data.data_dir, labels_file=cfg.data.labels_file, scale=scale, generate=generate)
 
 
@@ -98,7 +116,7 @@ def prepare(cfg: RunConfig) -> data.PreparedData:
     return data.prepare(cfg.data, cfg.seed)
 
 
-def split_table(prepared: data.PreparedData, category_column: str = "cc3") -> pd.DataFrame:
+def split_table(prepared: data.PreparedData, category_column: str = DEFAULT_CATEGORY_COLUMN) -> pd.DataFrame:
     return data.split_table(prepared, category_column)
 
 
@@ -108,25 +126,20 @@ def downsample_effect(prepared: data.PreparedData, cfg: RunConfig, cap: int | No
 
 def choose_precision(cfg: RunConfig) -> tuple[str, dict]:
     """The precision policy ``auto`` resolves to on this machine, and the hardware facts behind it."""
-    from vinted_classifier.precision import detect_hardware, resolve_precision
-
     hardware = detect_hardware()
     return resolve_precision(cfg.train.precision, hardware), hardware
 
 
 def build(cfg: RunConfig, prepared: data.PreparedData):
-    from vinted_classifier.model import build_model
-
-    return build_model(cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags),
-                       category_output=cfg.data.category_column)
+    return build_model(
+        cfg.model, list(prepared.vocab.categories), list(prepared.vocab.tags), category_output=cfg.data.category_column
+    )
 
 
 def plot_model(keras_model, path: str | Path):
     """Model diagram via pydot + Graphviz; a clear message instead of a crash when Graphviz is absent."""
-    import shutil
-
-    import keras
-    from IPython.display import Image
+    # TensorFlow loads only after setup() has set TF_CPP_MIN_LOG_LEVEL (read once, at its import).
+    import keras  # noqa: PLC0415
 
     if shutil.which("dot") is None:
         return "Graphviz `dot` is not installed (apt-get install graphviz); skipping the diagram."
@@ -136,22 +149,20 @@ def plot_model(keras_model, path: str | Path):
 
 
 def train(cfg: RunConfig):
-    from vinted_classifier.train import train as train_run
+    # TensorFlow loads only after setup() has set TF_CPP_MIN_LOG_LEVEL (read once, at its import).
+    from vinted_classifier.train import train as train_run  # noqa: PLC0415
 
     return train_run(cfg)
 
 
 def figure(run_dir: Path, name: str):
-    from IPython.display import Image
-
     return Image(filename=str(Path(run_dir) / "figures" / name))
 
 
 def drift_demo(cfg: RunConfig, version_dir: Path, smoke: bool = False):
     """``vinted drift``: the test set and a darker, smaller copy without one category vs the export's reference."""
-    from IPython.display import Image
-
-    from vinted_classifier.monitoring.report import drift_demo as run_demo
+    # TensorFlow loads only after setup() has set TF_CPP_MIN_LOG_LEVEL (read once, at its import).
+    from vinted_classifier.monitoring.report import drift_demo as run_demo  # noqa: PLC0415
 
     table, figure_path, shift = run_demo(cfg, version_dir, Path(cfg.output_dir) / "monitoring", 60 if smoke else None)
     return table, Image(filename=str(figure_path)), shift
@@ -163,22 +174,26 @@ def predictions_path(cfg: RunConfig, smoke: bool = False) -> Path:
 
 
 def predict(run_dir: Path, out_path: Path = PROJECT_ROOT / "predictions.parquet") -> pd.DataFrame:
-    from vinted_classifier.predict import predict_test_set
+    # TensorFlow loads only after setup() has set TF_CPP_MIN_LOG_LEVEL (read once, at its import).
+    from vinted_classifier.predict import predict_test_set  # noqa: PLC0415
 
     return predict_test_set(run_dir, out_path=out_path)
 
 
 def score_predictions(predictions: pd.DataFrame, cfg: RunConfig, run_dir: Path) -> pd.DataFrame | str:
     """Top-1/top-2 and tag F1 against the demo's hidden ``test_labels.parquet`` (if present), as evaluation scores."""
-    from vinted_classifier.evaluate.tables import score_predictions_file
-
-    return score_predictions_file(predictions, Path(cfg.data.data_dir) / "test_labels.parquet",
-                                  id_column=cfg.data.id_column, category_column=cfg.data.category_column,
-                                  categories=run_labels(run_dir).categories, tag_names=cfg.data.tag_columns)
+    return score_predictions_file(
+        predictions,
+        Path(cfg.data.data_dir) / "test_labels.parquet",
+        id_column=cfg.data.id_column,
+        category_column=cfg.data.category_column,
+        categories=run_labels(run_dir).categories,
+        tag_names=cfg.data.tag_columns,
+    )
 
 
 def run_labels(run_dir: Path) -> RunLabels:
-    return RunLabels.load(Path(run_dir) / "labels.json")
+    return RunLabels.load(Path(run_dir) / LABELS_FILE)
 
 
 def detailed_predictions(path: Path) -> pd.DataFrame:
@@ -187,7 +202,8 @@ def detailed_predictions(path: Path) -> pd.DataFrame:
 
 
 def export(run_dir: Path, cfg: RunConfig) -> Path:
-    from vinted_classifier.export import export_run
+    # TensorFlow loads only after setup() has set TF_CPP_MIN_LOG_LEVEL (read once, at its import).
+    from vinted_classifier.export import export_run  # noqa: PLC0415
 
     return export_run(run_dir, cfg.export.saved_model_dir, cfg.export.model_name)
 
@@ -199,10 +215,11 @@ def release(run_dir: Path, cfg: RunConfig, smoke: bool = False) -> tuple[Path, s
     blocked candidate with ``force`` (recorded as forced) so the serving cells have a version. A full run
     that is blocked stops here with the table.
     """
-    from vinted_classifier.export import export_run
-    from vinted_classifier.release.gate import run_release
-    from vinted_classifier.release.report import format_table
-    from vinted_classifier.release.staging import served_root
+    # TensorFlow loads only after setup() has set TF_CPP_MIN_LOG_LEVEL (read once, at its import).
+    from vinted_classifier.export import export_run  # noqa: PLC0415
+    from vinted_classifier.release.gate import run_release  # noqa: PLC0415
+    from vinted_classifier.release.report import format_table  # noqa: PLC0415
+    from vinted_classifier.release.staging import served_root  # noqa: PLC0415
 
     if smoke:
         cfg = cfg.model_copy(update={"release": cfg.release.model_copy(update={"infra_validation": False})})

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image, UnidentifiedImageError
 
-DEFAULT_TAGS = ("polka dot", "floral", "checker")
+from .contract import DEFAULT_TAG_COLUMNS
 
 
 def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6, 4)):
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
@@ -38,7 +38,9 @@ def category_balance(df: pd.DataFrame, *, category_column: str = "cc3") -> tuple
     return table, fig
 
 
-def tag_rates(df: pd.DataFrame, *, tag_columns: Sequence[str] = DEFAULT_TAGS) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+def tag_rates(
+    df: pd.DataFrame, *, tag_columns: Sequence[str] = DEFAULT_TAG_COLUMNS
+) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
     """Positive rate per tag, and how many tags each row carries (multi-label or effectively exclusive?)."""
     tags = df[list(tag_columns)].astype(int)
     rates = pd.DataFrame({"positives": tags.sum(), "rate": tags.mean()})
@@ -64,8 +66,9 @@ def _heatmap(ax, matrix: pd.DataFrame, title: str, fmt: str, cmap: str = "coolwa
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
 
 
-def tag_cooccurrence(df: pd.DataFrame, *,
-                     tag_columns: Sequence[str] = DEFAULT_TAGS) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+def tag_cooccurrence(
+    df: pd.DataFrame, *, tag_columns: Sequence[str] = DEFAULT_TAG_COLUMNS
+) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
     """Rows carrying both tags (diagonal: each tag alone) and the tag–tag Pearson correlation."""
     tags = df[list(tag_columns)].astype(int)
     counts = tags.T @ tags
@@ -76,8 +79,9 @@ def tag_cooccurrence(df: pd.DataFrame, *,
     return counts, corr, fig
 
 
-def category_tag_correlation(df: pd.DataFrame, *, category_column: str = "cc3",
-                             tag_columns: Sequence[str] = DEFAULT_TAGS) -> tuple[pd.DataFrame, Any]:
+def category_tag_correlation(
+    df: pd.DataFrame, *, category_column: str = "cc3", tag_columns: Sequence[str] = DEFAULT_TAG_COLUMNS
+) -> tuple[pd.DataFrame, Any]:
     """Pearson correlation of each category's one-hot column with each tag (e.g. checker–SHIRTS)."""
     onehot = pd.get_dummies(df[category_column]).astype(float)
     tags = df[list(tag_columns)].astype(float)
@@ -107,13 +111,17 @@ def duplicate_summary(df: pd.DataFrame, *, id_column: str = "uuid") -> pd.DataFr
     dup_rows = df.duplicated(keep="first")
     dup_ids = df[id_column].duplicated(keep="first")
     conflicting = df[dup_ids & ~dup_rows][id_column].nunique()
-    return pd.DataFrame({"count": {
-        "rows": len(df),
-        "unique_ids": df[id_column].nunique(),
-        "duplicate_rows": int(dup_rows.sum()),
-        "duplicate_ids": int(dup_ids.sum()),
-        "ids_with_conflicting_labels": int(conflicting),
-    }})
+    return pd.DataFrame(
+        {
+            "count": {
+                "rows": len(df),
+                "unique_ids": df[id_column].nunique(),
+                "duplicate_rows": int(dup_rows.sum()),
+                "duplicate_ids": int(dup_ids.sum()),
+                "ids_with_conflicting_labels": int(conflicting),
+            }
+        }
+    )
 
 
 def _find_image(image_dir: Path, uuid: str, extensions: Iterable[str]) -> Path | None:
@@ -124,15 +132,17 @@ def _find_image(image_dir: Path, uuid: str, extensions: Iterable[str]) -> Path |
     return None
 
 
-def image_size_distribution(uuids: Iterable[str], image_dir: str | Path,
-                            extensions: Sequence[str] = (".jpeg", ".jpg", ".png"), sample: int | None = None,
-                            seed: int = 0) -> tuple[pd.DataFrame, list[str], Any]:
+def image_size_distribution(
+    uuids: Iterable[str],
+    image_dir: str | Path,
+    extensions: Sequence[str] = (".jpeg", ".jpg", ".png"),
+    sample: int | None = None,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, list[str], Any]:
     """Width/height per image from file headers only (PIL opens lazily), to pick the model input size.
 
     Returns (table with uuid, width, height, mode, format; missing or unreadable uuids; histogram figure).
     """
-    from PIL import Image, UnidentifiedImageError
-
     ids = list(dict.fromkeys(uuids))
     if sample is not None and sample < len(ids):
         ids = list(np.random.default_rng(seed).choice(np.array(ids, dtype=object), size=sample, replace=False))
@@ -150,19 +160,26 @@ def image_size_distribution(uuids: Iterable[str], image_dir: str | Path,
             missing.append(uid)
     table = pd.DataFrame(rows, columns=["uuid", "width", "height", "mode", "format"])
     fig, axes = _figure(1, 2, (9, 3.5))
-    for ax, col in zip(axes[0], ("width", "height")):
+    for ax, col in zip(axes[0], ("width", "height"), strict=True):
         ax.hist(table[col], bins=20)
         ax.set_title(f"{col} (px)")
     return table, missing, fig
 
 
-def sample_grid(df: pd.DataFrame, image_dir: str | Path, by: str = "cc3", per_group: int = 4, seed: int = 0, *,
-                id_column: str = "uuid", tag_columns: Sequence[str] = DEFAULT_TAGS,
-                extensions: Sequence[str] = (".jpeg", ".jpg", ".png"), thumb: int = 160):
+def sample_grid(
+    df: pd.DataFrame,
+    image_dir: str | Path,
+    by: str = "cc3",
+    per_group: int = 4,
+    seed: int = 0,
+    *,
+    id_column: str = "uuid",
+    tag_columns: Sequence[str] = DEFAULT_TAG_COLUMNS,
+    extensions: Sequence[str] = (".jpeg", ".jpg", ".png"),
+    thumb: int = 160,
+):
     """Example images to eyeball labels: one row per value of ``by`` (e.g. each category), or with
     ``by="tags"`` one row per tag plus a "no tag" row."""
-    from PIL import Image
-
     image_dir = Path(image_dir)
     if by == "tags":
         tags = df[list(tag_columns)].astype(int)

@@ -5,13 +5,12 @@ Three Keras models share the same layer objects (functional API):
 ``head`` (feature vector -> {category, "tags"}) and ``model`` (image -> augmenter ->
 feature_extractor -> head). Training ``head`` on cached features therefore trains
 ``model``'s head too. Keras/TensorFlow are imported lazily (nothing at import time);
-the custom layer/metric/loss classes are created and registered on first use by
-:func:`custom_objects`.
+the custom layer/metric/loss classes live in :mod:`vinted_classifier.layers`, imported with
+Keras on first use (importing this module stays TensorFlow-free: ``tests/unit/test_precision.py``).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vinted_classifier.config import ModelConfig
+from vinted_classifier.contract import DEFAULT_CATEGORY_COLUMN, TAGS_OUTPUT
 from vinted_classifier.weights import (
     apply_bundled_vgg19,
     bundled_path_from_label,
@@ -27,9 +27,6 @@ from vinted_classifier.weights import (
     load_bundled_vgg19,
     resolve_weights,
 )
-
-SERIALIZATION_PACKAGE = "vinted_classifier"
-TAGS_OUTPUT = "tags"
 
 # backbone -> (keras.applications constructor name, preprocessing mode of its preprocess_input)
 BACKBONES: dict[str, tuple[str, str]] = {
@@ -41,7 +38,6 @@ BACKBONES: dict[str, tuple[str, str]] = {
     "efficientnet_b0": ("EfficientNetB0", "none"),
 }
 PREPROCESS_MODES = ("caffe", "tf", "none")
-_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 def metric_safe(name: str) -> str:
@@ -49,93 +45,14 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]", "_", name.strip())
 
 
-@functools.cache
-def custom_objects() -> dict[str, type]:
-    """Create and register the project's serialisable Keras classes (once).
-
-    Call before ``keras.models.load_model`` in a fresh process (or use :func:`load_model`).
-    """
-    import keras
-    from keras import ops
-
-    register = keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-
-    @register
-    class BackbonePreprocess(keras.layers.Layer):
-        """The backbone's ``preprocess_input`` as a layer, so raw [0, 255] RGB goes in."""
-
-        def __init__(self, mode: str = "caffe", **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            if mode not in PREPROCESS_MODES:
-                raise ValueError(f"BackbonePreprocess mode {mode!r} is not one of {PREPROCESS_MODES}")
-            self.mode = mode
-
-        def call(self, inputs):
-            x = ops.cast(inputs, self.compute_dtype)
-            if self.mode == "caffe":  # RGB -> BGR, subtract the ImageNet channel means
-                return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_BGR_MEAN, dtype=self.compute_dtype)
-            if self.mode == "tf":  # [0, 255] -> [-1, 1]
-                return x / 127.5 - 1.0
-            return x
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "mode": self.mode}
-
-    @register
-    class TagAUC(keras.metrics.AUC):
-        """ROC AUC of one column of a multi-label output (Keras's AUC has no class_id)."""
-
-        def __init__(self, column: int = 0, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.column = int(column)
-
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            return super().update_state(y_true[..., self.column], y_pred[..., self.column], sample_weight)
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "column": self.column}
-
-    @register
-    class SparseCategoricalCrossentropySmoothed(keras.losses.Loss):
-        """Sparse (integer-code) categorical crossentropy with label smoothing."""
-
-        def __init__(self, label_smoothing: float = 0.0, name: str = "sparse_cce_smoothed", **kwargs: Any) -> None:
-            super().__init__(name=name, **kwargs)
-            self.label_smoothing = float(label_smoothing)
-
-        def call(self, y_true, y_pred):
-            y_true = ops.cast(y_true, "int32")
-            if len(y_true.shape) == len(y_pred.shape):
-                y_true = ops.squeeze(y_true, axis=-1)
-            one_hot = ops.one_hot(y_true, ops.shape(y_pred)[-1], dtype=y_pred.dtype)
-            return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "label_smoothing": self.label_smoothing}
-
-    @register
-    class Augmenter(keras.Sequential):
-        """Random augmentation that is OFF unless Keras says training=True.
-
-        Keras's random image layers default to ``training=True`` (for tf.data use), so a
-        plain ``model(x)`` (and the exported ``serve`` signature) would augment at inference.
-        """
-
-        def call(self, inputs, training=False, mask=None):
-            return super().call(inputs, training=bool(training), mask=mask)
-
-    classes = (BackbonePreprocess, TagAUC, SparseCategoricalCrossentropySmoothed, Augmenter)
-    return {cls.__name__: cls for cls in classes}
-
-
 def load_model(path: str | Path, compile: bool = True):
     """``keras.models.load_model`` with this project's custom classes registered."""
-    import keras
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
 
-    return keras.models.load_model(path, custom_objects=custom_objects(), compile=compile)
+    from .layers import CUSTOM_OBJECTS  # noqa: PLC0415 - imports Keras
+
+    return keras.models.load_model(path, custom_objects=CUSTOM_OBJECTS, compile=compile)
 
 
 @dataclass
@@ -149,7 +66,7 @@ class ModelBundle:
     weights_source: str
     backbone_layer_names: list[str]
     backbone: Any = None  # the keras.applications model (shares layers with feature_extractor)
-    category_output: str = "cc3"
+    category_output: str = DEFAULT_CATEGORY_COLUMN
     categories: list[str] = field(default_factory=list)
     tag_names: list[str] = field(default_factory=list)
 
@@ -160,7 +77,7 @@ def _validate_labels(categories: list[str], tag_names: list[str], category_outpu
     if len(set(categories)) != len(categories):
         raise ValueError(f"categories contain duplicates: {list(categories)}")
     if not tag_names:
-        raise ValueError("need at least one tag name for the 'tags' output")
+        raise ValueError(f"need at least one tag name for the {TAGS_OUTPUT!r} output")
     safe = [metric_safe(t) for t in tag_names]
     if len(set(safe)) != len(safe):
         raise ValueError(f"tag names {list(tag_names)} collide once made metric-safe ({safe})")
@@ -170,10 +87,13 @@ def _validate_labels(categories: list[str], tag_names: list[str], category_outpu
 
 def build_augmenter(name: str = "augmenter"):
     """Modest photo augmentation; Keras random layers are identity outside training."""
-    import keras
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
+
+    from . import layers as custom  # noqa: PLC0415 - imports Keras, see above
 
     layers = keras.layers
-    return custom_objects()["Augmenter"](
+    return custom.Augmenter(
         [
             layers.RandomFlip("horizontal", dtype="float32"),
             layers.RandomRotation(0.04, fill_mode="reflect", dtype="float32"),
@@ -198,10 +118,12 @@ def _pool(keras, backbone, pooling: str):
     return layers.Concatenate(name="features_block4_5")([block4, block5])
 
 
-def build_head(n_features: int, model_cfg: ModelConfig, categories: list[str], tag_names: list[str],
-               category_output: str):
+def build_head(
+    n_features: int, model_cfg: ModelConfig, categories: list[str], tag_names: list[str], category_output: str
+):
     """The head alone (feature vector -> both outputs): also what a search trial trains on cached features."""
-    import keras
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
 
     feature_in = keras.Input(shape=(n_features,), dtype="float32", name="features")
     # Pooled VGG activations reach the hundreds; unnormalised they saturate the head (dead ReLUs,
@@ -217,7 +139,7 @@ def build_head(n_features: int, model_cfg: ModelConfig, categories: list[str], t
 
 
 def build_model(
-    model_cfg: ModelConfig, categories: list[str], tag_names: list[str], category_output: str = "cc3"
+    model_cfg: ModelConfig, categories: list[str], tag_names: list[str], category_output: str = DEFAULT_CATEGORY_COLUMN
 ) -> ModelBundle:
     """Build the shared-layer trio (full model, feature extractor, head) for ``model_cfg``.
 
@@ -230,56 +152,64 @@ def build_model(
             f"pooling 'avg_block4_5' needs a VGG backbone (block4_pool/block5_pool), not {model_cfg.backbone!r}; "
             "use pooling=avg"
         )
-    import keras
+    feature_extractor, backbone, source = _build_feature_extractor(model_cfg)
+    head = build_head(int(feature_extractor.output.shape[-1]), model_cfg, categories, tag_names, category_output)
+    augmenter = build_augmenter() if model_cfg.augment else None
+    return ModelBundle(
+        model=_chain(model_cfg, augmenter, feature_extractor, head, category_output),
+        feature_extractor=feature_extractor,
+        head=head,
+        augmenter=augmenter,
+        weights_source=source,
+        backbone_layer_names=[layer.name for layer in backbone.layers if layer.name not in ("image", "preprocess")],
+        backbone=backbone,
+        category_output=category_output,
+        categories=categories,
+        tag_names=tag_names,
+    )
 
-    objects = custom_objects()
+
+def _build_feature_extractor(model_cfg: ModelConfig):
+    """(image -> pooled float32 features) model, the ``keras.applications`` backbone in it, its weights' source."""
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
+
+    from . import layers as custom  # noqa: PLC0415 - imports Keras, see above
+
     constructor_name, mode = BACKBONES[model_cfg.backbone]
     source, keras_weights = resolve_weights(model_cfg.backbone, model_cfg.weights, model_cfg.image_size)
     height, width = model_cfg.image_size
-
     image = keras.Input(shape=(height, width, 3), dtype="float32", name="image")
     # float32 so the mean subtraction is exact; the first conv casts to the compute dtype.
-    preprocessed = objects["BackbonePreprocess"](mode=mode, dtype="float32", name="preprocess")(image)
+    preprocessed = custom.BackbonePreprocess(mode=mode, dtype="float32", name="preprocess")(image)
     constructor = getattr(keras.applications, constructor_name)
     backbone = constructor(include_top=False, weights=keras_weights, input_tensor=preprocessed)
     if is_bundled_format(source):
         apply_bundled_vgg19(backbone, load_bundled_vgg19(bundled_path_from_label(source)))
-    backbone_layer_names = [
-        layer.name for layer in backbone.layers if layer.name not in ("image", "preprocess")
-    ]
-
     pooled = _pool(keras, backbone, model_cfg.pooling)
     # Cast to float32 so cached features are plain float32 whatever the policy.
     features = keras.layers.Activation("linear", dtype="float32", name="features")(pooled)
-    feature_extractor = keras.Model(image, features, name="feature_extractor")
+    return keras.Model(image, features, name="feature_extractor"), backbone, source
 
-    head = build_head(int(features.shape[-1]), model_cfg, categories, tag_names, category_output)
 
-    augmenter = build_augmenter() if model_cfg.augment else None
+def _chain(model_cfg: ModelConfig, augmenter, feature_extractor, head, category_output: str):
+    """The full model: image -> augmenter (if any) -> feature extractor -> head, sharing their layers."""
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
+
+    height, width = model_cfg.image_size
     model_in = keras.Input(shape=(height, width, 3), dtype="float32", name="image")
     x = augmenter(model_in) if augmenter is not None else model_in
     outputs = head(feature_extractor(x))
     # Identity layers named after the outputs, so output_names (and exported signatures) read
     # ``cc3``/``tags`` rather than the nested model's name ``head``.
-    model = keras.Model(
+    return keras.Model(
         model_in,
         {
             name: keras.layers.Identity(dtype="float32", name=name)(outputs[name])
             for name in (category_output, TAGS_OUTPUT)
         },
         name="vinted_classifier",
-    )
-    return ModelBundle(
-        model=model,
-        feature_extractor=feature_extractor,
-        head=head,
-        augmenter=augmenter,
-        weights_source=source,
-        backbone_layer_names=backbone_layer_names,
-        backbone=backbone,
-        category_output=category_output,
-        categories=categories,
-        tag_names=tag_names,
     )
 
 
@@ -294,8 +224,11 @@ def _count(variables) -> int:
 
 # The last conv block of each backbone: what phase 2 unfreezes when the config names none.
 LAST_BLOCK_PREFIXES: dict[str, list[str]] = {
-    "vgg16": ["block5_"], "vgg19": ["block5_"], "resnet50": ["conv5_"],
-    "mobilenet_v2": ["block_16_", "Conv_1"], "efficientnet_b0": ["block7", "top_"],
+    "vgg16": ["block5_"],
+    "vgg19": ["block5_"],
+    "resnet50": ["conv5_"],
+    "mobilenet_v2": ["block_16_", "Conv_1"],
+    "efficientnet_b0": ["block7", "top_"],
 }
 
 
@@ -309,7 +242,8 @@ def set_trainable(
     Recompile afterwards: Keras fixes the trainable set at compile time.
     Returns ``{"trainable_params", "non_trainable_params"}`` of the full model.
     """
-    import keras
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
 
     if phase not in ("head", "finetune"):
         raise ValueError(f"unknown training phase {phase!r}; expected 'head' or 'finetune'")
@@ -363,9 +297,33 @@ def compile_model(
     ``tags_precision_<tag>``, ``tags_recall_<tag>``, ``tags_auc_<tag>`` (``val_`` prefixed for
     validation). Label smoothing applies to the category output only.
     """
-    import keras
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
 
-    objects = custom_objects()
+    _check_compile_arguments(keras_model, category_output, n_tags, tag_names, loss_weights, label_smoothing)
+    keras_model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss={category_output: _category_loss(label_smoothing), TAGS_OUTPUT: keras.losses.BinaryCrossentropy()},
+        loss_weights={name: float(loss_weights.get(name, 1.0)) for name in (category_output, TAGS_OUTPUT)},
+        metrics={
+            category_output: [
+                keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2"),
+            ],
+            TAGS_OUTPUT: _tag_metrics(tag_names),
+        },
+    )
+    return keras_model
+
+
+def _check_compile_arguments(
+    keras_model,
+    category_output: str,
+    n_tags: int,
+    tag_names: list[str],
+    loss_weights: dict[str, float],
+    label_smoothing: float,
+) -> None:
     if len(tag_names) != n_tags:
         raise ValueError(f"n_tags={n_tags} but {len(tag_names)} tag names were given: {list(tag_names)}")
     outputs = {category_output, TAGS_OUTPUT}
@@ -378,28 +336,31 @@ def compile_model(
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
 
+
+def _category_loss(label_smoothing: float):
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
+
+    from . import layers as custom  # noqa: PLC0415 - imports Keras, see above
+
     if label_smoothing > 0:
-        category_loss = objects["SparseCategoricalCrossentropySmoothed"](label_smoothing=label_smoothing)
-    else:
-        category_loss = keras.losses.SparseCategoricalCrossentropy()
-    tag_metrics: list[Any] = []
+        return custom.SparseCategoricalCrossentropySmoothed(label_smoothing=label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy()
+
+
+def _tag_metrics(tag_names: list[str]) -> list[Any]:
+    """Precision, recall and ROC AUC of each tag column, named after the tag."""
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
+
+    from . import layers as custom  # noqa: PLC0415 - imports Keras, see above
+
+    metrics: list[Any] = []
     for index, tag in enumerate(tag_names):
         safe = metric_safe(tag)
-        tag_metrics += [
+        metrics += [
             keras.metrics.Precision(class_id=index, name=f"precision_{safe}"),
             keras.metrics.Recall(class_id=index, name=f"recall_{safe}"),
-            objects["TagAUC"](column=index, name=f"auc_{safe}"),
+            custom.TagAUC(column=index, name=f"auc_{safe}"),
         ]
-    keras_model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss={category_output: category_loss, TAGS_OUTPUT: keras.losses.BinaryCrossentropy()},
-        loss_weights={name: float(loss_weights.get(name, 1.0)) for name in (category_output, TAGS_OUTPUT)},
-        metrics={
-            category_output: [
-                keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                keras.metrics.SparseTopKCategoricalAccuracy(k=2, name="top2"),
-            ],
-            TAGS_OUTPUT: tag_metrics,
-        },
-    )
-    return keras_model
+    return metrics

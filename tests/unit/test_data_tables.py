@@ -35,6 +35,6 @@ def test_corrupted_copy_error_names_the_column_and_leaves_the_original():
 
 
 def test_corrupted_copy_error_refuses_a_validator_that_accepts_it(monkeypatch):
-    monkeypatch.setattr(data, "validate_labels", lambda frame, cfg, source: frame)
+    monkeypatch.setattr(data.schema, "validate_labels", lambda frame, cfg, source: frame)
     with pytest.raises(AssertionError, match="passed validation"):
         data.corrupted_copy_error(_labels(), DataConfig())
