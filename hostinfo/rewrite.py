@@ -39,8 +39,13 @@ class RewriteDecision:
         return f"mixed-precision rewrite {self.mode} ({self.grappler_option}; {self.reason})"
 
 
-def decide_rewrite(request: str = "auto", *, gpus: list[tuple[int, int] | None] | None = None,
-                   flags: set[str] | None = None, environ: dict[str, str] | None = None) -> RewriteDecision:
+def decide_rewrite(
+    request: str = "auto",
+    *,
+    gpus: list[tuple[int, int] | None] | None = None,
+    flags: set[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> RewriteDecision:
     """Pick the rewrite for this host.
 
     ``auto``: fp16 on a GPU with compute capability >= 7.0, else bf16 on a bf16-capable CPU, else off.
@@ -55,8 +60,9 @@ def decide_rewrite(request: str = "auto", *, gpus: list[tuple[int, int] | None] 
     if gpus:
         fast = [cc for cc in gpus if cc is not None and tuple(cc) >= (7, 0)]
         if fast or request == "on":
-            return RewriteDecision("fp16", f"GPU compute capability {fast[0] if fast else 'unknown'}"
-                                   + ("" if fast else ", forced on"))
+            return RewriteDecision(
+                "fp16", f"GPU compute capability {fast[0] if fast else 'unknown'}" + ("" if fast else ", forced on")
+            )
         return RewriteDecision("off", f"GPU compute capability {gpus[0]} < 7.0")
     capable, why = cpu_bf16_reason(flags, environ)
     if capable:
@@ -72,7 +78,8 @@ def apply_rewrite(decision: RewriteDecision) -> None:
     import tensorflow as tf  # noqa: PLC0415
 
     tf.config.optimizer.set_experimental_options(
-        {option: decision.grappler_option == option for option in GRAPPLER_OPTION.values()})
+        {option: decision.grappler_option == option for option in GRAPPLER_OPTION.values()}
+    )
     log.info("%s", decision.describe())
 
 

@@ -92,8 +92,9 @@ class RequestContext:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._server.executor, self._server.prepare_image, data)
 
-    async def predict(self, loaded: LoadedVersion, info: SignatureInfo,
-                      inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def predict(
+        self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Run a signature as /v1 predict does (admission, batching, deadline); observers see it."""
         outputs = await self._server.execute(loaded, info, inputs)
         notify_predict(self._server.observers, loaded, info.name, inputs, outputs)
@@ -134,7 +135,8 @@ class ModelAdapter:
         are no image PIL knows pass unchanged, so the graph gives its own error)."""
         return frozenset(alias for alias, spec in info.inputs.items() if spec.dtype == "DT_STRING")
 
-    def preprocess(self, loaded: LoadedVersion, info: SignatureInfo,
-                   inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def preprocess(
+        self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Inputs of a predict request after the server's checks, as the model call gets them."""
         return inputs

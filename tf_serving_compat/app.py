@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from starlette.applications import Starlette
@@ -57,8 +57,16 @@ def json_response(body: str, status: int = 200) -> Response:
 class ServingApp:
     """Holds the registry, batcher and thread pool; ``self.app`` is the Starlette application."""
 
-    def __init__(self, registry: ModelRegistry, options: ServerOptions, *, default_model: str,
-                 batcher: Batcher | None = None, adapter: ModelAdapter | None = None, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        options: ServerOptions,
+        *,
+        default_model: str,
+        batcher: Batcher | None = None,
+        adapter: ModelAdapter | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.registry = registry
         self.options = options
         self.default_model = default_model
@@ -106,9 +114,18 @@ class ServingApp:
         except ClientDisconnect:
             # The client went away mid-request: nobody to answer; an abort, not a server error.
             log.info("Client aborted %s %s", request.method, scope.get("path"))
-            access_log.info(json.dumps({"method": request.method, "path": scope.get("path"), "status": 499,
-                                        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                                        "bytes_in": record.bytes_in, "aborted": True}))
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": request.method,
+                        "path": scope.get("path"),
+                        "status": 499,
+                        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "bytes_in": record.bytes_in,
+                        "aborted": True,
+                    }
+                )
+            )
             return
         except ServingError as exc:
             record.error = exc
@@ -132,17 +149,21 @@ class ServingApp:
             self.metrics.observe_request(record.api, record.model, code, time.perf_counter() - started)
         if self.observers and (record.api or "").startswith("predict") and record.error is not None:
             notify_reject(self.observers, record.model, record.error.code, record.error.message)
-        access_log.info(json.dumps({
-            "method": scope.get("method"),
-            "path": scope.get("path"),
-            "status": response.status_code,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            "bytes_in": record.bytes_in,
-            "bytes_out": len(response.body),
-            "model": record.model,
-            "version": record.version,
-            "client": self.client_pseudonym(scope),
-        }))
+        access_log.info(
+            json.dumps(
+                {
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": response.status_code,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "bytes_in": record.bytes_in,
+                    "bytes_out": len(response.body),
+                    "model": record.model,
+                    "version": record.version,
+                    "client": self.client_pseudonym(scope),
+                }
+            )
+        )
 
     def client_pseudonym(self, scope: dict) -> str | None:
         """The client's address as a keyed hash: logs never carry raw client IPs."""
@@ -242,15 +263,16 @@ class ServingApp:
         }
         return json_response(json.dumps(body))
 
-    def _classify_regress(self, name: str, version: int | None, label: str | None, verb: str,
-                          body: bytes) -> Response:
+    def _classify_regress(self, name: str, version: int | None, label: str | None, verb: str, body: bytes) -> Response:
         """Our signatures are predict-only: answer what TF Serving answers for them (400)."""
         doc = tj.parse_json_body(body)
         signature = tj.signature_name(doc)
         examples = doc.get("examples")
         if "examples" not in doc:
-            raise invalid(f"JSON Value: {tj.value_to_string(doc)} When method is classify, key 'examples' "
-                          "is expected and was not found")
+            raise invalid(
+                f"JSON Value: {tj.value_to_string(doc)} When method is classify, key 'examples' "
+                "is expected and was not found"
+            )
         if not isinstance(examples, list):
             raise invalid(f"JSON Value: {tj.value_to_string(doc)} Expecting 'examples' value to be an list/array")
         if not examples:
@@ -274,14 +296,17 @@ class ServingApp:
         fmt, inputs = tj.parse_predict_inputs(doc, {k: v.dtype for k, v in info.inputs.items()})
         return info, fmt, self.validate_inputs(loaded, info, inputs)
 
-    def validate_inputs(self, loaded: LoadedVersion, info: SignatureInfo,
-                        inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def validate_inputs(
+        self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Checks shared by REST and gRPC (batch cap, signature shapes, image header sizes), then the
         adapter's pre-processing; returns the inputs the model call gets."""
         for alias, array in inputs.items():
             if array.ndim and array.shape[0] > self.options.max_instances:
-                raise invalid(f"Too many instances for input {alias}: {array.shape[0]} "
-                              f"(the limit is {self.options.max_instances} per request)")
+                raise invalid(
+                    f"Too many instances for input {alias}: {array.shape[0]} "
+                    f"(the limit is {self.options.max_instances} per request)"
+                )
         loaded.check_inputs(info, inputs)
         self._check_images(info, inputs)
         return self.adapter.preprocess(loaded, info, inputs)
@@ -292,7 +317,7 @@ class ServingApp:
         for alias, array in inputs.items():
             if alias in images:
                 for index in np.ndindex(array.shape):
-                    array[index] = self.prepare_image(array[index])
+                    array[index] = self.prepare_image(cast(bytes, array[index]))
 
     def prepare_image(self, data: bytes) -> bytes:
         """One encoded image as the graph should get it (``images.prepare_image``); 400 above the limit."""
@@ -303,8 +328,9 @@ class ServingApp:
         measured = loaded.measured_with[0] if loaded.measured_with else None
         return self.options.execution.batch_size(loaded.bytes_per_item, measured)
 
-    def submit(self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray],
-               api: str = "predict") -> concurrent.futures.Future:
+    def submit(
+        self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray], api: str = "predict"
+    ) -> concurrent.futures.Future:
         """Admit, then queue a model call on the batcher (when on) or the model threads; REST and gRPC share it.
 
         The call runs in execution-sized pieces (``execution.run_in_pieces``), so its memory does not
@@ -324,9 +350,9 @@ class ServingApp:
 
         self.admission.acquire(items)
         try:
-            batchable = self.batcher is not None and all(a.ndim >= 1 for a in inputs.values())
-            if batchable:
-                future = self.batcher.submit((loaded.name, loaded.version, info.name), run, inputs)
+            batcher = self.batcher
+            if batcher is not None and all(a.ndim >= 1 for a in inputs.values()):
+                future = batcher.submit((loaded.name, loaded.version, info.name), run, inputs)
             else:
                 future = self.executor.submit(run, inputs)
         except BaseException:
@@ -335,17 +361,21 @@ class ServingApp:
         future.add_done_callback(lambda _: self.admission.release(items))
         return future
 
-    async def execute(self, loaded: LoadedVersion, info: SignatureInfo,
-                      inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def execute(
+        self, loaded: LoadedVersion, info: SignatureInfo, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         future = self.submit(loaded, info, inputs)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
         except TimeoutError:
             future.cancel()
-            raise deadline_exceeded(f"Deadline Exceeded: no result within {self.options.timeout_s * 1000:.0f} ms") from None
+            raise deadline_exceeded(
+                f"Deadline Exceeded: no result within {self.options.timeout_s * 1000:.0f} ms"
+            ) from None
 
-    async def _predict(self, name: str, version: int | None, label: str | None, body: bytes,
-                       record: RequestRecord) -> Response:
+    async def _predict(
+        self, name: str, version: int | None, label: str | None, body: bytes, record: RequestRecord
+    ) -> Response:
         doc = await self._maybe_in_thread(len(body), tj.parse_json_body, body)
         loaded = self.resolve(name, version, label)
         record.version = loaded.version
@@ -354,7 +384,8 @@ class ServingApp:
         outputs = await self.execute(loaded, info, inputs)
         notify_predict(self.observers, loaded, info.name, inputs, outputs)
         text = await self._maybe_in_thread(
-            sum(v.size for v in outputs.values()) * 16, tj.predict_response_json, outputs, fmt)
+            sum(v.size for v in outputs.values()) * 16, tj.predict_response_json, outputs, fmt
+        )
         return json_response(text)
 
     # ------------------------------------------------------------ outside /v1

@@ -60,7 +60,7 @@ class BatchingParameters:
             raise ValueError("max_execution_batch_size must be >= 1")
         sizes = self.allowed_batch_sizes
         if sizes:
-            if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+            if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)) or sizes[0] < 1:
                 raise ValueError("allowed_batch_sizes must be positive and strictly increasing")
             if sizes[-1] != self.max_batch_size:
                 raise ValueError("the last entry of allowed_batch_sizes must equal max_batch_size")
@@ -75,7 +75,7 @@ def _batching_message_class() -> Any:
 
     try:  # prefer the real generated module when a future package ships it
         # TensorFlow loads only when a model is served: importing this module stays light.
-        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2  # type: ignore  # noqa: PLC0415
+        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2  # noqa: PLC0415
 
         return session_bundle_config_pb2.BatchingParameters
     except ImportError:
@@ -98,8 +98,9 @@ def _batching_message_class() -> Any:
         ("max_execution_batch_size", 9, ".google.protobuf.Int64Value"),
     ]
     for name, number, type_name in fields:
-        message.field.add(name=name, number=number, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_MESSAGE,
-                          type_name=type_name)
+        message.field.add(
+            name=name, number=number, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_MESSAGE, type_name=type_name
+        )
     message.field.add(name="allowed_batch_sizes", number=6, label=fdp.LABEL_REPEATED, type=fdp.TYPE_INT64)
     message.field.add(name="pad_variable_length_inputs", number=7, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_BOOL)
     pool = descriptor_pool.DescriptorPool()
@@ -199,7 +200,7 @@ class Batcher:
         futures: list[concurrent.futures.Future] = []
         try:
             for start in range(0, size, limit):
-                part = {name: array[start:start + limit] for name, array in inputs.items()}
+                part = {name: array[start : start + limit] for name, array in inputs.items()}
                 futures.append(self._submit_task(key, run_fn, part, min(limit, size - start)))
         except ServingError:
             for future in futures:
@@ -207,8 +208,9 @@ class Batcher:
             raise
         return _gather(futures)
 
-    def _submit_task(self, key: Hashable, run_fn: RunFn, inputs: dict[str, np.ndarray],
-                     size: int) -> concurrent.futures.Future:
+    def _submit_task(
+        self, key: Hashable, run_fn: RunFn, inputs: dict[str, np.ndarray], size: int
+    ) -> concurrent.futures.Future:
         shapes = tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in inputs.items()))
         task = _Task(inputs, size, concurrent.futures.Future())
         with self._cond:
@@ -246,8 +248,7 @@ class Batcher:
                         continue
                     head = queue[0]
                     due = head.created + self.timeout_s
-                    if (head.size >= self.params.max_batch_size or len(queue) > 1 or due <= now
-                            or self._stopping):
+                    if head.size >= self.params.max_batch_size or len(queue) > 1 or due <= now or self._stopping:
                         return queue.popleft()
                     wake_at = due if wake_at is None else min(wake_at, due)
                 if self._stopping:
@@ -296,8 +297,9 @@ class Batcher:
         else:
             inputs = {n: np.concatenate([t.inputs[n] for t in tasks], axis=0) for n in names}
             if padded > total:
-                inputs = {n: np.concatenate([v, np.repeat(v[:1], padded - total, axis=0)], axis=0)
-                          for n, v in inputs.items()}
+                inputs = {
+                    n: np.concatenate([v, np.repeat(v[:1], padded - total, axis=0)], axis=0) for n, v in inputs.items()
+                }
         self.batch_sizes.append(total)
         outputs = run_fn(inputs)
         for name, value in outputs.items():

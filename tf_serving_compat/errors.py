@@ -119,7 +119,11 @@ def clean_tf_message(message: str) -> str:
             message = message.split(marker, 1)[1]
         else:
             lines = message.splitlines()
-            message = "\n".join(l for l in lines[1:] if l.strip() and not l.startswith(("Detected at node", "  File", "    ")))
+            message = "\n".join(
+                line
+                for line in lines[1:]
+                if line.strip() and not line.startswith(("Detected at node", "  File", "    "))
+            )
     message = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", message)
     return message.strip()
 

@@ -53,11 +53,13 @@ def run_in_pieces(run: RunFn, inputs: dict[str, np.ndarray], piece: int) -> dict
         return run(inputs)
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, total, piece):
-        part = run({name: array[start:start + piece] for name, array in inputs.items()})
+        part = run({name: array[start : start + piece] for name, array in inputs.items()})
         for name, value in part.items():
             if np.ndim(value) == 0 or value.shape[0] != min(piece, total - start):
-                raise internal(f"Output tensor {name} does not have the batch size of its input "
-                                               "piece, so the request cannot be split into execution batches")
+                raise internal(
+                    f"Output tensor {name} does not have the batch size of its input "
+                    "piece, so the request cannot be split into execution batches"
+                )
         parts.append(part)
     return {name: np.concatenate([part[name] for part in parts], axis=0) for name in parts[0]}
 
@@ -102,8 +104,10 @@ class Admission:
         with self._lock:
             if self._in_flight + items > self.limit:
                 busy = self._in_flight
-                raise unavailable(f"Server at capacity: {busy} images in flight, this request "
-                                                  f"adds {items} and the limit is {self.limit}; retry later")
+                raise unavailable(
+                    f"Server at capacity: {busy} images in flight, this request "
+                    f"adds {items} and the limit is {self.limit}; retry later"
+                )
             self._in_flight += items
 
     def release(self, items: int) -> None:
@@ -128,7 +132,6 @@ def _peak_rss_bytes() -> int | None:
 def _current_rss_bytes() -> int | None:
     try:
         with open("/proc/self/statm") as statm:
-
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None

@@ -36,8 +36,9 @@ def default_model_base_path() -> Path:
     return Path(os.environ.get("TF_SERVING_COMPAT_MODEL_BASE_PATH", "model_training/saved_model/my_model")).resolve()
 
 
-def build_app(options: ServerOptions | None = None, *, adapter: ModelAdapter | None = None,
-              **settings: Any) -> ServingApp:
+def build_app(
+    options: ServerOptions | None = None, *, adapter: ModelAdapter | None = None, **settings: Any
+) -> ServingApp:
     """Decide/apply the rewrite, load the models (first scan, blocking) and return the ServingApp.
 
     ``settings`` replace fields of ``options`` (``build_app(model_base_path=p)`` for a caller that
@@ -50,20 +51,29 @@ def build_app(options: ServerOptions | None = None, *, adapter: ModelAdapter | N
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     configs = _model_configs(options)
     metrics = _metrics(options)
-    loader = version_loader(options.enable_model_warmup, options.num_request_iterations_for_warmup,
-                            adapter.load_metadata)
-    registry = ModelRegistry(configs, poll_wait_seconds=options.file_system_poll_wait_seconds, loader=loader,
-                             on_state=metrics.observe_state if metrics else None)
+    loader = version_loader(
+        options.enable_model_warmup, options.num_request_iterations_for_warmup, adapter.load_metadata
+    )
+    registry = ModelRegistry(
+        configs,
+        poll_wait_seconds=options.file_system_poll_wait_seconds,
+        loader=loader,
+        on_state=metrics.observe_state if metrics else None,
+    )
     registry.poll_all()
     batcher = None
     if options.enable_batching:
         params = options.batching_parameters or load_batching_parameters(options.batching_parameters_file)
         batcher = Batcher(params, metrics=metrics)
-        if params.enable_large_batch_splitting and params.max_execution_batch_size \
-                and not options.max_execution_batch_size:
+        if (
+            params.enable_large_batch_splitting
+            and params.max_execution_batch_size
+            and not options.max_execution_batch_size
+        ):
             options = dataclasses.replace(options, max_execution_batch_size=params.max_execution_batch_size)
-    serving = ServingApp(registry, options, default_model=configs[0].name, batcher=batcher, adapter=adapter,
-                         metrics=metrics)
+    serving = ServingApp(
+        registry, options, default_model=configs[0].name, batcher=batcher, adapter=adapter, metrics=metrics
+    )
     serving.rewrite = decision
     return serving
 
@@ -78,9 +88,11 @@ def _prepare_tensorflow(options: ServerOptions) -> tuple[ServerOptions, RewriteD
     session: SessionSettings | None = None
     if options.session_config_file:
         session = parse_session_config(options.session_config_file)
-        options = dataclasses.replace(options,
-                                      intra_op_threads=options.intra_op_threads or session.intra_op_threads,
-                                      inter_op_threads=options.inter_op_threads or session.inter_op_threads)
+        options = dataclasses.replace(
+            options,
+            intra_op_threads=options.intra_op_threads or session.intra_op_threads,
+            inter_op_threads=options.inter_op_threads or session.inter_op_threads,
+        )
     _configure_tensorflow(options.intra_op_threads, options.inter_op_threads)
     bound_heap_retention()
     decision = None
@@ -132,9 +144,14 @@ def start_line(serving: ServingApp) -> list[str]:
         lines.append(f"Serving model {name} versions {versions} from {manager.config.base_path}{rewrite}")
         for version in versions:
             loaded = manager.resolve(version)
-            measured = ("" if loaded.bytes_per_item is None
-                        else f" ({loaded.bytes_per_item / 2**20:.1f} MiB per image measured at load)")
-            lines.append(f"Model {name} version {version}: at most {serving.execution_batch_size(loaded)} "
-                         f"images per model call{measured}; at most {serving.options.max_inflight_images} "
-                         "images in flight")
+            measured = (
+                ""
+                if loaded.bytes_per_item is None
+                else f" ({loaded.bytes_per_item / 2**20:.1f} MiB per image measured at load)"
+            )
+            lines.append(
+                f"Model {name} version {version}: at most {serving.execution_batch_size(loaded)} "
+                f"images per model call{measured}; at most {serving.options.max_inflight_images} "
+                "images in flight"
+            )
     return lines

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -47,7 +47,7 @@ class _Rpc:
     def __enter__(self) -> _Rpc:
         return self
 
-    def __exit__(self, kind, exc, tb) -> bool:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         code = "OK"
         message = ""
         if exc is not None:
@@ -98,23 +98,27 @@ def tensor_from_proto(alias: str, proto: Any, want_dtype: str, byte_limit: int) 
 
     got = _dtype_name(proto.dtype)
     if got != want_dtype:
-        raise invalid(f"input tensor alias: {alias} has dtype {got.removeprefix('DT_').lower()} but the signature "
-                      f"expects {want_dtype.removeprefix('DT_').lower()}")
+        raise invalid(
+            f"input tensor alias: {alias} has dtype {got.removeprefix('DT_').lower()} but the signature "
+            f"expects {want_dtype.removeprefix('DT_').lower()}"
+        )
     if proto.tensor_shape.unknown_rank:
         raise invalid(f"input tensor alias: {alias} has an unknown rank")
     dims = [int(d.size) for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise invalid(f"input tensor alias: {alias} has a negative dimension in {dims}")
     if len(dims) > ARRAY_MAX_RANK:
-        raise invalid(f"input tensor alias: {alias} has rank {len(dims)} > {ARRAY_MAX_RANK}, the most this server "
-                      "supports")
+        raise invalid(
+            f"input tensor alias: {alias} has rank {len(dims)} > {ARRAY_MAX_RANK}, the most this server supports"
+        )
     elements = 1
     for d in dims:
         elements *= d
     itemsize = 8 if want_dtype == "DT_STRING" else np.dtype(DTYPES.get(want_dtype, (np.float64,))[0]).itemsize
     if elements * itemsize > byte_limit:
-        raise invalid(f"input tensor alias: {alias} of shape {dims} exceeds the decoded size limit of "
-                      f"{byte_limit} bytes")
+        raise invalid(
+            f"input tensor alias: {alias} of shape {dims} exceeds the decoded size limit of {byte_limit} bytes"
+        )
     try:
         array = tf.make_ndarray(proto)
     except Exception as exc:  # noqa: BLE001 - malformed TensorProto (content size, values) is the client's
@@ -152,14 +156,19 @@ class PredictionServicer:
                     f"input size does not match signature: {len(sent)}!={len(wanted)} "
                     f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
                     f"Sent extra: {{{','.join(sorted(sent - wanted))}}}. "
-                    f"Missing but required: {{{','.join(sorted(wanted - sent))}}}.")
+                    f"Missing but required: {{{','.join(sorted(wanted - sent))}}}."
+                )
             limit = DECODED_TENSOR_FACTOR * self.serving.options.max_body_bytes
-            inputs = {alias: tensor_from_proto(alias, proto, info.inputs[alias].dtype, limit)
-                      for alias, proto in request.inputs.items()}
+            inputs = {
+                alias: tensor_from_proto(alias, proto, info.inputs[alias].dtype, limit)
+                for alias, proto in request.inputs.items()
+            }
             for alias in request.output_filter:
                 if alias not in info.outputs:
-                    raise invalid(f"output tensor alias not found in signature: {alias} Outputs expected to be "
-                                  f"in the set {{{','.join(sorted(info.outputs))}}}.")
+                    raise invalid(
+                        f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                        f"in the set {{{','.join(sorted(info.outputs))}}}."
+                    )
             inputs = self.serving.validate_inputs(loaded, info, inputs)
             outputs = self.serving.submit(loaded, info, inputs).result(self._deadline(context))
             notify_predict(self.serving.observers, loaded, info.name, inputs, outputs)
@@ -276,21 +285,42 @@ class ModelServicer:
             return model_management_pb2.ReloadConfigResponse()
 
 
-_ERROR_CODE_ENUM = {name: number for number, name in enumerate(
-    ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-     "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"])}
+_ERROR_CODE_ENUM = {
+    name: number
+    for number, name in enumerate(
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ]
+    )
+}
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
     """``--grpc_channel_arguments=k=v,k2=v2`` (ints passed as ints, like TF Serving)."""
-    result = []
+    result: list[tuple[str, str | int]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
+        key, sep, text_value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        value: str | int = text_value
         with contextlib.suppress(ValueError):
-            value = int(value)
+            value = int(text_value)
         result.append((key, value))
     return result
 
@@ -342,42 +372,57 @@ def _service_handlers(serving: Any) -> list[Any]:
     tables = {
         "tensorflow.serving.PredictionService": {
             "Predict": (prediction.Predict, predict_pb2.PredictRequest, "predict"),
-            "GetModelMetadata": (prediction.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest,
-                                 "metadata"),
+            "GetModelMetadata": (
+                prediction.GetModelMetadata,
+                get_model_metadata_pb2.GetModelMetadataRequest,
+                "metadata",
+            ),
             "Classify": (prediction.Classify, classification_pb2.ClassificationRequest, "classify"),
             "Regress": (prediction.Regress, regression_pb2.RegressionRequest, "regress"),
             "MultiInference": (prediction.MultiInference, inference_pb2.MultiInferenceRequest, "multi_inference"),
         },
         "tensorflow.serving.ModelService": {
             "GetModelStatus": (model.GetModelStatus, get_model_status_pb2.GetModelStatusRequest, "status"),
-            "HandleReloadConfigRequest": (model.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest,
-                                          "reload_config"),
+            "HandleReloadConfigRequest": (
+                model.HandleReloadConfigRequest,
+                model_management_pb2.ReloadConfigRequest,
+                "reload_config",
+            ),
         },
     }
     handlers = []
     for service, methods in tables.items():
         rpc_handlers = {
             name: grpc.unary_unary_rpc_method_handler(
-                _guarded(method, api, serving), request_deserializer=_safe_parser(request_class),
-                response_serializer=lambda message: message.SerializeToString())
-            for name, (method, request_class, api) in methods.items()}
+                _guarded(method, api, serving),
+                request_deserializer=_safe_parser(request_class),
+                response_serializer=lambda message: message.SerializeToString(),
+            )
+            for name, (method, request_class, api) in methods.items()
+        }
         handlers.append(grpc.method_handlers_generic_handler(service, rpc_handlers))
     return handlers
 
 
-def start_grpc_server(serving: Any, host: str, port: int, max_threads: int | None = None,
-                      channel_arguments: str = "") -> Any:
+def start_grpc_server(
+    serving: Any, host: str, port: int, max_threads: int | None = None, channel_arguments: str = ""
+) -> Any:
     """Start gRPC on host:port (RuntimeError when the port is taken); ``.bound_port`` is the port."""
 
-    options = [("grpc.max_receive_message_length", min(INT32_MAX, serving.options.max_body_bytes)),
-               ("grpc.max_send_message_length", INT32_MAX),
-               ("grpc.so_reuseport", 0)]
+    options = [
+        ("grpc.max_receive_message_length", min(INT32_MAX, serving.options.max_body_bytes)),
+        ("grpc.max_send_message_length", INT32_MAX),
+        ("grpc.so_reuseport", 0),
+    ]
     options += parse_channel_arguments(channel_arguments)
     # TF Serving's default: 4 threads per core. Handlers mostly wait on the model or the batcher, and
     # fewer threads than concurrent clients would keep requests from reaching the batch queue.
     workers = max_threads or 4 * (os.cpu_count() or 1)
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
-                         handlers=_service_handlers(serving), options=options)
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
+        handlers=_service_handlers(serving),
+        options=options,
+    )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if not bound:

@@ -13,8 +13,10 @@ import json
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-MALFORMED_REQUEST = ("Malformed HTTP request: the request line or a header could not be parsed "
-                     "(unknown method, bad request target, invalid header or framing)")
+MALFORMED_REQUEST = (
+    "Malformed HTTP request: the request line or a header could not be parsed "
+    "(unknown method, bad request target, invalid header or framing)"
+)
 
 
 def _json_body(_: str) -> bytes:
@@ -41,9 +43,15 @@ def _httptools_protocol() -> type:
             content = [STATUS_LINE[400]]
             for name, value in self.server_state.default_headers:
                 content.extend([name, b": ", value, b"\r\n"])
-            content.extend([b"content-type: application/json\r\n",
-                            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-                            b"connection: close\r\n", b"\r\n", body])
+            content.extend(
+                [
+                    b"content-type: application/json\r\n",
+                    b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                    b"connection: close\r\n",
+                    b"\r\n",
+                    body,
+                ]
+            )
             self.transport.write(b"".join(content))
             self.transport.close()
 
@@ -55,11 +63,17 @@ def _h11_protocol() -> type:
     class JsonErrorH11Protocol(H11Protocol):
         def send_400_response(self, msg: str) -> None:
             body = _json_body(msg)
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode("ascii")),
-                       (b"connection", b"close")]
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"connection", b"close"),
+            ]
             try:
-                for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                              h11.EndOfMessage()):
+                for event in (
+                    h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                    h11.Data(data=body),
+                    h11.EndOfMessage(),
+                ):
                     self.transport.write(self.conn.send(event))
             except h11.LocalProtocolError:  # the connection is past the point of answering
                 pass

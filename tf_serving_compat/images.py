@@ -92,8 +92,7 @@ def _libc():
     return _LIBC[0]
 
 
-def bound_heap_retention(mmap_threshold: int = HEAP_MMAP_THRESHOLD,
-                         trim_threshold: int = HEAP_TRIM_THRESHOLD) -> bool:
+def bound_heap_retention(mmap_threshold: int = HEAP_MMAP_THRESHOLD, trim_threshold: int = HEAP_TRIM_THRESHOLD) -> bool:
     """Give image-sized buffers back to the OS when freed, and keep model-call memory for reuse.
 
     glibc raises its mmap threshold after big blocks are freed (up to 32 MiB), after which
@@ -107,7 +106,8 @@ def bound_heap_retention(mmap_threshold: int = HEAP_MMAP_THRESHOLD,
     if libc is None or not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
 
 
 def release_freed_memory() -> None:

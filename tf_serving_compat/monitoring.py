@@ -39,15 +39,21 @@ class PrometheusConfig:
 def _monitoring_message_class() -> Any:
     """``MonitoringConfig`` built from its schema (tensorflow-serving-api does not ship the module)."""
 
-    proto = descriptor_pb2.FileDescriptorProto(name="tf_serving_compat/monitoring_config.proto",
-                                               package="tensorflow.serving", syntax="proto3")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="tf_serving_compat/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
     fdp = descriptor_pb2.FieldDescriptorProto
     prometheus = proto.message_type.add(name="PrometheusConfig")
     prometheus.field.add(name="enable", number=1, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_BOOL)
     prometheus.field.add(name="path", number=2, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_STRING)
     config = proto.message_type.add(name="MonitoringConfig")
-    config.field.add(name="prometheus_config", number=1, label=fdp.LABEL_OPTIONAL, type=fdp.TYPE_MESSAGE,
-                     type_name=".tensorflow.serving.PrometheusConfig")
+    config.field.add(
+        name="prometheus_config",
+        number=1,
+        label=fdp.LABEL_OPTIONAL,
+        type=fdp.TYPE_MESSAGE,
+        type_name=".tensorflow.serving.PrometheusConfig",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
@@ -94,7 +100,7 @@ class _Scalars:
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
-    def set(self, name: str, *label_values: str, value: float) -> None:
+    def set(self, name: str, *label_values: str | int, value: float) -> None:
         with self._lock:
             self._values[(name, tuple(str(v) for v in label_values))] = value
 
@@ -110,7 +116,7 @@ class _Scalars:
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
             for (sample_name, values), value in items:
                 if sample_name == name:
-                    pairs = ",".join(f'{label}="{_escape(v)}"' for label, v in zip(labels, values))
+                    pairs = ",".join(f'{label}="{_escape(v)}"' for label, v in zip(labels, values, strict=False))
                     number = str(int(value)) if float(value).is_integer() else repr(float(value))
                     lines.append(f"{name}{{{pairs}}} {number}")
         return "\n".join(lines) + "\n" if lines else ""
@@ -137,21 +143,40 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)  # histograms; scalars are written by _Scalars
         self.counters = _Scalars()
         self.counters.declare(REQUEST_COUNT, "The total number of requests.", ("model_name", "status"), "counter")
-        self.counters.declare(MODEL_STATE, "Version states: 1 for the current state of each model version "
-                              "(tf_serving_compat's own).", ("model_name", "model_version", "state"), "gauge")
+        self.counters.declare(
+            MODEL_STATE,
+            "Version states: 1 for the current state of each model version (tf_serving_compat's own).",
+            ("model_name", "model_version", "state"),
+            "gauge",
+        )
         self.request_latency = Histogram(
-            ":tensorflow:serving:request_latency", "Distribution of wall time (in microseconds) for Tensorflow "
-            "Serving request.", ("model_name", "API", "entrypoint"), buckets=_LATENCY_BUCKETS_US,
-            registry=self.registry)
+            ":tensorflow:serving:request_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            ("model_name", "API", "entrypoint"),
+            buckets=_LATENCY_BUCKETS_US,
+            registry=self.registry,
+        )
         self.runtime_latency = Histogram(
-            ":tensorflow:serving:runtime_latency", "Distribution of wall time (in microseconds) for Tensorflow "
-            "runtime.", ("model_name", "API", "runtime"), buckets=_LATENCY_BUCKETS_US, registry=self.registry)
+            ":tensorflow:serving:runtime_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+            ("model_name", "API", "runtime"),
+            buckets=_LATENCY_BUCKETS_US,
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
-            BATCH_SIZE, "Rows per batched model call (tf_serving_compat's own).", ("model_name",),
-            buckets=_BATCH_BUCKETS, registry=self.registry)
+            BATCH_SIZE,
+            "Rows per batched model call (tf_serving_compat's own).",
+            ("model_name",),
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_depth = Histogram(
-            QUEUE_DEPTH, "Batches waiting in the batching queues when a request is enqueued (tf_serving_compat's "
-            "own).", ("model_name",), buckets=_QUEUE_BUCKETS, registry=self.registry)
+            QUEUE_DEPTH,
+            "Batches waiting in the batching queues when a request is enqueued (tf_serving_compat's own).",
+            ("model_name",),
+            buckets=_QUEUE_BUCKETS,
+            registry=self.registry,
+        )
         self._states: dict[tuple[str, int], str] = {}
         self._state_lock = threading.Lock()
 
@@ -164,8 +189,9 @@ class Metrics:
 
         return self.counters.text().encode() + generate_latest(self.registry)
 
-    def observe_request(self, api: str, model: str | None, status: str | int, seconds: float,
-                        entrypoint: str = "REST") -> None:
+    def observe_request(
+        self, api: str, model: str | None, status: str | int, seconds: float, entrypoint: str = "REST"
+    ) -> None:
         """One finished request: its canonical status (gRPC) or HTTP status mapped back to one."""
         if isinstance(status, int):
             status = _HTTP_TO_CODE.get(status, "UNKNOWN") if status != 200 else "OK"
@@ -191,6 +217,17 @@ class Metrics:
             self.counters.set(MODEL_STATE, model, version, state, value=1)
 
 
-_HTTP_TO_CODE = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 409: "ABORTED", 413: "RESOURCE_EXHAUSTED",
-                 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE",
-                 504: "DEADLINE_EXCEEDED", 500: "INTERNAL", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
+_HTTP_TO_CODE = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+    500: "INTERNAL",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+}

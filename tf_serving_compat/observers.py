@@ -23,16 +23,18 @@ class PredictObserver(Protocol):
     def attach(self, serving: Any) -> None:
         """The ``ServingApp`` (its ``registry`` lists loaded versions, its ``metrics`` may be None)."""
 
-    def on_predict(self, loaded: Any, signature_name: str, inputs: dict[str, np.ndarray],
-                   outputs: dict[str, np.ndarray]) -> None:
+    def on_predict(
+        self, loaded: Any, signature_name: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
         """A successful predict: the ``LoadedVersion``, the inputs as the graph got them, its outputs."""
 
     def on_reject(self, model: str | None, code: str, message: str) -> None:
         """A predict refused before or by the model: canonical code (``INVALID_ARGUMENT``...) and message."""
 
 
-def notify_predict(observers: list, loaded: Any, signature_name: str, inputs: dict[str, np.ndarray],
-                   outputs: dict[str, np.ndarray]) -> None:
+def notify_predict(
+    observers: list, loaded: Any, signature_name: str, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+) -> None:
     for observer in observers:
         try:
             observer.on_predict(loaded, signature_name, inputs, outputs)

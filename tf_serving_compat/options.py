@@ -65,8 +65,10 @@ class ServerOptions:
 
     def __post_init__(self) -> None:
         if self.max_inflight_images < self.max_instances:
-            raise ValueError(f"max_inflight_images ({self.max_inflight_images}) must be at least max_instances "
-                             f"({self.max_instances}), or a legal request could never be admitted")
+            raise ValueError(
+                f"max_inflight_images ({self.max_inflight_images}) must be at least max_instances "
+                f"({self.max_instances}), or a legal request could never be admitted"
+            )
 
     @property
     def timeout_s(self) -> float:
@@ -79,5 +81,6 @@ class ServerOptions:
 
     @property
     def execution(self) -> ExecutionLimits:
-        return ExecutionLimits(self.max_execution_batch_size or None, self.execution_memory_mb * 2**20,
-                               ceiling=self.max_instances)
+        return ExecutionLimits(
+            self.max_execution_batch_size or None, self.execution_memory_mb * 2**20, ceiling=self.max_instances
+        )

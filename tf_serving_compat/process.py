@@ -60,14 +60,20 @@ def serve(serving: ServingApp, options: ServerOptions) -> int:
     """Serve a built app on the options' listeners until a signal; closes it; returns the exit code."""
     config_poller = None
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
-        config_poller = ConfigFilePoller(options.model_config_file, serving.registry,
-                                         options.model_config_file_poll_wait_seconds)
+        config_poller = ConfigFilePoller(
+            options.model_config_file, serving.registry, options.model_config_file_poll_wait_seconds
+        )
         config_poller.start()
     grpc_server = None
     if options.port:
         try:
-            grpc_server = start_grpc_server(serving, options.host, options.port, max_threads=options.grpc_max_threads,
-                                            channel_arguments=options.grpc_channel_arguments)
+            grpc_server = start_grpc_server(
+                serving,
+                options.host,
+                options.port,
+                max_threads=options.grpc_max_threads,
+                channel_arguments=options.grpc_channel_arguments,
+            )
         except (RuntimeError, ValueError) as exc:
             log.error("Cannot start gRPC on %s:%d: %s", options.host, options.port, exc)
             serving.close()
@@ -112,13 +118,23 @@ def _run_rest(serving: ServingApp, options: ServerOptions, received: list[int]) 
     # found; a recording handler lets us stop gRPC/poller/batcher and exit 0 instead of dying.
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {
+            sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+            for sig in (signal.SIGTERM, signal.SIGINT)
+        }
     try:
         loop = "asyncio" if options.http_stack == "asyncio" else "auto"
-        uvicorn.run(serving.app, host=options.host, port=options.rest_api_port, access_log=False,
-                    log_level="warning", timeout_graceful_shutdown=30, lifespan="on", loop=loop,
-                    http=protocol_class(options.http_stack))
+        uvicorn.run(
+            serving.app,
+            host=options.host,
+            port=options.rest_api_port,
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+            lifespan="on",
+            loop=loop,
+            http=protocol_class(options.http_stack),
+        )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -37,17 +37,26 @@ def parse_session_config(path: str | os.PathLike[str]) -> SessionSettings:
         raise ValueError(f"Invalid protobuf file: '{path}': {exc}") from None
     rewrite = message.graph_options.rewrite_options
     toggle = rewriter_config_pb2.RewriterConfig.Toggle.Name
-    return SessionSettings(message.intra_op_parallelism_threads, message.inter_op_parallelism_threads,
-                           toggle(rewrite.auto_mixed_precision_onednn_bfloat16),
-                           toggle(rewrite.auto_mixed_precision), str(path))
+    return SessionSettings(
+        message.intra_op_parallelism_threads,
+        message.inter_op_parallelism_threads,
+        toggle(rewrite.auto_mixed_precision_onednn_bfloat16),
+        toggle(rewrite.auto_mixed_precision),
+        str(path),
+    )
 
 
 _TOGGLE_ON = ("ON", "AGGRESSIVE", "EXPERIMENTAL_MLIR", "EXPERIMENTAL_BOTH")
 
 
-def rewrite_decision(request: str = "auto", session: SessionSettings | None = None, *,
-                     gpus: list[tuple[int, int] | None] | None = None, flags: set[str] | None = None,
-                     environ: dict[str, str] | None = None) -> RewriteDecision:
+def rewrite_decision(
+    request: str = "auto",
+    session: SessionSettings | None = None,
+    *,
+    gpus: list[tuple[int, int] | None] | None = None,
+    flags: set[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> RewriteDecision:
     """Our ``--mixed_precision_rewrite`` decision, overridden by explicit session-config toggles.
 
     ``gpus``, ``flags`` and ``environ`` go to ``hostinfo.decide_rewrite`` (tests inject them).

@@ -75,12 +75,12 @@ def format_float(value: float, double: bool = False) -> str:
         return "NaN"
     if math.isinf(value):
         return "-Infinity" if value < 0 else "Infinity"
-    text = "%.6g" % value
+    text = f"{value:.6g}"
     if double:
         if float(text) != value:
-            text = "%.17g" % value
+            text = f"{value:.17g}"
     elif float(np.float32(text)) != value:
-        text = "%.9g" % value
+        text = f"{value:.9g}"
     if "." not in text and "e" not in text:
         text += ".0"
     return text
@@ -94,9 +94,9 @@ def _format_values(flat: list, dtype: Any, as_bytes: bool) -> list[str]:
         return [format_float(v, double=dtype == np.float64) for v in flat]
     if dtype == np.bool_:
         return ["true" if v else "false" for v in flat]
-    if dtype == object:
+    if dtype == object:  # noqa: E721 - numpy dtype equality, not a type check
         if as_bytes:
-            return ['{"b64": "%s"}' % base64.b64encode(_as_bytes(v)).decode("ascii") for v in flat]
+            return ['{"b64": "' + base64.b64encode(_as_bytes(v)).decode("ascii") + '"}' for v in flat]
         return [json.dumps(_as_bytes(v).decode("utf-8", errors="replace")) for v in flat]
     return [str(int(v)) for v in flat]
 
@@ -121,7 +121,7 @@ def _nest(tokens: list[str], shape: tuple[int, ...]) -> str:
     if len(shape) == 1:
         return "[" + ", ".join(tokens) + "]"
     step = int(np.prod(shape[1:])) if shape[1:] else 1
-    parts = [_nest(tokens[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+    parts = [_nest(tokens[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
     return "[" + ", ".join(parts) + "]"
 
 
@@ -222,8 +222,7 @@ def signature_name(doc: dict) -> str:
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
         raise invalid(
-            f"JSON Value: {value_to_string(doc)} not formatted correctly. "
-            "'signature_name' key must be a string value."
+            f"JSON Value: {value_to_string(doc)} not formatted correctly. 'signature_name' key must be a string value."
         )
     return name
 
@@ -325,8 +324,7 @@ def json_to_array(value: Any, dtype: str, max_rank: int = ARRAY_MAX_RANK, name: 
             raise invalid(f"Encountered list at unexpected level: {level} expected < {rank}")
         if len(node) != shape[level]:
             raise invalid(
-                f"Encountered list at unexpected size: {len(node)} at level: {level} "
-                f"expected size: {shape[level]}"
+                f"Encountered list at unexpected size: {len(node)} at level: {level} expected size: {shape[level]}"
             )
         if level == rank - 1 and dtype in ("DT_FLOAT", "DT_DOUBLE"):
             # Hot path for pixel arrays: plain numbers need no per-value call.
@@ -337,7 +335,7 @@ def json_to_array(value: Any, dtype: str, max_rank: int = ARRAY_MAX_RANK, name: 
                     flat.extend(node)
                     return
         for child in node:
-            fill(child, level + 1)
+            fill(child, level + 1)  # noqa: F821 - defined: ``del fill`` below runs after the recursion
 
     try:
         fill(value, 0)
@@ -358,8 +356,10 @@ def _check_rank(rank: int, max_rank: int, name: str | None) -> None:
     if rank > MAX_RANK:
         raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {MAX_RANK}")
     if rank > max_rank:
-        raise invalid(f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {max_rank} "
-                      "this server supports")
+        raise invalid(
+            f"JSON Value nested {rank} levels deep{where} exceeds the maximum tensor rank of {max_rank} "
+            "this server supports"
+        )
 
 
 def _status_string(error: ServingError) -> str:
@@ -420,8 +420,9 @@ def _parse_instances(instances: list, input_dtypes: dict[str, str]) -> dict[str,
     return result
 
 
-def _add_object_instance(rows: dict[str, list[np.ndarray]], input_dtypes: dict[str, str], index: int,
-                         element: Any) -> None:
+def _add_object_instance(
+    rows: dict[str, list[np.ndarray]], input_dtypes: dict[str, str], index: int, element: Any
+) -> None:
     """One ``{"alias": value, ...}`` element of ``instances``: a row for every input."""
     if not _is_element_object(element):
         raise invalid(f"Expecting object but got list at item {index} of input list")
@@ -430,8 +431,7 @@ def _add_object_instance(rows: dict[str, list[np.ndarray]], input_dtypes: dict[s
             _add_row(rows, input_dtypes, value, key)
         except ServingError as exc:
             raise invalid(
-                f"Failed to process element: {index} key: {key} of 'instances' list. "
-                f"Error: {_status_string(exc)}"
+                f"Failed to process element: {index} key: {key} of 'instances' list. Error: {_status_string(exc)}"
             ) from None
     if set(element) != set(rows):
         raise invalid(
@@ -451,9 +451,7 @@ def _add_row(rows: dict[str, list[np.ndarray]], input_dtypes: dict[str, str], va
         if first.size != array.size:
             raise invalid(f"Expecting tensor size: {first.size} but got: {array.size}")
         if first.shape != array.shape:
-            raise invalid(
-                f"Expecting shape {_shape_str(first.shape)} but got: {_shape_str(array.shape)}"
-            )
+            raise invalid(f"Expecting shape {_shape_str(first.shape)} but got: {_shape_str(array.shape)}")
     seen.append(array)
 
 
@@ -507,9 +505,13 @@ def predict_response_json(outputs: dict[str, np.ndarray], fmt: str) -> str:
         if len(names) == 1:
             body = array_to_json(outputs[names[0]], is_bytes_alias(names[0], outputs[names[0]]))
         else:
-            body = "{" + ", ".join(
-                f"{json.dumps(n)}: {array_to_json(outputs[n], is_bytes_alias(n, outputs[n]))}" for n in names
-            ) + "}"
+            body = (
+                "{"
+                + ", ".join(
+                    f"{json.dumps(n)}: {array_to_json(outputs[n], is_bytes_alias(n, outputs[n]))}" for n in names
+                )
+                + "}"
+            )
         return '{"outputs": ' + body + "}"
     batch = -1
     for name in names:
@@ -525,7 +527,7 @@ def predict_response_json(outputs: dict[str, np.ndarray], fmt: str) -> str:
         if len(names) == 1:
             rows.append(array_to_json(outputs[names[0]][i], flags[names[0]]))
         else:
-            rows.append("{" + ", ".join(
-                f"{json.dumps(n)}: {array_to_json(outputs[n][i], flags[n])}" for n in names
-            ) + "}")
+            rows.append(
+                "{" + ", ".join(f"{json.dumps(n)}: {array_to_json(outputs[n][i], flags[n])}" for n in names) + "}"
+            )
     return '{"predictions": [' + ", ".join(rows) + "]}"

@@ -56,7 +56,7 @@ class VersionPolicy:
             return ordered
         if self.kind == "specific":
             return [v for v in ordered if v in self.versions]
-        return ordered[-max(1, self.num_versions):] if ordered else []
+        return ordered[-max(1, self.num_versions) :] if ordered else []
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,14 @@ def model_specs_from_proto(message: Any, source: str = "config") -> list[ModelSp
             raise ValueError(f"{path}: model {config.name}: unsupported model_platform {config.model_platform!r}")
         if not config.base_path:
             raise ValueError(f"{path}: model {config.name} has no base_path")
-        models.append(ModelSpecConfig(
-            name=config.name,
-            base_path=Path(config.base_path),
-            policy=_policy_from_proto(config.model_version_policy),
-            labels=dict(config.version_labels),
-        ))
+        models.append(
+            ModelSpecConfig(
+                name=config.name,
+                base_path=Path(config.base_path),
+                policy=_policy_from_proto(config.model_version_policy),
+                labels=dict(config.version_labels),
+            )
+        )
     if not models:
         raise ValueError(f"{path}: no models configured")
     return models
@@ -196,7 +198,9 @@ class LoadedVersion:
             spec = info.inputs[alias]
             if spec.shape is None:
                 continue
-            if len(spec.shape) != array.ndim or any(d >= 0 and d != a for d, a in zip(spec.shape, array.shape)):
+            if len(spec.shape) != array.ndim or any(
+                d >= 0 and d != a for d, a in zip(spec.shape, array.shape, strict=True)
+            ):
                 want = "[" + ",".join(str(d) for d in spec.shape) + "]"
                 got = "[" + ",".join(str(d) for d in array.shape) + "]"
                 raise invalid(f"input tensor alias: {alias} has shape {got} which is not compatible with {want}")
@@ -238,16 +242,20 @@ class LoadedVersion:
                     missing = sorted(set(info.inputs) - set(inputs))
                     extra = sorted(set(inputs) - set(info.inputs))
                     if missing or extra:
-                        raise invalid(f"inputs {sorted(inputs)} do not match signature {info.name} "
-                                      f"inputs {sorted(info.inputs)}")
+                        raise invalid(
+                            f"inputs {sorted(inputs)} do not match signature {info.name} inputs {sorted(info.inputs)}"
+                        )
                     if iteration == 0:
                         self._run_measured(info.name, inputs, largest)
                         largest = max(largest, batch_size_of(inputs))
                     else:
                         self.run(info.name, inputs)
                 except ServingError as exc:
-                    raise ServingError(exc.code, f"Failed to warm up model {self.name} version {self.version} "
-                                                 f"with {path} record {index}: {exc.message}") from None
+                    raise ServingError(
+                        exc.code,
+                        f"Failed to warm up model {self.name} version {self.version} "
+                        f"with {path} record {index}: {exc.message}",
+                    ) from None
         return len(records)
 
     def _run_measured(self, signature_name: str, inputs: dict[str, np.ndarray], items_before: int) -> None:
@@ -280,12 +288,13 @@ def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
             try:
                 record.ParseFromString(raw)
             except DecodeError as exc:
-                raise data_loss(f"Failed to parse warmup record {index} in {path} as "
-                                                f"PredictionLog: {exc}") from None
+                raise data_loss(f"Failed to parse warmup record {index} in {path} as PredictionLog: {exc}") from None
             kind = record.WhichOneof("log_type")
             if kind != "predict_log":
-                raise invalid(f"Unsupported log_type for warmup: {kind} (record {index} in {path}); this "
-                              "server serves predict signatures only")
+                raise invalid(
+                    f"Unsupported log_type for warmup: {kind} (record {index} in {path}); this "
+                    "server serves predict signatures only"
+                )
             request = record.predict_log.request
             try:
                 inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
@@ -299,8 +308,15 @@ def read_warmup_requests(path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
     return requests
 
 
-def load_version(name: str, version: int, path: Path, *, enable_warmup: bool = True,
-                 warmup_iterations: int = 1, load_metadata: MetadataLoader | None = None) -> LoadedVersion:
+def load_version(
+    name: str,
+    version: int,
+    path: Path,
+    *,
+    enable_warmup: bool = True,
+    warmup_iterations: int = 1,
+    load_metadata: MetadataLoader | None = None,
+) -> LoadedVersion:
     """Load a version, its adapter metadata, and replay its warmup requests (``--enable_model_warmup``)."""
     loaded = LoadedVersion(name, version, path)
     if load_metadata is not None:
@@ -309,21 +325,38 @@ def load_version(name: str, version: int, path: Path, *, enable_warmup: bool = T
         started = time.monotonic()
         count = loaded.warmup(warmup_iterations)
         if count:
-            log.info("Finished reading warmup data for model %s version %d: %d warmup records, %d iteration(s) "
-                     "in %.2fs", name, version, count, max(1, warmup_iterations), time.monotonic() - started)
+            log.info(
+                "Finished reading warmup data for model %s version %d: %d warmup records, %d iteration(s) in %.2fs",
+                name,
+                version,
+                count,
+                max(1, warmup_iterations),
+                time.monotonic() - started,
+            )
     return loaded
 
 
-def version_loader(enable_warmup: bool = True, warmup_iterations: int = 1,
-                   load_metadata: MetadataLoader | None = None) -> Callable[[str, int, Path], LoadedVersion]:
-    return functools.partial(load_version, enable_warmup=enable_warmup, warmup_iterations=warmup_iterations,
-                             load_metadata=load_metadata)
+def version_loader(
+    enable_warmup: bool = True, warmup_iterations: int = 1, load_metadata: MetadataLoader | None = None
+) -> Callable[[str, int, Path], LoadedVersion]:
+    return functools.partial(
+        load_version, enable_warmup=enable_warmup, warmup_iterations=warmup_iterations, load_metadata=load_metadata
+    )
 
 
 _TF_DTYPES = {
-    "DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_INT32": "int32", "DT_INT16": "int16",
-    "DT_INT8": "int8", "DT_UINT8": "uint8", "DT_INT64": "int64", "DT_UINT32": "uint32",
-    "DT_UINT64": "uint64", "DT_BOOL": "bool", "DT_STRING": "string", "DT_HALF": "float16",
+    "DT_FLOAT": "float32",
+    "DT_DOUBLE": "float64",
+    "DT_INT32": "int32",
+    "DT_INT16": "int16",
+    "DT_INT8": "int8",
+    "DT_UINT8": "uint8",
+    "DT_INT64": "int64",
+    "DT_UINT32": "uint32",
+    "DT_UINT64": "uint64",
+    "DT_BOOL": "bool",
+    "DT_STRING": "string",
+    "DT_HALF": "float16",
 }
 
 
@@ -347,7 +380,7 @@ class VersionStatus:
 
 def _fingerprint(path: Path) -> tuple:
     """Changes when a version directory is rewritten, so a failed load is retried then."""
-    items = []
+    items: list[tuple[int, int] | None] = []
     for sub in (path, path / "saved_model.pb", path / "variables"):
         try:
             st = sub.stat()
@@ -376,9 +409,12 @@ def _load_error(exc: BaseException) -> tuple[str, str]:
 class ModelManager:
     """Keeps the aspired versions of one model loaded; ``poll()`` re-scans the base path."""
 
-    def __init__(self, config: ModelSpecConfig,
-                 loader: Callable[[str, int, Path], LoadedVersion] = load_version,
-                 on_state: Callable[[str, int, str], None] | None = None):
+    def __init__(
+        self,
+        config: ModelSpecConfig,
+        loader: Callable[[str, int, Path], LoadedVersion] = load_version,
+        on_state: Callable[[str, int, str], None] | None = None,
+    ):
         self.config = config
         self.name = config.name
         self._loader = loader
@@ -462,16 +498,21 @@ class ModelManager:
             with self._lock:
                 self._set_status(version, "END", code, message)
             self._failed[version] = fingerprint
-            log.error("Failed to load servable version {name: %s version: %d}: %s: %s",
-                      self.name, version, code, message)
+            log.error(
+                "Failed to load servable version {name: %s version: %d}: %s: %s", self.name, version, code, message
+            )
             return False
         self._settle_memory_estimate(loaded)
         with self._lock:
             self._loaded[version] = loaded
             self._set_status(version, "AVAILABLE")
         self._failed.pop(version, None)
-        log.info("Successfully loaded servable version {name: %s version: %d} in %.2fs",
-                 self.name, version, time.monotonic() - started)
+        log.info(
+            "Successfully loaded servable version {name: %s version: %d} in %.2fs",
+            self.name,
+            version,
+            time.monotonic() - started,
+        )
         return True
 
     def _settle_memory_estimate(self, loaded: LoadedVersion) -> None:
@@ -481,10 +522,18 @@ class ModelManager:
         if previous and (loaded.bytes_per_item is None or loaded.bytes_per_item < max(previous)):
             loaded.bytes_per_item = max(previous)
         if loaded.bytes_per_item is not None:
-            measured = (f" (measured with a {loaded.measured_with[0]}-item warm-up request of "
-                        f"{loaded.measured_with[1]})" if loaded.measured_with else "")
-            log.info("Model %s version %d: %.2f MiB peak memory per item%s", self.name, loaded.version,
-                     loaded.bytes_per_item / 2**20, measured)
+            measured = (
+                f" (measured with a {loaded.measured_with[0]}-item warm-up request of {loaded.measured_with[1]})"
+                if loaded.measured_with
+                else ""
+            )
+            log.info(
+                "Model %s version %d: %.2f MiB peak memory per item%s",
+                self.name,
+                loaded.version,
+                loaded.bytes_per_item / 2**20,
+                measured,
+            )
 
     # -- lookups
 
@@ -524,8 +573,11 @@ class ModelManager:
                     raise not_found(f"Could not find any versions of model {self.name}")
                 items = sorted(self._status.items(), reverse=True)
             return [
-                {"version": str(v), "state": s.state,
-                 "status": {"error_code": s.error_code, "error_message": s.error_message}}
+                {
+                    "version": str(v),
+                    "state": s.state,
+                    "status": {"error_code": s.error_code, "error_message": s.error_message},
+                }
                 for v, s in items
             ]
 
@@ -540,9 +592,13 @@ class ModelManager:
 class ModelRegistry:
     """All served models plus the background poller thread."""
 
-    def __init__(self, configs: list[ModelSpecConfig], poll_wait_seconds: float = 1.0,
-                 loader: Callable[[str, int, Path], LoadedVersion] = load_version,
-                 on_state: Callable[[str, int, str], None] | None = None):
+    def __init__(
+        self,
+        configs: list[ModelSpecConfig],
+        poll_wait_seconds: float = 1.0,
+        loader: Callable[[str, int, Path], LoadedVersion] = load_version,
+        on_state: Callable[[str, int, str], None] | None = None,
+    ):
         self._loader = loader
         self._on_state = on_state
         self.models = {c.name: ModelManager(c, loader, on_state) for c in configs}

@@ -33,12 +33,18 @@ def detect_hardware() -> dict[str, Any]:
     # TensorFlow only when asked: importing this module must stay TensorFlow-free (test_precision).
     import tensorflow as tf  # noqa: PLC0415
 
-    gpus = [{"name": device.name, "compute_capability": capability}
-            for device, capability in zip(tf.config.list_physical_devices("GPU"), gpu_compute_capabilities())]
+    gpus = [
+        {"name": device.name, "compute_capability": capability}
+        for device, capability in zip(tf.config.list_physical_devices("GPU"), gpu_compute_capabilities(), strict=False)
+    ]
     flags = cpu_flags()
     capable, reason = cpu_bf16_reason(flags)
-    return {"gpus": gpus, "cpu_bf16": capable, "cpu_flags": sorted(f for f in flags if f in CPU_BF16_FLAGS),
-            "cpu_bf16_reason": reason}
+    return {
+        "gpus": gpus,
+        "cpu_bf16": capable,
+        "cpu_flags": sorted(f for f in flags if f in CPU_BF16_FLAGS),
+        "cpu_bf16_reason": reason,
+    }
 
 
 def resolve_precision(requested: str, hardware: dict[str, Any] | None = None) -> str:

@@ -34,6 +34,7 @@ from tf_serving_compat.app import json_response
 from tf_serving_compat.cli import OWN_FLAGS, boolean_flags, build_parser, flag_names
 from tf_serving_compat.errors import failed_precondition, invalid
 from tf_serving_compat.observers import PredictObserver
+from tf_serving_compat.options import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
 from tf_serving_compat.process import main as serve
 from tf_serving_compat.versions import SignatureInfo
 
@@ -148,8 +149,12 @@ def describe_prediction(model: str, version: int, labels: dict | None, outputs: 
     if probabilities is None:
         raise failed_precondition(f"Model output {category_key!r} not found")
     probabilities = np.asarray(probabilities[0], dtype=np.float32)
-    return {"model": model, "version": str(version),
-            "top2": _top2_entries(labels, probabilities, outputs), "tags": _tag_entries(labels, outputs)}
+    return {
+        "model": model,
+        "version": str(version),
+        "top2": _top2_entries(labels, probabilities, outputs),
+        "tags": _tag_entries(labels, outputs),
+    }
 
 
 def _top2_entries(labels: dict, probabilities: np.ndarray, outputs: dict[str, np.ndarray]) -> list[dict]:
@@ -180,7 +185,9 @@ def _tag_entries(labels: dict, outputs: dict[str, np.ndarray]) -> dict[str, Any]
     flags = flags[0] if flags is not None else binarize_tags(tag_probs[None], thresholds)[0]
     for i, probability in enumerate(tag_probs):
         tags[tag_names[i] if i < len(tag_names) else f"tag_{i}"] = {
-            "probability": probability, "present": bool(flags[i])}
+            "probability": probability,
+            "present": bool(flags[i]),
+        }
     return tags
 
 
@@ -204,7 +211,8 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """
     parser = build_parser(PROG)
     booleans, known = boolean_flags(parser), flag_names(parser)
-    real, own = [], []
+    real: list[str] = []
+    own: list[str] = []
     index = 0
     while index < len(argv):
         arg = argv[index]
@@ -217,8 +225,9 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
         if "=" in arg:
             flag = arg
         elif name in booleans:
-            takes_word = following is not None and following.lower() in _BOOL_WORDS
-            flag = f"--{name}={following.lower() if takes_word else 'true'}"
+            word = following.lower() if following is not None else ""
+            takes_word = word in _BOOL_WORDS
+            flag = f"--{name}={word if takes_word else 'true'}"
             index += takes_word
         elif following is None or following.startswith("--"):
             raise ValueError(f"flag --{name} needs a value: --{name}=VALUE")
@@ -239,6 +248,11 @@ def _flag_value(args: list[str], name: str, default: str | None = None) -> str |
     return value
 
 
+def _int_flag(args: list[str], name: str, default: int) -> int:
+    text = _flag_value(args, name)
+    return default if text is None else int(text)
+
+
 def server_flags(argv: list[str], default_base: Path) -> tuple[list[str], list[str]]:
     """(tensorflow_model_server flags, our own flags) for ``vinted serve ARGV``.
 
@@ -248,15 +262,18 @@ def server_flags(argv: list[str], default_base: Path) -> tuple[list[str], list[s
     ``--model_base_path`` replaces the config file's model list, as in the real binary.
     """
     real, own = split_args(argv)
-    rest_port = int(_flag_value(real, "rest_api_port", "9000"))
-    grpc_port = int(_flag_value(real, "port", "8500"))
+    rest_port = _int_flag(real, "rest_api_port", DEFAULT_REST_PORT)
+    grpc_port = _int_flag(real, "port", DEFAULT_GRPC_PORT)
     user_base = _flag_value(real, "model_base_path")
     base = Path(user_base or default_base)
     config_dir = base.parent / "serving_config"
     if config_dir.is_dir():
-        decision = decide_rewrite(_flag_value(own, "mixed_precision_rewrite", "auto"))
-        base_args = [arg for arg in real_server_args(config_dir, decision, rest_port, grpc_port)
-                     if not (user_base and arg.startswith("--model_config_file"))]
+        decision = decide_rewrite(_flag_value(own, "mixed_precision_rewrite", "auto") or "auto")
+        base_args = [
+            arg
+            for arg in real_server_args(config_dir, decision, rest_port, grpc_port)
+            if not (user_base and arg.startswith("--model_config_file"))
+        ]
     else:
         base_args = [f"--port={grpc_port}", f"--rest_api_port={rest_port}"]
     if not user_base and not any(a.startswith("--model_config_file") for a in base_args + real):
@@ -267,8 +284,9 @@ def server_flags(argv: list[str], default_base: Path) -> tuple[list[str], list[s
 def serve_main(argv: list[str] | None = None) -> int:
     """``vinted serve``: the real tensorflow_model_server when on PATH, else our server, same flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    default_base = Path(os.environ.get("TF_SERVING_COMPAT_MODEL_BASE_PATH")
-                        or DEFAULT_SAVED_MODEL_DIR / DEFAULT_MODEL_NAME)
+    default_base = Path(
+        os.environ.get("TF_SERVING_COMPAT_MODEL_BASE_PATH") or DEFAULT_SAVED_MODEL_DIR / DEFAULT_MODEL_NAME
+    )
     if "--help" in argv or "-h" in argv:
         build_parser(PROG).print_help()
         return 0

@@ -34,8 +34,9 @@ MODEL_CONFIG_POLL_SECONDS = 60
 _HEADER = "# Written by `vinted export`; regenerated on every export (edits are overwritten).\n"
 
 
-def model_server_config(model_name: str, base_path: str, versions: list[int] | None = None,
-                        labels: dict[str, int] | None = None) -> str:
+def model_server_config(
+    model_name: str, base_path: str, versions: list[int] | None = None, labels: dict[str, int] | None = None
+) -> str:
     """ModelServerConfig text: one TensorFlow model.
 
     Without ``versions``: TF Serving's default policy (latest version). With them (the release
@@ -46,27 +47,31 @@ def model_server_config(model_name: str, base_path: str, versions: list[int] | N
     if versions:
         listed = " ".join(f"versions: {int(v)}" for v in sorted(set(versions)))
         policy = f"    model_version_policy {{\n      specific {{ {listed} }}\n    }}\n"
-    label_lines = "".join(f"    version_labels {{ key: \"{key}\" value: {int(value)} }}\n"
-                          for key, value in sorted((labels or {}).items()))
-    return (f"{_HEADER}model_config_list {{\n  config {{\n    name: \"{model_name}\"\n"
-            f"    base_path: \"{base_path}\"\n    model_platform: \"tensorflow\"\n{policy}{label_lines}  }}\n}}\n")
+    label_lines = "".join(
+        f'    version_labels {{ key: "{key}" value: {int(value)} }}\n' for key, value in sorted((labels or {}).items())
+    )
+    return (
+        f'{_HEADER}model_config_list {{\n  config {{\n    name: "{model_name}"\n'
+        f'    base_path: "{base_path}"\n    model_platform: "tensorflow"\n{policy}{label_lines}  }}\n}}\n'
+    )
 
 
-def batching_config(max_batch_size: int = 32, batch_timeout_micros: int = 1000,
-                    max_enqueued_batches: int = 64) -> str:
+def batching_config(max_batch_size: int = 32, batch_timeout_micros: int = 1000, max_enqueued_batches: int = 64) -> str:
     """BatchingParameters text for CPU serving.
 
     num_batch_threads is left out so each server uses its own core count (TF Serving's default);
     a short timeout keeps single requests fast while concurrent ones share a batch.
     """
-    return (f"{_HEADER}max_batch_size {{ value: {max_batch_size} }}\n"
-            f"batch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
-            f"max_enqueued_batches {{ value: {max_enqueued_batches} }}\n"
-            "pad_variable_length_inputs: false\n")
+    return (
+        f"{_HEADER}max_batch_size {{ value: {max_batch_size} }}\n"
+        f"batch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
+        f"max_enqueued_batches {{ value: {max_enqueued_batches} }}\n"
+        "pad_variable_length_inputs: false\n"
+    )
 
 
 def monitoring_config() -> str:
-    return f"{_HEADER}prometheus_config {{\n  enable: true\n  path: \"{PROMETHEUS_PATH}\"\n}}\n"
+    return f'{_HEADER}prometheus_config {{\n  enable: true\n  path: "{PROMETHEUS_PATH}"\n}}\n'
 
 
 def session_config(mode: str) -> str:
@@ -74,17 +79,25 @@ def session_config(mode: str) -> str:
     if mode == "off":
         return f"{_HEADER}# float32 graph as exported: right for CPUs without AVX512_BF16/AMX.\n"
     if mode == "bf16":
-        return (f"{_HEADER}# Only for CPUs with AVX512_BF16 or AMX: elsewhere every convolution fails or crawls.\n"
-                "graph_options {\n  rewrite_options {\n    auto_mixed_precision_onednn_bfloat16: ON\n  }\n}\n")
+        return (
+            f"{_HEADER}# Only for CPUs with AVX512_BF16 or AMX: elsewhere every convolution fails or crawls.\n"
+            "graph_options {\n  rewrite_options {\n    auto_mixed_precision_onednn_bfloat16: ON\n  }\n}\n"
+        )
     if mode == "fp16":
-        return (f"{_HEADER}# For GPUs with compute capability >= 7.0 (tensor cores).\n"
-                "gpu_options {\n  allow_growth: true\n}\n"
-                "graph_options {\n  rewrite_options {\n    auto_mixed_precision: ON\n  }\n}\n")
+        return (
+            f"{_HEADER}# For GPUs with compute capability >= 7.0 (tensor cores).\n"
+            "gpu_options {\n  allow_growth: true\n}\n"
+            "graph_options {\n  rewrite_options {\n    auto_mixed_precision: ON\n  }\n}\n"
+        )
     raise ValueError(f"session config mode {mode!r}: expected one of {', '.join(SESSION_FILES)}")
 
 
-def write_serving_config(saved_model_dir: str | Path, model_name: str, versions: list[int] | None = None,
-                         labels: dict[str, int] | None = None) -> Path:
+def write_serving_config(
+    saved_model_dir: str | Path,
+    model_name: str,
+    versions: list[int] | None = None,
+    labels: dict[str, int] | None = None,
+) -> Path:
     """Write every serving file for ``model_name`` under ``<saved_model_dir>/serving_config``.
 
     ``versions``/``labels``: the release gate's served versions and version labels (see
@@ -94,10 +107,12 @@ def write_serving_config(saved_model_dir: str | Path, model_name: str, versions:
     folder = saved_model_dir / CONFIG_DIR_NAME
     folder.mkdir(parents=True, exist_ok=True)
     files = {
-        "models.config": model_server_config(model_name, str((saved_model_dir / model_name).resolve()),
-                                             versions, labels),
-        "models.container.config": model_server_config(model_name, f"{CONTAINER_MODELS_ROOT}/{model_name}",
-                                                       versions, labels),
+        "models.config": model_server_config(
+            model_name, str((saved_model_dir / model_name).resolve()), versions, labels
+        ),
+        "models.container.config": model_server_config(
+            model_name, f"{CONTAINER_MODELS_ROOT}/{model_name}", versions, labels
+        ),
         "batching.config": batching_config(),
         "monitoring.config": monitoring_config(),
         **{name: session_config(mode) for mode, name in SESSION_FILES.items()},
@@ -108,8 +123,9 @@ def write_serving_config(saved_model_dir: str | Path, model_name: str, versions:
     return folder
 
 
-def real_server_args(config_dir: str | Path, decision: RewriteDecision, rest_port: int = 9000,
-                     grpc_port: int = 8500) -> list[str]:
+def real_server_args(
+    config_dir: str | Path, decision: RewriteDecision, rest_port: int = 9000, grpc_port: int = 8500
+) -> list[str]:
     """``tensorflow_model_server`` flags serving what ``write_serving_config`` wrote, for this host."""
     config_dir = Path(config_dir).resolve()
     return [

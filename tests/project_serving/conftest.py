@@ -40,8 +40,7 @@ def client(model_base: Path):
 @pytest.fixture
 def project_client(model_base: Path):
     """The server as ``vinted serve`` builds it: generic app plus the project's adapter."""
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0),
-                    adapter=VintedAdapter())
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0), adapter=VintedAdapter())
     try:
         with TestClient(app.app) as test_client:
             yield test_client

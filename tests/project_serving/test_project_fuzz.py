@@ -19,6 +19,7 @@ def fuzz_stack(tmp_path_factory):
 
 def test_upload_still_answers_after_the_fuzz(fuzz_stack):
     headers = [(b"host", b"127.0.0.1:9000"), (b"content-type", b"image/jpeg")]
-    status, _, payload = fuzz_stack["loop"].run_until_complete(generic._asgi_call(
-        fuzz_stack["app"].app, "POST", "/predict_image", headers, [jpeg_bytes()], False))
+    status, _, payload = fuzz_stack["loop"].run_until_complete(
+        generic._asgi_call(fuzz_stack["app"].app, "POST", "/predict_image", headers, [jpeg_bytes()], False)
+    )
     assert status == 200, payload[:300]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import re
 
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 from serve_helpers import (
     CATEGORIES,
     TAGS,
@@ -22,12 +24,14 @@ from serve_helpers import (
     template,
 )
 from starlette.testclient import TestClient
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tf_serving_compat.factory import build_app
+from tf_serving_compat.grpc_service import start_grpc_server
 from tf_serving_compat.options import ServerOptions
 from vinted_classifier.config import MonitoringConfig
 from vinted_classifier.monitoring.drift import Observation
-from vinted_classifier.monitoring.metrics import ModelWatcher
+from vinted_classifier.monitoring.metrics import ModelWatcher, load_version_metadata
 from vinted_classifier.monitoring.reference import build_reference, write_reference
 from vinted_classifier.serving import VintedAdapter
 
@@ -71,8 +75,9 @@ def watched(tmp_path):
         monitoring = tmp_path / "monitoring.config"
         monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}')
         watcher = ModelWatcher(MonitoringConfig(**settings), clock=lambda: NOW, sample_seed=0)
-        options = ServerOptions(model_base_path=base, file_system_poll_wait_seconds=0,
-                                monitoring_config_file=monitoring)
+        options = ServerOptions(
+            model_base_path=base, file_system_poll_wait_seconds=0, monitoring_config_file=monitoring
+        )
         app = build_app(options, adapter=VintedAdapter(watcher=watcher))
         started.append((app, watcher))
         return app, watcher, version
@@ -89,15 +94,12 @@ def _reference_rows(category: int, brightness: float, n: int = 20):
 
 
 def test_metrics_count_what_was_sent_with_names_types_and_labels(watched):
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from tf_serving_compat.grpc_service import start_grpc_server
 
     image = jpeg_bytes(colour=(200, 30, 30), size=(16, 12))
     app, watcher, version = watched(_reference_rows(0, 90.0))
-    expected = int(np.argmax(reference_outputs(version, "serving_default",
-                                               image_bytes=np.array([image], dtype=object))["cc3"][0]))
+    expected = int(
+        np.argmax(reference_outputs(version, "serving_default", image_bytes=np.array([image], dtype=object))["cc3"][0])
+    )
     pixels = np.full((2, 12, 10, 3), 0.25, np.float32)
     nan_pixels = pixels.copy()
     nan_pixels[1, 0, 0, 0] = np.nan
@@ -108,22 +110,36 @@ def test_metrics_count_what_was_sent_with_names_types_and_labels(watched):
             rest_images, batch_rows = 3, 2
             for _ in range(rest_images):
                 assert c.post("/v1/models/my_model:predict", json={"instances": [b64(image)]}).status_code == 200
-            assert c.post("/v1/models/my_model:predict",
-                          json={"instances": [b64(image)] * batch_rows}).status_code == 200
+            assert (
+                c.post("/v1/models/my_model:predict", json={"instances": [b64(image)] * batch_rows}).status_code == 200
+            )
             assert c.post("/predict_image", files={"file": ("a.jpeg", image, "image/jpeg")}).status_code == 200
-            assert c.post("/v1/models/my_model:predict", json={"signature_name": "serving_pixels",
-                                                               "instances": pixels.tolist()}).status_code == 200
+            assert (
+                c.post(
+                    "/v1/models/my_model:predict",
+                    json={"signature_name": "serving_pixels", "instances": pixels.tolist()},
+                ).status_code
+                == 200
+            )
             body = json.dumps({"signature_name": "serving_pixels", "instances": nan_pixels.tolist()})  # NaN literal
-            assert c.post("/v1/models/my_model:predict", content=body,
-                          headers={"content-type": "application/json"}).status_code == 200
+            assert (
+                c.post(
+                    "/v1/models/my_model:predict", content=body, headers={"content-type": "application/json"}
+                ).status_code
+                == 200
+            )
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "my_model"
             request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(np.array([image], dtype=object)))
             stub.Predict(request, timeout=30)
             # refusals: an image bomb, undecodable bytes, an empty request, an unknown model (not a label value)
-            assert c.post("/v1/models/my_model:predict",
-                          json={"instances": [b64(png_header_only(20000, 20000))]}).status_code == 400
+            assert (
+                c.post(
+                    "/v1/models/my_model:predict", json={"instances": [b64(png_header_only(20000, 20000))]}
+                ).status_code
+                == 400
+            )
             assert c.post("/v1/models/my_model:predict", json={"instances": [b64(b"no image")]}).status_code == 400
             assert c.post("/v1/models/my_model:predict", json={"instances": []}).status_code == 400
             assert c.post("/v1/models/other:predict", json={"instances": [b64(image)]}).status_code == 404
@@ -136,12 +152,19 @@ def test_metrics_count_what_was_sent_with_names_types_and_labels(watched):
     jpeg_rows = rest_images + batch_rows + 1 + 1  # REST, REST batch, /predict_image, gRPC
     pixel_rows, nan_rows = 2 + 2, 1
     finite_rows = jpeg_rows + pixel_rows - nan_rows
-    for name, kind in [("vinted_predictions_total", "counter"), ("vinted_tag_predicted_total", "counter"),
-                       ("vinted_top1_confidence", "histogram"), ("vinted_input_image_width", "histogram"),
-                       ("vinted_input_image_brightness", "histogram"), ("vinted_nonfinite_outputs_total", "counter"),
-                       ("vinted_rejected_requests_total", "counter"), ("vinted_model_age_seconds", "gauge"),
-                       ("vinted_drift_linf", "gauge"), ("vinted_drift_js", "gauge"),
-                       ("vinted_drift_window_samples", "gauge")]:
+    for name, kind in [
+        ("vinted_predictions_total", "counter"),
+        ("vinted_tag_predicted_total", "counter"),
+        ("vinted_top1_confidence", "histogram"),
+        ("vinted_input_image_width", "histogram"),
+        ("vinted_input_image_brightness", "histogram"),
+        ("vinted_nonfinite_outputs_total", "counter"),
+        ("vinted_rejected_requests_total", "counter"),
+        ("vinted_model_age_seconds", "gauge"),
+        ("vinted_drift_linf", "gauge"),
+        ("vinted_drift_js", "gauge"),
+        ("vinted_drift_window_samples", "gauge"),
+    ]:
         assert metric_type(text, name) == kind, name
     assert sample(text, "vinted_predictions_total", **v) == finite_rows
     assert sample(text, "vinted_predictions_total", **v, category=CATEGORIES[expected]) >= jpeg_rows
@@ -170,9 +193,13 @@ def test_drift_gauges_near_zero_on_the_reference_and_high_on_darker_or_one_class
         assert c.post("/v1/models/my_model:predict", json={"instances": [b64(bright)] * 4}).status_code == 200
         watcher.flush()
         rows = watcher.drift_by_version()[("my_model", 1)][1].window.snapshot(NOW)
-        write_reference(build_reference(rows, CATEGORIES, TAGS, {"test": True}),
-                        version / "assets.extra" / "reference_stats.json")
-        watcher._versions.clear()  # re-read the reference
+        write_reference(
+            build_reference(rows, CATEGORIES, TAGS, {"test": True}), version / "assets.extra" / "reference_stats.json"
+        )
+        # Re-read the reference: the adapter loads it with the version, the watcher caches it per version.
+        loaded = app.registry.get("my_model").resolve(1)
+        loaded.metadata = load_version_metadata("my_model", 1, loaded.path)
+        watcher._versions.clear()
         assert c.post("/v1/models/my_model:predict", json={"instances": [b64(bright)] * 4}).status_code == 200
         watcher.flush()
         same = c.get(METRICS).text
@@ -189,11 +216,11 @@ def test_drift_gauges_near_zero_on_the_reference_and_high_on_darker_or_one_class
 
 
 def test_request_sampling_writes_hashes_sizes_and_predictions_never_images(watched, tmp_path):
-    import hashlib
 
     image = jpeg_bytes(size=(16, 12))
-    app, watcher, _ = watched(_reference_rows(0, 90.0), sample_fraction=1.0,
-                              sample_file=str(tmp_path / "samples" / "requests.jsonl"))
+    app, watcher, _ = watched(
+        _reference_rows(0, 90.0), sample_fraction=1.0, sample_file=str(tmp_path / "samples" / "requests.jsonl")
+    )
     with TestClient(app.app) as c:
         assert c.post("/v1/models/my_model:predict", json={"instances": [b64(image)] * 2}).status_code == 200
         watcher.flush()
@@ -204,13 +231,21 @@ def test_request_sampling_writes_hashes_sizes_and_predictions_never_images(watch
     assert row["image_sha256"] == hashlib.sha256(image).hexdigest()
     assert (row["width"], row["height"], row["model"], row["version"]) == (16.0, 12.0, "my_model", "1")
     assert row["category"] in CATEGORIES and 0 < row["confidence"] <= 1
-    assert set(row) == {"time_utc", "model", "version", "image_sha256", "width", "height", "category",
-                        "confidence", "tags"}
+    assert set(row) == {
+        "time_utc",
+        "model",
+        "version",
+        "image_sha256",
+        "width",
+        "height",
+        "category",
+        "confidence",
+        "tags",
+    }
 
 
 def test_without_metrics_the_watcher_stays_off(model_base):
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0),
-                    adapter=VintedAdapter())
+    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0), adapter=VintedAdapter())
     try:
         watcher = app.observers[0]
         assert isinstance(watcher, ModelWatcher) and watcher.enabled is False

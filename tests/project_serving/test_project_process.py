@@ -11,10 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import requests
+import tensorflow as tf
 from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, free_port, install_version, jpeg_bytes, template
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 PROJECT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -48,10 +51,27 @@ def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
     monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
     stdout, stderr = open(tmp_path / "out.log", "wb"), open(tmp_path / "err.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "vinted_classifier.serving", "--rest_api_port", str(port), "--port", str(grpc_port),
-         "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0.5", "--mixed_precision_rewrite=off",
-         f"--monitoring_config_file={monitoring}", "--tensorflow_session_parallelism=2"],
-        stdout=stdout, stderr=stderr, cwd=PROJECT, env=_env())
+        [
+            sys.executable,
+            "-m",
+            "vinted_classifier.serving",
+            "--rest_api_port",
+            str(port),
+            "--port",
+            str(grpc_port),
+            "--model_base_path",
+            str(base),
+            "--file_system_poll_wait_seconds",
+            "0.5",
+            "--mixed_precision_rewrite=off",
+            f"--monitoring_config_file={monitoring}",
+            "--tensorflow_session_parallelism=2",
+        ],
+        stdout=stdout,
+        stderr=stderr,
+        cwd=PROJECT,
+        env=_env(),
+    )
     try:
         _wait_healthy(url, process)
         response = requests.post(f"{url}/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())]})
@@ -60,7 +80,10 @@ def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
         assert len(response.json()["predictions"][0]["cc3"]) == 4
         assert requests.get(f"{url}/v1/models/my_model").json()["model_version_status"][0]["state"] == "AVAILABLE"
         bad = requests.get(f"{url}/v1/models/my_model/versions/x")
-        assert (bad.status_code, bad.json()) == (400, {"error": "Malformed request: GET /v1/models/my_model/versions/x"})
+        assert (bad.status_code, bad.json()) == (
+            400,
+            {"error": "Malformed request: GET /v1/models/my_model/versions/x"},
+        )
         upload = requests.post(f"{url}/predict_image", files={"file": ("p.jpeg", jpeg_bytes(), "image/jpeg")})
         assert upload.status_code == 200 and upload.json()["version"] == "1"
         _grpc_predict_equals_rest(f"127.0.0.1:{grpc_port}", url)
@@ -112,9 +135,6 @@ def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
 
 
 def _grpc_predict_equals_rest(target: str, url: str) -> None:
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     image = jpeg_bytes((10, 120, 200), noise=5)
     request = predict_pb2.PredictRequest()

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 from serve_helpers import V1_BIAS, install_version, template
+from starlette.testclient import TestClient
+
+from tf_serving_compat.factory import build_app
+from tf_serving_compat.options import ServerOptions
 
 
 @pytest.fixture
@@ -19,17 +23,16 @@ def model_base(tmp_path: Path) -> Path:
 @pytest.fixture
 def serving(model_base: Path):
     """The generic server (no project routes) on ``model_base``."""
-    from tf_serving_compat.factory import build_app
-    from tf_serving_compat.options import ServerOptions
 
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0.2, rest_api_timeout_in_ms=20000))
+    app = build_app(
+        ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0.2, rest_api_timeout_in_ms=20000)
+    )
     yield app
     app.close()
 
 
 @pytest.fixture
 def client(serving):
-    from starlette.testclient import TestClient
 
     with TestClient(serving.app) as test_client:
         yield test_client

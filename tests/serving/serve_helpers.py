@@ -15,11 +15,16 @@ import io
 import json
 import shutil
 import socket
+import struct
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tensorflow_serving.apis import prediction_log_pb2
 
 with warnings.catch_warnings():  # Starlette 1.x notes httpx -> httpx2 on import; not our concern here
     warnings.simplefilter("ignore")
@@ -32,7 +37,6 @@ IMAGE_SIZE = (12, 10)  # H, W of the pixel signature
 
 def build_saved_model(path: Path, bias: float = 0.0) -> Path:
     """Write one version directory (saved_model.pb, variables/, assets/labels.json)."""
-    import tensorflow as tf
 
     class Toy(tf.Module):
         def __init__(self):
@@ -73,15 +77,26 @@ def build_saved_model(path: Path, bias: float = 0.0) -> Path:
             return self._head(input_image)
 
     module = Toy()
-    tf.saved_model.save(module, str(path), signatures={
-        "serving_default": module.serve_bytes.get_concrete_function(),
-        "serving_pixels": module.serve_pixels.get_concrete_function(),
-    })
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={
+            "serving_default": module.serve_bytes.get_concrete_function(),
+            "serving_pixels": module.serve_pixels.get_concrete_function(),
+        },
+    )
     (path / "assets").mkdir(exist_ok=True)
-    (path / "assets" / "labels.json").write_text(json.dumps({
-        "category_output": "cc3", "categories": CATEGORIES, "tags": TAGS,
-        "thresholds": [0.5, 0.5, 0.5], "image_size": list(IMAGE_SIZE),
-    }))
+    (path / "assets" / "labels.json").write_text(
+        json.dumps(
+            {
+                "category_output": "cc3",
+                "categories": CATEGORIES,
+                "tags": TAGS,
+                "thresholds": [0.5, 0.5, 0.5],
+                "image_size": list(IMAGE_SIZE),
+            }
+        )
+    )
     return path
 
 
@@ -98,7 +113,6 @@ def install_version(template: Path, base: Path, version: int) -> Path:
 
 
 def jpeg_bytes(colour=(200, 30, 30), size=(16, 12), noise: int = 0, seed: int = 0) -> bytes:
-    from PIL import Image
 
     pixels = np.full((size[1], size[0], 3), colour, np.uint8)
     if noise:
@@ -110,7 +124,6 @@ def jpeg_bytes(colour=(200, 30, 30), size=(16, 12), noise: int = 0, seed: int = 
 
 
 def png_bytes(colour=(20, 200, 30), size=(10, 14)) -> bytes:
-    from PIL import Image
 
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, format="PNG")
@@ -123,19 +136,18 @@ def b64(data: bytes) -> dict:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR announces ``width x height`` but holds no pixels (bomb-check probe)."""
-    import struct
-    import zlib
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def reference_outputs(version_dir: Path, signature: str, **inputs) -> dict[str, np.ndarray]:
     """Call the SavedModel in-process (the oracle the server must agree with)."""
-    import tensorflow as tf
 
     loaded = tf.saved_model.load(str(version_dir))
     result = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
@@ -162,8 +174,6 @@ V1_BIAS, V2_BIAS = 0.0, 3.0
 
 def write_warmup_file(version_dir: Path, requests: list[tuple[str, dict[str, np.ndarray]]]) -> Path:
     """``<version>/assets.extra/tf_serving_warmup_requests``: one PredictionLog per (signature, inputs)."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import prediction_log_pb2
 
     path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
     path.parent.mkdir(parents=True, exist_ok=True)

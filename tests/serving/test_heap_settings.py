@@ -48,8 +48,14 @@ print(json.dumps({"applied": applied, "mmap_threshold": HEAP_MMAP_THRESHOLD,
 
 
 def run_child(mode: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, mode], cwd=PROJECT, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(PROJECT), "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, mode],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(PROJECT), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

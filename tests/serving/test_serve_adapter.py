@@ -51,8 +51,14 @@ class Echo(ModelAdapter):
         image = np.empty(1, dtype=object)
         image[0] = await ctx.prepare_image(body)
         outputs = await ctx.predict(loaded, loaded.signature("serving_default"), {"image_bytes": image})
-        return JSONResponse({"metadata": loaded.metadata, "outputs": sorted(outputs),
-                             "default": ctx.default_model, "limit": ctx.options.max_body_bytes})
+        return JSONResponse(
+            {
+                "metadata": loaded.metadata,
+                "outputs": sorted(outputs),
+                "default": ctx.default_model,
+                "limit": ctx.options.max_body_bytes,
+            }
+        )
 
 
 def test_adapter_metadata_routes_images_and_preprocessing(model_base):
@@ -64,12 +70,17 @@ def test_adapter_metadata_routes_images_and_preprocessing(model_base):
         with TestClient(app.app) as c:
             response = c.post("/echo/my_model?version=1", content=jpeg_bytes())
             assert response.status_code == 200
-            assert response.json() == {"metadata": {"name": "my_model", "version": 1},
-                                       "outputs": ["cc3", "tag_flags", "tags", "top2_codes", "top2_names"],
-                                       "default": "my_model", "limit": 64 * 1024 * 1024}
+            assert response.json() == {
+                "metadata": {"name": "my_model", "version": 1},
+                "outputs": ["cc3", "tag_flags", "tags", "top2_codes", "top2_names"],
+                "default": "my_model",
+                "limit": 64 * 1024 * 1024,
+            }
             missing = c.post("/echo/nope", content=jpeg_bytes())
             assert (missing.status_code, missing.json()) == (
-                404, {"error": "Servable not found for request: Latest(nope)"})
+                404,
+                {"error": "Servable not found for request: Latest(nope)"},
+            )
             assert c.post("/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())]}).status_code == 200
         assert adapter.preprocessed == 1 and adapter.images == ["serving_default"]
     finally:
@@ -78,6 +89,7 @@ def test_adapter_metadata_routes_images_and_preprocessing(model_base):
 
 def test_observer_hook_sees_predictions_and_refusals_and_a_failing_one_fails_nothing(model_base, caplog):
     """The generic hook (tf_serving_compat.observers): what an observer gets; its errors are logged only."""
+
     class Recorder:
         def __init__(self):
             self.seen, self.refused, self.attached = [], [], None
@@ -100,8 +112,9 @@ def test_observer_hook_sees_predictions_and_refusals_and_a_failing_one_fails_not
 
     recorder, broken = Recorder(), Broken()
     assert isinstance(recorder, PredictObserver)
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0),
-                    adapter=Watching([broken, recorder]))
+    app = build_app(
+        ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0), adapter=Watching([broken, recorder])
+    )
     try:
         with TestClient(app.app) as c:
             assert c.post("/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())] * 2}).status_code == 200
@@ -109,7 +122,8 @@ def test_observer_hook_sees_predictions_and_refusals_and_a_failing_one_fails_not
     finally:
         app.close()
     assert recorder.attached is app
-    assert recorder.seen == [(1, "serving_default", {"image_bytes": (2,)},
-                              ["cc3", "tag_flags", "tags", "top2_codes", "top2_names"])]
+    assert recorder.seen == [
+        (1, "serving_default", {"image_bytes": (2,)}, ["cc3", "tag_flags", "tags", "top2_codes", "top2_names"])
+    ]
     assert recorder.refused == [("my_model", "INVALID_ARGUMENT")]
     assert "observer Broken failed in on_predict" in caplog.text

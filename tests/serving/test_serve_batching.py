@@ -27,8 +27,13 @@ def test_parse_real_text_format():
         allowed_batch_sizes: 4
         allowed_batch_sizes: 8
     """)
-    assert params == BatchingParameters(max_batch_size=8, batch_timeout_micros=5000, max_enqueued_batches=3,
-                                        num_batch_threads=2, allowed_batch_sizes=[4, 8])
+    assert params == BatchingParameters(
+        max_batch_size=8,
+        batch_timeout_micros=5000,
+        max_enqueued_batches=3,
+        num_batch_threads=2,
+        allowed_batch_sizes=[4, 8],
+    )
     assert parse_batching_parameters("").max_batch_size == 1000  # TF Serving's defaults
     with pytest.raises(ValueError, match="Invalid batching parameters"):
         parse_batching_parameters("max_batch_size: 8")  # must be a wrapper: { value: 8 }
@@ -42,6 +47,7 @@ def _doubling(calls: list[int]):
     def run(inputs):
         calls.append(len(inputs["x"]))
         return {"y": inputs["x"] * 2, "n": np.arange(len(inputs["x"]))}
+
     return run
 
 
@@ -53,7 +59,7 @@ def test_batcher_concatenates_and_splits():
         futures = [batcher.submit("k", run, {"x": np.full((n, 2), i, np.float32)}) for i, n in enumerate((1, 2, 3))]
         results = [f.result(10) for f in futures]  # size 6 reached: runs without waiting for the timeout
         assert calls == [6]
-        for i, (n, result) in enumerate(zip((1, 2, 3), results)):
+        for i, (n, result) in enumerate(zip((1, 2, 3), results, strict=True)):
             np.testing.assert_array_equal(result["y"], np.full((n, 2), 2 * i, np.float32))
         assert [r["n"].tolist() for r in results] == [[0], [1, 2], [3, 4, 5]]
     finally:
@@ -62,8 +68,9 @@ def test_batcher_concatenates_and_splits():
 
 def test_batcher_pads_to_allowed_sizes_and_times_out():
     calls: list[int] = []
-    batcher = Batcher(BatchingParameters(max_batch_size=8, batch_timeout_micros=1000, num_batch_threads=1,
-                                         allowed_batch_sizes=[4, 8]))
+    batcher = Batcher(
+        BatchingParameters(max_batch_size=8, batch_timeout_micros=1000, num_batch_threads=1, allowed_batch_sizes=[4, 8])
+    )
     try:
         result = batcher.submit("k", _doubling(calls), {"x": np.ones((3, 1))}).result(10)
         assert calls == [4]  # padded to the next allowed size, sliced back
@@ -111,10 +118,11 @@ def test_batcher_refuses_a_split_task_whole_when_the_queue_cannot_take_all_of_it
 
 
 def test_batching_file_sets_the_execution_batch_size_with_large_batch_splitting():
-    from tf_serving_compat.batching import parse_batching_parameters
 
-    params = parse_batching_parameters("max_batch_size { value: 64 } enable_large_batch_splitting { value: true } "
-                                       "max_execution_batch_size { value: 8 }")
+    params = parse_batching_parameters(
+        "max_batch_size { value: 64 } enable_large_batch_splitting { value: true } "
+        "max_execution_batch_size { value: 8 }"
+    )
     assert params.enable_large_batch_splitting and params.max_execution_batch_size == 8
 
 
@@ -163,9 +171,16 @@ def test_one_bad_request_does_not_fail_its_batch_neighbours():
 
 def test_concurrent_http_requests_become_one_batched_call(model_base):
     images = [jpeg_bytes((40 * i, 200 - 30 * i, 90), noise=15, seed=i) for i in range(4)]
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, enable_batching=True,
-                    batching_parameters=BatchingParameters(max_batch_size=4, batch_timeout_micros=5_000_000,
-                                                           num_batch_threads=1)))
+    app = build_app(
+        ServerOptions(
+            model_base_path=model_base,
+            file_system_poll_wait_seconds=0,
+            enable_batching=True,
+            batching_parameters=BatchingParameters(
+                max_batch_size=4, batch_timeout_micros=5_000_000, num_batch_threads=1
+            ),
+        )
+    )
     loaded = app.registry.get("my_model").resolve()
     real_run, batches = loaded.run, []
 
@@ -224,9 +239,14 @@ def test_concurrent_http_requests_become_one_batched_call(model_base):
 
 
 def test_full_queue_answers_503_immediately_over_http(model_base):
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, enable_batching=True,
-                    batching_parameters=BatchingParameters(max_batch_size=1, max_enqueued_batches=1,
-                                                           num_batch_threads=1)))
+    app = build_app(
+        ServerOptions(
+            model_base_path=model_base,
+            file_system_poll_wait_seconds=0,
+            enable_batching=True,
+            batching_parameters=BatchingParameters(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1),
+        )
+    )
     loaded = app.registry.get("my_model").resolve()
     real_run, release, started = loaded.run, threading.Event(), threading.Event()
 

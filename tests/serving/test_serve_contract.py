@@ -9,9 +9,12 @@ import time
 import numpy as np
 import pytest
 from serve_helpers import IMAGE_SIZE, b64, jpeg_bytes, png_bytes, png_header_only, reference_outputs, write_warmup_file
+from starlette.testclient import TestClient
 
 from tf_serving_compat import tensor_json as tj
 from tf_serving_compat.errors import ServingError
+from tf_serving_compat.factory import build_app
+from tf_serving_compat.options import ServerOptions
 
 PREDICT = "/v1/models/my_model:predict"
 
@@ -26,11 +29,23 @@ def error_of(response) -> str:
 # ---------------------------------------------------------------- number writer and JSON <-> tensor
 
 
-@pytest.mark.parametrize("value, text", [
-    (0.1, "0.1"), (1.0, "1.0"), (-0.0, "-0.0"), (1e-5, "1e-05"), (9000000.0, "9e+06"),
-    (100000.0, "100000.0"), (0.123456789, "0.123456791"), (0.5, "0.5"), (3.4028235e38, "3.40282347e+38"),
-    (float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0.1, "0.1"),
+        (1.0, "1.0"),
+        (-0.0, "-0.0"),
+        (1e-5, "1e-05"),
+        (9000000.0, "9e+06"),
+        (100000.0, "100000.0"),
+        (0.123456789, "0.123456791"),
+        (0.5, "0.5"),
+        (3.4028235e38, "3.40282347e+38"),
+        (float("nan"), "NaN"),
+        (float("inf"), "Infinity"),
+        (float("-inf"), "-Infinity"),
+    ],
+)
 def test_float32_formatting_matches_tf_serving(value, text):
     assert tj.format_float(float(np.float32(value))) == text
     if math.isfinite(value):
@@ -40,8 +55,10 @@ def test_float32_formatting_matches_tf_serving(value, text):
 def test_double_formatting_and_bare_tokens():
     assert tj.format_float(0.1, double=True) == "0.1"
     assert tj.format_float(1 / 3, double=True) == "0.33333333333333331"
-    assert tj.dumps({"x": np.array([np.nan, np.inf, 1], np.float32), "n": np.int64(2**62)}) == \
-        '{"x": [NaN, Infinity, 1.0], "n": 4611686018427387904}'
+    assert (
+        tj.dumps({"x": np.array([np.nan, np.inf, 1], np.float32), "n": np.int64(2**62)})
+        == '{"x": [NaN, Infinity, 1.0], "n": 4611686018427387904}'
+    )
 
 
 def test_json_to_array_type_rules():
@@ -81,9 +98,9 @@ def test_response_layouts():
     assert tj.predict_response_json(one, tj.COLUMNAR) == '{"outputs": [[0.5, 1.0], [2.0, 0.25]]}'
     two = {"b": np.array([1, 2], np.int64), "a_bytes": np.array([b"\x00\xff", b"x"], object)}
     assert json.loads(tj.predict_response_json(two, tj.ROW)) == {
-        "predictions": [{"a_bytes": {"b64": "AP8="}, "b": 1}, {"a_bytes": {"b64": "eA=="}, "b": 2}]}
-    assert json.loads(tj.predict_response_json({"names": np.array([b"x"], object)}, tj.ROW)) == {
-        "predictions": ["x"]}
+        "predictions": [{"a_bytes": {"b64": "AP8="}, "b": 1}, {"a_bytes": {"b64": "eA=="}, "b": 2}]
+    }
+    assert json.loads(tj.predict_response_json({"names": np.array([b"x"], object)}, tj.ROW)) == {"predictions": ["x"]}
     with pytest.raises(ServingError, match="has inconsistent batch size: 3 expecting: 2"):
         tj.predict_response_json({"a": np.zeros(2), "b": np.zeros(3)}, tj.ROW)
 
@@ -95,33 +112,52 @@ def test_model_status(client):
     response = client.get("/v1/models/my_model")
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert response.json() == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     assert client.get("/v1/models/my_model/versions/1").json() == response.json()
 
 
-@pytest.mark.parametrize("method, path, status, message", [
-    ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
-    ("GET", "/v1/models/my_model/versions/7", 404, "Could not find version 7 of model my_model"),
-    ("GET", "/v1/models", 400, "Missing model name in request."),
-    ("GET", "/v1/models/my_model/labels/stable", 400, "Unrecognized servable version label: stable"),
-    ("GET", "/v1/models/my_model/version/1", 400, "Malformed request: GET /v1/models/my_model/version/1"),
-    ("GET", "/v1/models/my_model/versions/abc", 400, "Malformed request: GET /v1/models/my_model/versions/abc"),
-    ("GET", "/v1/models/my_model/versions/1/labels/x", 400,
-     "Malformed request: GET /v1/models/my_model/versions/1/labels/x"),
-    ("POST", "/v1/models/my_model", 400, "Malformed request: POST /v1/models/my_model"),
-    ("GET", "/v1/models/my_model:predict", 400, "Malformed request: GET /v1/models/my_model:predict"),
-    ("DELETE", "/v1/models/my_model", 400, "Malformed request: DELETE /v1/models/my_model"),
-    ("PUT", "/v1/models/my_model:predict", 400, "Malformed request: PUT /v1/models/my_model:predict"),
-    ("POST", "/v1/models/my_model:explain", 400, "Malformed request: POST /v1/models/my_model:explain"),
-    ("GET", "/v1/anything", 400, "Malformed request: GET /v1/anything"),
-    ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
-    ("POST", "/v1/models/my_model/versions/50:predict", 404, "Servable not found for request: Specific(my_model, 50)"),
-    ("POST", "/v1/models/my_model/labels/canary:predict", 400, "Unrecognized servable version label: canary"),
-    ("GET", "/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)"),
-    ("GET", "/v1/models/my_model/versions/99999999999999999999", 400,
-     "Failed to convert version: 99999999999999999999 to numeric."),
-])
+@pytest.mark.parametrize(
+    "method, path, status, message",
+    [
+        ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
+        ("GET", "/v1/models/my_model/versions/7", 404, "Could not find version 7 of model my_model"),
+        ("GET", "/v1/models", 400, "Missing model name in request."),
+        ("GET", "/v1/models/my_model/labels/stable", 400, "Unrecognized servable version label: stable"),
+        ("GET", "/v1/models/my_model/version/1", 400, "Malformed request: GET /v1/models/my_model/version/1"),
+        ("GET", "/v1/models/my_model/versions/abc", 400, "Malformed request: GET /v1/models/my_model/versions/abc"),
+        (
+            "GET",
+            "/v1/models/my_model/versions/1/labels/x",
+            400,
+            "Malformed request: GET /v1/models/my_model/versions/1/labels/x",
+        ),
+        ("POST", "/v1/models/my_model", 400, "Malformed request: POST /v1/models/my_model"),
+        ("GET", "/v1/models/my_model:predict", 400, "Malformed request: GET /v1/models/my_model:predict"),
+        ("DELETE", "/v1/models/my_model", 400, "Malformed request: DELETE /v1/models/my_model"),
+        ("PUT", "/v1/models/my_model:predict", 400, "Malformed request: PUT /v1/models/my_model:predict"),
+        ("POST", "/v1/models/my_model:explain", 400, "Malformed request: POST /v1/models/my_model:explain"),
+        ("GET", "/v1/anything", 400, "Malformed request: GET /v1/anything"),
+        ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
+        (
+            "POST",
+            "/v1/models/my_model/versions/50:predict",
+            404,
+            "Servable not found for request: Specific(my_model, 50)",
+        ),
+        ("POST", "/v1/models/my_model/labels/canary:predict", 400, "Unrecognized servable version label: canary"),
+        ("GET", "/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)"),
+        (
+            "GET",
+            "/v1/models/my_model/versions/99999999999999999999",
+            400,
+            "Failed to convert version: 99999999999999999999 to numeric.",
+        ),
+    ],
+)
 def test_route_errors(client, method, path, status, message):
     body = json.dumps({"instances": [b64(jpeg_bytes())]}) if method == "POST" else None
     response = client.request(method, path, content=body)
@@ -129,8 +165,17 @@ def test_route_errors(client, method, path, status, message):
     assert error_of(response) == message
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/"), ("GET", "/v1"), ("GET", "/models/my_model"),
-                                          ("GET", "/predict_image"), ("DELETE", "/healthz"), ("POST", "/v2/x")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/"),
+        ("GET", "/v1"),
+        ("GET", "/models/my_model"),
+        ("GET", "/predict_image"),
+        ("DELETE", "/healthz"),
+        ("POST", "/v2/x"),
+    ],
+)
 def test_outside_v1_is_404_json(client, method, path):
     response = client.request(method, path)
     assert response.status_code == 404
@@ -143,32 +188,45 @@ def test_paths_are_case_insensitive_and_url_decoded(client):
     assert client.get("/v1/models/my%5Fmodel").status_code == 200  # %5F is "_"
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"", "JSON Parse error: The document is empty"),
-    (b"   ", "JSON Parse error: The document is empty"),
-    (b"[1, 2]", "JSON Value: [1,2] Is not object"),
-    (b'{"instances": [1], "inputs": [1]}',
-     "JSON Value: {\"instances\":[1],\"inputs\":[1]} Not formatted correctly expecting only one of "
-     "'inputs' or 'instances' keys to exist "),
-    (b'{"signature_name": "serving_default"}', "Missing 'inputs' or 'instances' key"),
-    (b'{"instances": []}', "JSON Value: {\"instances\":[]} No values in 'instances' array"),
-    (b'{"instances": {"a": 1}}', "JSON Value: {\"instances\":{\"a\":1}} Excepting 'instances' to be an list/array"),
-    (b'{"signature_name": "nope", "instances": [1]}', 'Serving signature name: "nope" not found in signature def'),
-    (b'{"signature_name": 5, "instances": [1]}',
-     "JSON Value: {\"signature_name\":5,\"instances\":[1]} not formatted correctly. "
-     "'signature_name' key must be a string value."),
-    (b'{"instances": [1]}',
-     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
-     "JSON Value: 1 Type: Number is not of expected type: string"),
-    (b'{"inputs": {"b64": "!!"}}', "Unable to base64 decode"),
-    (b'{"inputs": {"other": ["x"]}}', "Missing named input: image_bytes in 'inputs' object."),
-    (b'{"instances": [{"image_bytes": {"b64": "eA=="}, "extra": 1}]}',
-     "Failed to process element: 0 key: extra of 'instances' list. Error: INVALID_ARGUMENT: "
-     "JSON object: does not have named input: extra"),
-    (b'{"instances": [{"image_bytes": "eA=="}, "x"]}', "Expecting object but got list at item 1 of input list"),
-    (b'{"signature_name": "__saved_model_init_op", "instances": [1]}',
-     "Failed to get input map for signature: __saved_model_init_op"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "JSON Parse error: The document is empty"),
+        (b"   ", "JSON Parse error: The document is empty"),
+        (b"[1, 2]", "JSON Value: [1,2] Is not object"),
+        (
+            b'{"instances": [1], "inputs": [1]}',
+            'JSON Value: {"instances":[1],"inputs":[1]} Not formatted correctly expecting only one of '
+            "'inputs' or 'instances' keys to exist ",
+        ),
+        (b'{"signature_name": "serving_default"}', "Missing 'inputs' or 'instances' key"),
+        (b'{"instances": []}', "JSON Value: {\"instances\":[]} No values in 'instances' array"),
+        (b'{"instances": {"a": 1}}', 'JSON Value: {"instances":{"a":1}} Excepting \'instances\' to be an list/array'),
+        (b'{"signature_name": "nope", "instances": [1]}', 'Serving signature name: "nope" not found in signature def'),
+        (
+            b'{"signature_name": 5, "instances": [1]}',
+            'JSON Value: {"signature_name":5,"instances":[1]} not formatted correctly. '
+            "'signature_name' key must be a string value.",
+        ),
+        (
+            b'{"instances": [1]}',
+            "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+            "JSON Value: 1 Type: Number is not of expected type: string",
+        ),
+        (b'{"inputs": {"b64": "!!"}}', "Unable to base64 decode"),
+        (b'{"inputs": {"other": ["x"]}}', "Missing named input: image_bytes in 'inputs' object."),
+        (
+            b'{"instances": [{"image_bytes": {"b64": "eA=="}, "extra": 1}]}',
+            "Failed to process element: 0 key: extra of 'instances' list. Error: INVALID_ARGUMENT: "
+            "JSON object: does not have named input: extra",
+        ),
+        (b'{"instances": [{"image_bytes": "eA=="}, "x"]}', "Expecting object but got list at item 1 of input list"),
+        (
+            b'{"signature_name": "__saved_model_init_op", "instances": [1]}',
+            "Failed to get input map for signature: __saved_model_init_op",
+        ),
+    ],
+)
 def test_predict_request_errors(client, body, message):
     response = client.post(PREDICT, content=body)
     assert response.status_code == 400
@@ -230,7 +288,9 @@ def test_predict_pixels_row_and_columnar_equal_saved_model(client, model_base):
     row = client.post(PREDICT, json=body)
     assert row.status_code == 200
     _assert_outputs_equal(_rows_to_columns(row.json()["predictions"]), expected)
-    columnar = client.post(PREDICT, json={"signature_name": "serving_pixels", "inputs": {"input_image": pixels.tolist()}})
+    columnar = client.post(
+        PREDICT, json={"signature_name": "serving_pixels", "inputs": {"input_image": pixels.tolist()}}
+    )
     _assert_outputs_equal(columnar.json()["outputs"], expected)
     # JSON integers are valid floats (0 and 1 pixels).
     ints = np.zeros((1, *IMAGE_SIZE, 3), int).tolist()
@@ -245,12 +305,17 @@ def test_nan_input_gives_bare_nan_tokens(client):
     assert '"cc3": [NaN, NaN, NaN, NaN]' in response.text
 
 
-@pytest.mark.parametrize("instances, fragment", [
-    ([[[0.5] * 3] * IMAGE_SIZE[1]] * (IMAGE_SIZE[0] - 1) + [[[0.5] * 3] * (IMAGE_SIZE[1] - 1)],
-     "Encountered list at unexpected size"),
-    ([np.zeros((5, 5, 3)).tolist()], "input tensor alias: input_image has shape [1,5,5,3] which is not compatible"),
-    ([[["a"] * 3] * IMAGE_SIZE[1]] * IMAGE_SIZE[0], "is not of expected type: float"),
-])
+@pytest.mark.parametrize(
+    "instances, fragment",
+    [
+        (
+            [[[0.5] * 3] * IMAGE_SIZE[1]] * (IMAGE_SIZE[0] - 1) + [[[0.5] * 3] * (IMAGE_SIZE[1] - 1)],
+            "Encountered list at unexpected size",
+        ),
+        ([np.zeros((5, 5, 3)).tolist()], "input tensor alias: input_image has shape [1,5,5,3] which is not compatible"),
+        ([[["a"] * 3] * IMAGE_SIZE[1]] * IMAGE_SIZE[0], "is not of expected type: float"),
+    ],
+)
 def test_pixel_input_errors(client, instances, fragment):
     if not isinstance(instances[0], list) or len(instances) != 1:
         instances = [instances]
@@ -269,8 +334,9 @@ def test_bad_image_bytes_are_400_with_graph_message(client):
 def test_bad_base64_row_format(client):
     response = client.post(PREDICT, json={"instances": [{"b64": "abc$"}]})
     assert response.status_code == 400
-    assert error_of(response) == ("Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
-                                  "Unable to base64 decode")
+    assert error_of(response) == (
+        "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Unable to base64 decode"
+    )
 
 
 def test_decompression_bomb_is_refused_before_the_graph(client):
@@ -299,9 +365,13 @@ def test_metadata_shape(client):
     default = defs["serving_default"]
     assert default["method_name"] == "tensorflow/serving/predict"
     assert default["defaults"] == {}
-    assert default["inputs"] == {"image_bytes": {
-        "dtype": "DT_STRING", "name": "serving_default_image_bytes:0",
-        "tensor_shape": {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}}}
+    assert default["inputs"] == {
+        "image_bytes": {
+            "dtype": "DT_STRING",
+            "name": "serving_default_image_bytes:0",
+            "tensor_shape": {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False},
+        }
+    }
     assert set(default["outputs"]) == {"cc3", "tags", "top2_codes", "top2_names", "tag_flags"}
     assert default["outputs"]["cc3"]["dtype"] == "DT_FLOAT"
     assert [d["size"] for d in default["outputs"]["cc3"]["tensor_shape"]["dim"]] == ["-1", "4"]
@@ -317,8 +387,9 @@ def test_metadata_shape(client):
 def test_classify_and_regress_on_predict_signature(client, verb, kind):
     response = client.post(f"/v1/models/my_model:{verb}", json={"examples": [{"x": [1.0]}]})
     assert response.status_code == 400
-    assert error_of(response) == (f"Expected {kind} signature method_name to be tensorflow/serving/{verb}. "
-                                  "Was: tensorflow/serving/predict")
+    assert error_of(response) == (
+        f"Expected {kind} signature method_name to be tensorflow/serving/{verb}. Was: tensorflow/serving/predict"
+    )
     missing = client.post(f"/v1/models/my_model:{verb}", json={"instances": [1]})
     assert missing.status_code == 400
     assert "key 'examples' is expected and was not found" in error_of(missing)
@@ -335,10 +406,6 @@ def test_healthz(client):
 
 
 def test_body_limit_413(model_base):
-    from starlette.testclient import TestClient
-
-    from tf_serving_compat.factory import build_app
-    from tf_serving_compat.options import ServerOptions
 
     app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, max_body_bytes=2000))
     try:
@@ -361,17 +428,19 @@ def test_body_limit_413(model_base):
 
 
 def test_timeout_is_504_and_server_recovers(model_base):
-    from starlette.testclient import TestClient
-
-    from tf_serving_compat.factory import build_app
-    from tf_serving_compat.options import ServerOptions
 
     # Warm both signatures at load, as a deployment would: a first call (graph optimisation)
     # on a busy 2-core machine can itself pass 200 ms, and "recovers" must not hinge on that.
-    write_warmup_file(model_base / "1", [
-        ("serving_default", {"image_bytes": np.array([jpeg_bytes()], dtype=object)}),
-        ("serving_pixels", {"input_image": np.zeros((1, *IMAGE_SIZE, 3), np.float32)})])
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, rest_api_timeout_in_ms=200))
+    write_warmup_file(
+        model_base / "1",
+        [
+            ("serving_default", {"image_bytes": np.array([jpeg_bytes()], dtype=object)}),
+            ("serving_pixels", {"input_image": np.zeros((1, *IMAGE_SIZE, 3), np.float32)}),
+        ],
+    )
+    app = build_app(
+        ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, rest_api_timeout_in_ms=200)
+    )
     loaded = app.registry.get("my_model").resolve()
     real_run = loaded.run
 
@@ -399,6 +468,7 @@ def test_deeply_nested_json_is_a_clean_400(client, depth):
     body = '{"signature_name": "serving_pixels", "instances": ' + "[" * depth + "1" + "]" * depth + "}"
     response = client.post(PREDICT, content=body)
     assert response.status_code == 400
-    assert "exceeds the maximum tensor rank of 254" in error_of(response) or \
-        error_of(response).startswith("JSON Parse error")
+    assert "exceeds the maximum tensor rank of 254" in error_of(response) or error_of(response).startswith(
+        "JSON Parse error"
+    )
     assert client.get("/v1/models/my_model").status_code == 200

@@ -8,6 +8,7 @@ not split execution would fail the peak-RSS bound by an order of magnitude.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -21,9 +22,17 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from serve_helpers import IMAGE_SIZE, b64, free_port, install_version, jpeg_bytes, write_warmup_file
+import tensorflow as tf
+from serve_helpers import CATEGORIES, IMAGE_SIZE, b64, free_port, install_version, jpeg_bytes, write_warmup_file
+from starlette.testclient import TestClient
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from tf_serving_compat.errors import ServingError
 from tf_serving_compat.execution import Admission, ExecutionLimits, measure_memory_per_item, run_in_pieces
+from tf_serving_compat.factory import build_app
+from tf_serving_compat.grpc_service import start_grpc_server
+from tf_serving_compat.options import ServerOptions
+from tf_serving_compat.versions import LoadedVersion
 
 PROJECT = Path(__file__).resolve().parents[2]
 HUNGRY_SIDE = 512  # pixels per side of the per-image float tensor: 3 MiB per image
@@ -55,21 +64,23 @@ def test_run_in_pieces_runs_at_most_piece_items_and_keeps_order():
 
 
 def test_run_in_pieces_refuses_outputs_that_are_not_per_item():
-    from tf_serving_compat.errors import ServingError
 
     with pytest.raises(ServingError, match="does not have the batch size of its input piece"):
         run_in_pieces(lambda inputs: {"total": np.array([inputs["x"].sum()])}, {"x": np.ones((6, 1))}, 4)
 
 
-@pytest.mark.parametrize("explicit, per_item, measured_items, expected", [
-    (8, 1e9, 32, 8),                 # an explicit size wins over the measurement
-    (None, 3 * 2**20, 32, 21),       # 64 MiB / 3 MiB
-    (None, 1 * 2**20, 32, 32),       # never above the batch the memory was measured with
-    (None, 1 * 2**20, None, 64),
-    (None, 200 * 2**20, 32, 1),      # never below one image
-    (None, 0.0, None, 1024),         # below what RSS resolves: only the request cap binds
-    (None, None, None, 16),          # nothing measured: the documented fallback
-])
+@pytest.mark.parametrize(
+    "explicit, per_item, measured_items, expected",
+    [
+        (8, 1e9, 32, 8),  # an explicit size wins over the measurement
+        (None, 3 * 2**20, 32, 21),  # 64 MiB / 3 MiB
+        (None, 1 * 2**20, 32, 32),  # never above the batch the memory was measured with
+        (None, 1 * 2**20, None, 64),
+        (None, 200 * 2**20, 32, 1),  # never below one image
+        (None, 0.0, None, 1024),  # below what RSS resolves: only the request cap binds
+        (None, None, None, 16),  # nothing measured: the documented fallback
+    ],
+)
 def test_execution_batch_size_is_the_budget_over_the_measured_memory(explicit, per_item, measured_items, expected):
     limits = ExecutionLimits(explicit, BUDGET_MIB * 2**20, ceiling=1024)
     assert limits.batch_size(per_item, measured_items) == expected
@@ -88,7 +99,6 @@ def test_memory_per_item_is_measured_from_peak_rss():
 
 
 def test_admission_counts_items_in_flight_and_refuses_beyond_the_limit():
-    from tf_serving_compat.errors import ServingError
 
     admission = Admission(10)
     admission.acquire(8)
@@ -102,7 +112,6 @@ def test_admission_counts_items_in_flight_and_refuses_beyond_the_limit():
 
 
 def test_in_flight_limit_below_the_request_limit_is_refused_at_start():
-    from tf_serving_compat.options import ServerOptions
 
     with pytest.raises(ValueError, match="max_inflight_images \\(100\\) must be at least max_instances \\(1024\\)"):
         ServerOptions(max_inflight_images=100)
@@ -112,13 +121,6 @@ def test_in_flight_limit_below_the_request_limit_is_refused_at_start():
 
 
 def test_request_beyond_the_admission_bound_is_503_and_the_next_one_is_served(model_base, monkeypatch):
-    from starlette.testclient import TestClient
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from tf_serving_compat.factory import build_app
-    from tf_serving_compat.grpc_service import start_grpc_server
-    from tf_serving_compat.options import ServerOptions
-    from tf_serving_compat.versions import LoadedVersion
 
     entered, release = threading.Event(), threading.Event()
     real_run = LoadedVersion.run
@@ -130,8 +132,15 @@ def test_request_beyond_the_admission_bound_is_503_and_the_next_one_is_served(mo
         return real_run(self, signature_name, inputs)
 
     monkeypatch.setattr(LoadedVersion, "run", gated_run)
-    app = build_app(ServerOptions(model_base_path=model_base, file_system_poll_wait_seconds=0, max_instances=8,
-                    max_inflight_images=10, max_execution_batch_size=8))
+    app = build_app(
+        ServerOptions(
+            model_base_path=model_base,
+            file_system_poll_wait_seconds=0,
+            max_instances=8,
+            max_inflight_images=10,
+            max_execution_batch_size=8,
+        )
+    )
     server = start_grpc_server(app, "127.0.0.1", free_port())
     channel = grpc.insecure_channel(f"127.0.0.1:{server.bound_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -139,14 +148,18 @@ def test_request_beyond_the_admission_bound_is_503_and_the_next_one_is_served(mo
     try:
         with TestClient(app.app) as client:
             holder: dict = {}
-            thread = threading.Thread(target=lambda: holder.update(response=client.post(
-                "/v1/models/my_model:predict", json={"instances": images})))
+            thread = threading.Thread(
+                target=lambda: holder.update(
+                    response=client.post("/v1/models/my_model:predict", json={"instances": images})
+                )
+            )
             thread.start()
             assert entered.wait(20)
             refused = client.post("/v1/models/my_model:predict", json={"instances": images[:3]})
             assert refused.status_code == 503
-            assert refused.json() == {"error": "Server at capacity: 8 images in flight, this request adds 3 and "
-                                               "the limit is 10; retry later"}
+            assert refused.json() == {
+                "error": "Server at capacity: 8 images in flight, this request adds 3 and the limit is 10; retry later"
+            }
             request = predict_pb2.PredictRequest()
             request.model_spec.name = "my_model"
             request.inputs["image_bytes"].CopyFrom(_string_tensor([jpeg_bytes()] * 3))
@@ -159,7 +172,6 @@ def test_request_beyond_the_admission_bound_is_503_and_the_next_one_is_served(mo
             assert holder["response"].status_code == 200 and len(holder["response"].json()["predictions"]) == 8
             assert app.admission.in_flight == 0
             assert client.post("/v1/models/my_model:predict", json={"instances": images[:3]}).status_code == 200
-            import tensorflow as tf
 
             assert tf.make_ndarray(stub.Predict(request, timeout=20).outputs["cc3"]).shape == (3, 4)
     finally:
@@ -170,7 +182,6 @@ def test_request_beyond_the_admission_bound_is_503_and_the_next_one_is_served(mo
 
 
 def _string_tensor(values: list[bytes]):
-    import tensorflow as tf
 
     return tf.make_tensor_proto(np.array(values, dtype=object))
 
@@ -182,7 +193,7 @@ def _string_tensor(values: list[bytes]):
 @pytest.mark.parametrize("signature", ["serving_default", "serving_pixels"])
 @pytest.mark.parametrize("key", ["instances", "inputs"])
 def test_deep_nesting_is_a_json_400_on_every_signature(client, depth, signature, key):
-    body = '{"signature_name": "%s", "%s": %s1.0%s}' % (signature, key, "[" * depth, "]" * depth)
+    body = f'{{"signature_name": "{signature}", "{key}": {"[" * depth}1.0{"]" * depth}}}'
     response = client.post("/v1/models/my_model:predict", content=body)
     assert response.status_code == 400, response.text[:300]
     error = response.json()["error"]
@@ -193,18 +204,30 @@ def test_deep_nesting_is_a_json_400_on_every_signature(client, depth, signature,
         assert ("of 'instances' list" in error) if key == "instances" else ("for input " in error)
 
 
-@pytest.mark.parametrize("http_version, headers, status", [
-    ("1.1", [], 400),
-    ("1.1", [(b"host", b"localhost")], 200),
-    ("1.0", [], 200),  # HTTP/1.0 has no such rule
-])
+@pytest.mark.parametrize(
+    "http_version, headers, status",
+    [
+        ("1.1", [], 400),
+        ("1.1", [(b"host", b"localhost")], 200),
+        ("1.0", [], 200),  # HTTP/1.0 has no such rule
+    ],
+)
 def test_missing_host_on_http_1_1_is_a_json_400(serving, http_version, headers, status):
-    import asyncio
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": http_version, "method": "GET",
-             "scheme": "http", "path": "/v1/models/my_model", "raw_path": b"/v1/models/my_model",
-             "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
-             "server": ("127.0.0.1", 9000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": http_version,
+        "method": "GET",
+        "scheme": "http",
+        "path": "/v1/models/my_model",
+        "raw_path": b"/v1/models/my_model",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 9000),
+    }
     sent: dict = {"body": b""}
 
     async def receive():
@@ -220,7 +243,8 @@ def test_missing_host_on_http_1_1_is_a_json_400(serving, http_version, headers, 
     assert sent["status"] == status
     if status == 400:
         assert json.loads(sent["body"]) == {
-            "error": "Missing Host header: HTTP/1.1 requests must send one (RFC 9112, section 3.2)"}
+            "error": "Missing Host header: HTTP/1.1 requests must send one (RFC 9112, section 3.2)"
+        }
 
 
 # ---------------------------------------------------------------- a real server process, 1,024 images
@@ -228,8 +252,6 @@ def test_missing_host_on_http_1_1_is_a_json_400(serving, http_version, headers, 
 
 def _build_hungry_model(path: Path) -> Path:
     """serving_default(image_bytes) and serving_pixels(input_image), 3 MiB of activations per image."""
-    import tensorflow as tf
-    from serve_helpers import CATEGORIES
 
     class Hungry(tf.Module):
         def __init__(self):
@@ -254,11 +276,18 @@ def _build_hungry_model(path: Path) -> Path:
             return self._head(tf.image.resize(input_image, [HUNGRY_SIDE, HUNGRY_SIDE]))
 
     module = Hungry()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve_bytes.get_concrete_function(),
-                                                       "serving_pixels": module.serve_pixels.get_concrete_function()})
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={
+            "serving_default": module.serve_bytes.get_concrete_function(),
+            "serving_pixels": module.serve_pixels.get_concrete_function(),
+        },
+    )
     synthetic = np.array([jpeg_bytes(size=(32, 32), noise=20, seed=1000 + i) for i in range(32)], dtype=object)
-    write_warmup_file(path, [("serving_default", {"image_bytes": synthetic[:1]}),
-                             ("serving_default", {"image_bytes": synthetic})])
+    write_warmup_file(
+        path, [("serving_default", {"image_bytes": synthetic[:1]}), ("serving_default", {"image_bytes": synthetic})]
+    )
     return path
 
 
@@ -289,18 +318,22 @@ def _raw_http(port: int, raw: bytes) -> tuple[int, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("batching", [False, True])
 def test_1024_images_in_one_request_are_answered_with_bounded_peak_memory(hungry_base, tmp_path, batching):
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     rest_port, grpc_port = free_port(), free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
     log_path = tmp_path / "server.log"
-    flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_base_path={hungry_base}",
-             "--file_system_poll_wait_seconds=0", f"--execution_memory_mb={BUDGET_MIB}",
-             f"--enable_batching={str(batching).lower()}"]
+    flags = [
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_base_path={hungry_base}",
+        "--file_system_poll_wait_seconds=0",
+        f"--execution_memory_mb={BUDGET_MIB}",
+        f"--enable_batching={str(batching).lower()}",
+    ]
     with open(log_path, "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "tf_serving_compat.server", *flags], cwd=PROJECT, env=env,
-                                  stdout=log, stderr=log)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tf_serving_compat.server", *flags], cwd=PROJECT, env=env, stdout=log, stderr=log
+        )
     images = [jpeg_bytes(size=(32, 32), noise=40, seed=i) for i in range(N_IMAGES)]
     try:
         _wait_until_serving(server, rest_port, log_path)
@@ -309,8 +342,11 @@ def test_1024_images_in_one_request_are_answered_with_bounded_peak_memory(hungry
         assert 1 <= per_call <= 32, logged[-2000:]  # ~3 MiB per image measured: about 21 fit in 64 MiB
         peak_before = _peak_rss_mib(server.pid)
 
-        response = requests.post(f"http://127.0.0.1:{rest_port}/v1/models/my_model:predict",
-                                 json={"instances": [b64(i) for i in images]}, timeout=300)
+        response = requests.post(
+            f"http://127.0.0.1:{rest_port}/v1/models/my_model:predict",
+            json={"instances": [b64(i) for i in images]},
+            timeout=300,
+        )
         assert response.status_code == 200, response.text[:500]
         rest_rows = response.json()["predictions"]
         request = predict_pb2.PredictRequest()
@@ -330,7 +366,9 @@ def test_1024_images_in_one_request_are_answered_with_bounded_peak_memory(hungry
 
         # Protocol errors the HTTP parser itself answers: JSON bodies, 400.
         assert _raw_http(rest_port, b"GET /v1/models/my_model HTTP/1.1\r\n\r\n") == (
-            400, {"error": "Missing Host header: HTTP/1.1 requests must send one (RFC 9112, section 3.2)"})
+            400,
+            {"error": "Missing Host header: HTTP/1.1 requests must send one (RFC 9112, section 3.2)"},
+        )
         status, body = _raw_http(rest_port, b"FOO /v1/models/my_model HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 400 and body["error"].startswith("Malformed HTTP request")
         status, body = _raw_http(rest_port, b"NOT A REQUEST LINE\r\n\r\n")
@@ -356,7 +394,6 @@ def _wait_until_serving(server: subprocess.Popen, port: int, log_path: Path) -> 
 
 
 def _score_one_by_one(version_dir: Path, images: list[bytes]) -> np.ndarray:
-    import tensorflow as tf
 
     function = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     return np.concatenate([function(image_bytes=tf.constant([image]))["mean"].numpy() for image in images])

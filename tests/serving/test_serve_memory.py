@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
+from PIL import Image
 from serve_helpers import V1_BIAS, free_port, install_version, jpeg_bytes, template
 
+from tf_serving_compat.errors import ServingError
 from tf_serving_compat.images import DEFAULT_DECODE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, prepare_image
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -29,7 +32,6 @@ pytestmark = pytest.mark.slow
 
 def photo_like(width: int, height: int, fmt: str) -> bytes:
     """Smooth gradients plus noise: compresses like a photo, not like a flat test card."""
-    from PIL import Image
 
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1).astype(np.int16)
@@ -40,7 +42,6 @@ def photo_like(width: int, height: int, fmt: str) -> bytes:
 
 
 def test_prepare_image_shrinks_big_images_and_keeps_small_ones():
-    from PIL import Image
 
     small = jpeg_bytes()
     assert prepare_image(small, DEFAULT_MAX_IMAGE_PIXELS) is small
@@ -52,22 +53,22 @@ def test_prepare_image_shrinks_big_images_and_keeps_small_ones():
         width, height = image.size
     assert width * height <= DEFAULT_DECODE_PIXELS
     assert abs(width / height - 1.5) < 0.01  # aspect ratio kept
-    from tf_serving_compat.errors import ServingError
 
     with pytest.raises(ServingError, match="exceeds the limit of 1000 pixels"):
         prepare_image(big, 1000)
 
 
 def test_image_at_the_pixel_limit_costs_at_most_64_mib(tmp_path):
-    import psutil
 
     base = tmp_path / "my_model"
     install_version(template(V1_BIAS), base, 1)
     side = int((DEFAULT_MAX_IMAGE_PIXELS * 4 / 3) ** 0.5)
     width, height = side, DEFAULT_MAX_IMAGE_PIXELS // side  # 4:3, at the limit
     assert width * height <= DEFAULT_MAX_IMAGE_PIXELS < (width + 1) * (height + 1)
-    bodies = {fmt: json.dumps({"instances": [{"b64": base64.b64encode(photo_like(width, height, fmt)).decode()}]})
-              for fmt in ("PNG", "JPEG")}
+    bodies = {
+        fmt: json.dumps({"instances": [{"b64": base64.b64encode(photo_like(width, height, fmt)).decode()}]})
+        for fmt in ("PNG", "JPEG")
+    }
     server, url = _start_server(tmp_path, base, dict(os.environ))
     try:
         process = psutil.Process(server.pid)
@@ -103,7 +104,6 @@ def test_memory_returns_after_a_request_of_many_large_compressible_jpegs(tmp_pat
     64 MiB of its steady state (after ordinary 2 MP photos), with TensorFlow's default oneDNN allocator pool
     and with ``TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1``: big images reach the graph shrunk to the decode limit, and
     each model call runs at most an execution batch of them."""
-    import psutil
 
     base = tmp_path / "my_model"
     install_version(template(V1_BIAS), base, 1)
@@ -125,8 +125,10 @@ def test_memory_returns_after_a_request_of_many_large_compressible_jpegs(tmp_pat
             assert response.status_code == 200 and len(response.json()["predictions"]) == 24, response.text[:300]
             assert requests.post(url, data=ordinary, timeout=120).status_code == 200
         growth_mib = (process.memory_info().rss - steady) / 2**20
-        print(f"allocator {system_allocator or 'pool'}: 24 x {len(big) // 1024} KiB JPEGs of 11.2 MP: RSS "
-              f"{growth_mib:+.1f} MiB against the steady state")
+        print(
+            f"allocator {system_allocator or 'pool'}: 24 x {len(big) // 1024} KiB JPEGs of 11.2 MP: RSS "
+            f"{growth_mib:+.1f} MiB against the steady state"
+        )
         assert growth_mib <= BOUND_MIB
     finally:
         server.terminate()
@@ -138,9 +140,21 @@ def _start_server(tmp_path: Path, base: Path, env: dict) -> tuple[subprocess.Pop
     port = free_port()
     env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
     with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "tf_serving_compat.server", "--port=0",
-                                   f"--rest_api_port={port}", f"--model_base_path={base}",
-                                   "--file_system_poll_wait_seconds=0"], cwd=PROJECT, env=env, stdout=log, stderr=log)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tf_serving_compat.server",
+                "--port=0",
+                f"--rest_api_port={port}",
+                f"--model_base_path={base}",
+                "--file_system_poll_wait_seconds=0",
+            ],
+            cwd=PROJECT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
     url = f"http://127.0.0.1:{port}/v1/models/my_model:predict"
     small = {"instances": [{"b64": base64.b64encode(jpeg_bytes()).decode()}]}
     deadline = time.monotonic() + 120

@@ -42,9 +42,21 @@ def test_load_test_smoke_mode(tmp_path):
     report_file = tmp_path / "report.json"
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, str(PROJECT / "bench" / "serve_load.py"), "--smoke", "--model_base_path", str(base),
-         "--json", str(report_file)],
-        cwd=PROJECT, env=_env(), capture_output=True, text=True, timeout=180)
+        [
+            sys.executable,
+            str(PROJECT / "bench" / "serve_load.py"),
+            "--smoke",
+            "--model_base_path",
+            str(base),
+            "--json",
+            str(report_file),
+        ],
+        cwd=PROJECT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert time.monotonic() - started < 120
     report = json.loads(report_file.read_text())
@@ -58,6 +70,11 @@ def test_load_test_smoke_mode(tmp_path):
 def test_load_test_refuses_non_loopback_targets():
     completed = subprocess.run(
         [sys.executable, str(PROJECT / "bench" / "serve_load.py"), "--url", "http://10.1.2.3:9000"],
-        cwd=PROJECT, env=_env(), capture_output=True, text=True, timeout=60)
+        cwd=PROJECT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert completed.returncode == 2
     assert "must point at 127.0.0.1" in completed.stderr

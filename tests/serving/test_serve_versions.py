@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from tf_serving_compat.factory import build_app
 from tf_serving_compat.options import ServerOptions
-from tf_serving_compat.versions import VersionPolicy, parse_model_config_file
+from tf_serving_compat.versions import ModelManager, ModelSpecConfig, VersionPolicy, parse_model_config_file
 
 IMAGE = jpeg_bytes((120, 60, 200), noise=20)
 BODY = {"instances": [b64(IMAGE)]}
@@ -61,7 +61,8 @@ def test_latest_version_served_and_old_one_ends(tmp_path):
     try:
         with TestClient(app.app) as c:
             assert status_of(c) == [
-                {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+                {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
             np.testing.assert_array_equal(np.float32(predicted_cc3(c)), np.float32(cc3(V2_BIAS)))
             assert c.post("/v1/models/my_model/versions/1:predict", json=BODY).status_code == 404
     finally:
@@ -112,11 +113,15 @@ def test_corrupt_version_is_reported_and_never_replaces_working_one(client, mode
     shutil.copytree(template(V2_BIAS), staging)
     (staging / "saved_model.pb").write_bytes(b"\x08\x01garbage, not a SavedModel proto" * 3)
     staging.rename(model_base / "2")
-    entries = wait_for(lambda: [e for e in status_of(client) if e["version"] == "2" and e["state"] == "END"] and
-                       status_of(client))
+    entries = wait_for(
+        lambda: [e for e in status_of(client) if e["version"] == "2" and e["state"] == "END"] and status_of(client)
+    )
     by_version = {e["version"]: e for e in entries}
-    assert by_version["1"] == {"version": "1", "state": "AVAILABLE",
-                               "status": {"error_code": "OK", "error_message": ""}}
+    assert by_version["1"] == {
+        "version": "1",
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
     assert by_version["2"]["state"] == "END"
     assert by_version["2"]["status"]["error_code"] not in ("OK", "")
     assert by_version["2"]["status"]["error_message"]
@@ -126,8 +131,12 @@ def test_corrupt_version_is_reported_and_never_replaces_working_one(client, mode
     # Fixing the directory (rewritten in place via a rename) is picked up.
     shutil.rmtree(model_base / "2")
     install_version(template(V2_BIAS), model_base, 2)
-    wait_for(lambda: status_of(client)[0] == {"version": "2", "state": "AVAILABLE",
-                                              "status": {"error_code": "OK", "error_message": ""}})
+    wait_for(
+        lambda: (
+            status_of(client)[0]
+            == {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        )
+    )
     np.testing.assert_array_equal(np.float32(predicted_cc3(client)), np.float32(cc3(V2_BIAS)))
 
 
@@ -179,19 +188,23 @@ def test_config_file_labels_and_policies(tmp_path):
             assert unknown.status_code == 400
             assert unknown.json() == {"error": "Unrecognized servable version label: beta"}
             assert [e["version"] for e in c.get("/v1/models/other").json()["model_version_status"]] == ["2", "1"]
-            np.testing.assert_array_equal(np.float32(predicted_cc3(c, "/v1/models/other:predict")),
-                                          np.float32(cc3(V2_BIAS)))
+            np.testing.assert_array_equal(
+                np.float32(predicted_cc3(c, "/v1/models/other:predict")), np.float32(cc3(V2_BIAS))
+            )
             assert c.get("/healthz").json()["models"] == {"my_model": [1, 2], "other": [1, 2]}
     finally:
         app.close()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("model_config_list { config { name: 'a' base_path: '/x' model_platform: 'pytorch' } }", "model_platform"),
-    ("model_config_list { config { nme: 'a' } }", "Invalid model config file"),
-    ("model_config_list { }", "no models configured"),
-    ("model_config_list { config { name: 'a' } }", "no base_path"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("model_config_list { config { name: 'a' base_path: '/x' model_platform: 'pytorch' } }", "model_platform"),
+        ("model_config_list { config { nme: 'a' } }", "Invalid model config file"),
+        ("model_config_list { }", "no models configured"),
+        ("model_config_list { config { name: 'a' } }", "no base_path"),
+    ],
+)
 def test_bad_config_files(tmp_path, text, message):
     config = tmp_path / "bad.config"
     config.write_text(text)
@@ -225,7 +238,6 @@ class _FakeVersion:
 
 
 def test_loading_state_is_reported_and_old_version_serves_meanwhile(tmp_path):
-    from tf_serving_compat.versions import ModelManager, ModelSpecConfig
 
     base = tmp_path / "m"
     for version in (1, 2):
@@ -234,8 +246,9 @@ def test_loading_state_is_reported_and_old_version_serves_meanwhile(tmp_path):
     gate = threading.Event()
     gates = {1: None, 2: gate}
     (base / "2").rename(tmp_path / "hold")
-    manager = ModelManager(ModelSpecConfig("m", base),
-                           loader=lambda name, version, path: _FakeVersion(name, version, path, gates[version]))
+    manager = ModelManager(
+        ModelSpecConfig("m", base), loader=lambda name, version, path: _FakeVersion(name, version, path, gates[version])
+    )
     manager.poll()
     assert manager.resolve().version == 1
     (tmp_path / "hold").rename(base / "2")
@@ -253,7 +266,6 @@ def test_loading_state_is_reported_and_old_version_serves_meanwhile(tmp_path):
 
 
 def test_broken_newest_version_at_start_falls_back_in_the_same_scan(tmp_path):
-    from tf_serving_compat.versions import ModelManager, ModelSpecConfig
 
     base = tmp_path / "m"
     for version in (1, 2, 3):
@@ -269,7 +281,11 @@ def test_broken_newest_version_at_start_falls_back_in_the_same_scan(tmp_path):
     manager.poll()  # one scan only
     assert manager.resolve().version == 2
     assert manager.status() == [
-        {"version": "3", "state": "END", "status": {"error_code": "INVALID_ARGUMENT", "error_message": "broken export"}},
+        {
+            "version": "3",
+            "state": "END",
+            "status": {"error_code": "INVALID_ARGUMENT", "error_message": "broken export"},
+        },
         {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
     ]
     manager.poll()  # the failed version is not retried while its files are unchanged

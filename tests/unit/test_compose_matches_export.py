@@ -33,8 +33,14 @@ def test_compose_flags_and_paths_match_the_export(tmp_path):
     # Same flags as `vinted serve` gives the real binary, apart from the ports and the model config's paths.
     ours = _flags(real_server_args(tmp_path, RewriteDecision("off", "test")))
     assert set(ours) == set(compose)
-    for flag in set(ours) - {"port", "rest_api_port", "model_config_file", "batching_parameters_file",
-                             "monitoring_config_file", "tensorflow_session_config_file"}:
+    for flag in set(ours) - {
+        "port",
+        "rest_api_port",
+        "model_config_file",
+        "batching_parameters_file",
+        "monitoring_config_file",
+        "tensorflow_session_config_file",
+    }:
         assert ours[flag] == compose[flag], flag
     assert compose["port"] == "8500" and "127.0.0.1:8500:8500" in service["ports"]
     assert f"127.0.0.1:9000:{compose['rest_api_port']}" in service["ports"]

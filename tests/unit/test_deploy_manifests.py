@@ -12,8 +12,13 @@ import yaml
 from hostinfo import RewriteDecision
 from vinted_classifier.config import ExportConfig
 from vinted_classifier.distributed import cluster_from_env
-from vinted_classifier.serving_files import (CONTAINER_MODELS_ROOT, PROMETHEUS_PATH, SESSION_FILES,
-                                             real_server_args, write_serving_config)
+from vinted_classifier.serving_files import (
+    CONTAINER_MODELS_ROOT,
+    PROMETHEUS_PATH,
+    SESSION_FILES,
+    real_server_args,
+    write_serving_config,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MODEL = ExportConfig().model_name
@@ -37,7 +42,9 @@ def exported_files(tmp_path_factory) -> dict[str, str]:
 
 
 def _config_mount(pod_spec: dict, container: dict) -> str:
-    volume = next(v["name"] for v in pod_spec["volumes"] if v.get("configMap", {}).get("name") == "vinted-serving-config")
+    volume = next(
+        v["name"] for v in pod_spec["volumes"] if v.get("configMap", {}).get("name") == "vinted-serving-config"
+    )
     return next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume)
 
 
@@ -53,11 +60,21 @@ def _check_file_flags(flags: dict[str, str], mount: str, exported_files: dict[st
 def test_every_manifest_parses():
     files = sorted(DEPLOY.rglob("*.yaml"))
     assert {f.relative_to(DEPLOY).as_posix() for f in files} == {
-        "serving/configmap.yaml", "serving/tf-serving.yaml", "kserve/inference-service.yaml",
-        "training/multiworker-job.yaml"}
+        "serving/configmap.yaml",
+        "serving/tf-serving.yaml",
+        "kserve/inference-service.yaml",
+        "training/multiworker-job.yaml",
+    }
     kinds = {doc["kind"] for f in files for doc in yaml.safe_load_all(f.read_text()) if doc}
-    assert kinds == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                     "InferenceService", "Job"}
+    assert kinds == {
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "InferenceService",
+        "Job",
+    }
 
 
 def test_configmap_holds_exactly_what_the_export_writes(exported_files):
@@ -66,8 +83,9 @@ def test_configmap_holds_exactly_what_the_export_writes(exported_files):
     for name, text in configmap["data"].items():
         assert name in exported_files, f"ConfigMap key {name} is not a file `vinted export` writes"
         assert text == exported_files[name], f"ConfigMap {name} differs from the export's (regenerate it)"
-    assert set(SESSION_FILES.values()) | {"models.container.config", "batching.config",
-                                          "monitoring.config"} == set(configmap["data"])
+    assert set(SESSION_FILES.values()) | {"models.container.config", "batching.config", "monitoring.config"} == set(
+        configmap["data"]
+    )
     assert f'base_path: "{CONTAINER_MODELS_ROOT}/{MODEL}"' in configmap["data"]["models.container.config"]
 
 
@@ -103,8 +121,11 @@ def test_deployment_runs_the_flags_vinted_serve_gives_the_real_server(exported_f
     assert service["spec"]["selector"] == labels
     assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {(8500, "grpc"), (8501, "http")}
     hpa = docs["HorizontalPodAutoscaler"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                            "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"] == labels
 

@@ -43,8 +43,11 @@ def test_rules_are_valid_and_fire_exactly_in_the_synthetic_cases():
 def test_promtool_reports_a_rule_that_does_not_fire(tmp_path):
     """The harness can fail: the same tests against rules with a threshold nobody reaches."""
     tool = promtool()
-    rules = (DEPLOY / "alerts.yml").read_text().replace(
-        'vinted_drift_linf{feature="category"}) > 0.15', 'vinted_drift_linf{feature="category"}) > 0.95')
+    rules = (
+        (DEPLOY / "alerts.yml")
+        .read_text()
+        .replace('vinted_drift_linf{feature="category"}) > 0.15', 'vinted_drift_linf{feature="category"}) > 0.95')
+    )
     (tmp_path / "alerts.yml").write_text(rules)
     shutil.copy(DEPLOY / "alerts_test.yml", tmp_path)
     result = subprocess.run([tool, "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True, text=True)
@@ -67,15 +70,22 @@ def test_drift_thresholds_equal_the_config_defaults():
     assert threshold("VintedTagRateDrift") == limits.tag_linf_threshold
     assert threshold("VintedInputDrift") == limits.js_threshold
     assert threshold("VintedConfidenceDrift") == limits.js_threshold
-    for alert in ("VintedCategoryDrift", "VintedNonFiniteOutputs", "VintedServerErrors", "VintedLatencyP99High",
-                  "VintedModelStale", "VintedNoTraffic"):
+    for alert in (
+        "VintedCategoryDrift",
+        "VintedNonFiniteOutputs",
+        "VintedServerErrors",
+        "VintedLatencyP99High",
+        "VintedModelStale",
+        "VintedNoTraffic",
+    ):
         assert rules[alert]["labels"]["severity"] in {"info", "warning", "critical"}, alert
 
 
 def _exported_names() -> set[str]:
     """Every metric family the served app exports: TF Serving's and the watcher's (prometheus text)."""
-    from tf_serving_compat.monitoring import Metrics
-    from vinted_classifier.monitoring.metrics import ModelWatcher
+    # Here: the watcher's module loads TensorFlow, which the other alert tests do without.
+    from tf_serving_compat.monitoring import Metrics  # noqa: PLC0415
+    from vinted_classifier.monitoring.metrics import ModelWatcher  # noqa: PLC0415
 
     metrics = Metrics()
     serving = SimpleNamespace(metrics=metrics, registry=SimpleNamespace(models={}, get=lambda name: None))
@@ -92,8 +102,12 @@ def _exported_names() -> set[str]:
 
 def test_rules_and_dashboard_use_only_metrics_the_server_exports():
     exported = _exported_names()
-    assert {"vinted_predictions_total", "vinted_model_age_seconds", "vinted_drift_js",
-            "vinted_input_image_brightness_bucket"} <= exported
+    assert {
+        "vinted_predictions_total",
+        "vinted_model_age_seconds",
+        "vinted_drift_js",
+        "vinted_input_image_brightness_bucket",
+    } <= exported
     in_rules = set(METRIC.findall(" ".join(rule["expr"] for rule in _rules().values())))
     dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from vinted_classifier import precision as P
@@ -45,11 +48,11 @@ def test_bad_name_errors():
 
 
 def test_detect_hardware_honours_the_onednn_isa_cap():
-    import subprocess
-    import sys
 
-    code = ("import json; from vinted_classifier.precision import detect_hardware as d, resolve_precision as r;"
-            "h = d(); print(json.dumps([h['cpu_bf16'], h['cpu_bf16_reason'], r('auto', h)]))")
+    code = (
+        "import json; from vinted_classifier.precision import detect_hardware as d, resolve_precision as r;"
+        "h = d(); print(json.dumps([h['cpu_bf16'], h['cpu_bf16_reason'], r('auto', h)]))"
+    )
     env = {**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     capable, reason, policy = __import__("json").loads(out.stdout.strip().splitlines()[-1])
@@ -58,7 +61,8 @@ def test_detect_hardware_honours_the_onednn_isa_cap():
 
 
 def test_use_precision_restores_even_on_error():
-    import keras
+    # Keras only in the tests that set a policy: the module's import test must see it absent.
+    import keras  # noqa: PLC0415
 
     keras.mixed_precision.set_global_policy("float32")
     with P.use_precision("mixed_bfloat16") as policy:
@@ -73,7 +77,8 @@ def test_use_precision_restores_even_on_error():
 
 
 def test_set_precision_returns_previous():
-    import keras
+    # Keras only in the tests that set a policy: the module's import test must see it absent.
+    import keras  # noqa: PLC0415
 
     assert P.set_precision("mixed_bfloat16") == "float32"
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
@@ -81,8 +86,6 @@ def test_set_precision_returns_previous():
 
 
 def test_import_sets_no_policy():
-    import subprocess
-    import sys
 
     code = (
         "import sys, vinted_classifier.precision, vinted_classifier.model, vinted_classifier.weights;"

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -151,7 +151,7 @@ class ModelWatcher:
         self.settings = settings or MonitoringConfig()
         self.clock = clock
         self.enabled = False
-        self.serving = None
+        self.serving: Any = None  # the ServingApp, set by attach
         self._queue: queue.Queue = queue.Queue(maxsize=self.settings.queue_size)
         self._versions: dict[tuple[str, int], _VersionState] = {}
         self._versions_lock = threading.Lock()
@@ -170,11 +170,14 @@ class ModelWatcher:
             return
         self._declare(serving.metrics.registry)
         if self.settings.sample_fraction > 0:
-
             path = Path(self.settings.sample_file)
-            self._sampler = RequestSampler(path if path.is_absolute() else PROJECT_ROOT / path,
-                                           self.settings.sample_fraction, self.settings.sample_max_bytes,
-                                           self.settings.sample_backups, self._sample_seed)
+            self._sampler = RequestSampler(
+                path if path.is_absolute() else PROJECT_ROOT / path,
+                self.settings.sample_fraction,
+                self.settings.sample_max_bytes,
+                self.settings.sample_backups,
+                self._sample_seed,
+            )
         self.enabled = True
 
     def on_predict(self, loaded: Any, signature_name: str, inputs: dict, outputs: dict) -> None:
@@ -232,8 +235,12 @@ class ModelWatcher:
             metadata = loaded.metadata
             if not isinstance(metadata, VersionMetadata):  # a server built without the project's adapter
                 metadata = load_version_metadata(*key, loaded.path)
-            state = _VersionState(metadata.labels, metadata.reference, _export_time(loaded.path),
-                                  SlidingWindow(self.settings.window_size, self.settings.window_seconds))
+            state = _VersionState(
+                metadata.labels,
+                metadata.reference,
+                _export_time(loaded.path),
+                SlidingWindow(self.settings.window_size, self.settings.window_seconds),
+            )
             with self._versions_lock:
                 state = self._versions.setdefault(key, state)
         return state
@@ -247,8 +254,9 @@ class ModelWatcher:
             return
         model, version = loaded.name, str(loaded.version)
         images = input_stats(inputs, self._brightness_budget)
-        rows, nonfinite = observations(outputs[category_key], outputs.get("tags"), labels.get("thresholds"),
-                                       images, outputs.get("tag_flags"))
+        rows, nonfinite = observations(
+            outputs[category_key], outputs.get("tags"), labels.get("thresholds"), images, outputs.get("tag_flags")
+        )
         if nonfinite:
             self.nonfinite.labels(model, version, signature_name).inc(nonfinite)
         categories = labels.get("categories") or []
@@ -257,10 +265,12 @@ class ModelWatcher:
             if row.category is not None:
                 name = categories[row.category] if row.category < len(categories) else str(row.category)
                 self.predictions.labels(model, version, name).inc()
-                self.confidence.labels(model, version).observe(row.confidence)
+                self.confidence.labels(model, version).observe(cast(float, row.confidence))
                 for index, present in enumerate(row.tags):
                     if present:
-                        self.tag_predicted.labels(model, version, tags[index] if index < len(tags) else str(index)).inc()
+                        self.tag_predicted.labels(
+                            model, version, tags[index] if index < len(tags) else str(index)
+                        ).inc()
             for feature in IMAGE_FEATURES:
                 value = getattr(row, feature)
                 if value is not None:
@@ -269,51 +279,84 @@ class ModelWatcher:
             for row in rows:
                 state.window.add(row, when)
         if self._sampler is not None:
-            self._sample(model, version, inputs, rows, categories, tags)
+            self._sample(self._sampler, model, version, inputs, rows, categories, tags)
 
-    def _sample(self, model, version, inputs, rows, categories, tags) -> None:
+    def _sample(self, sampler: RequestSampler, model, version, inputs, rows, categories, tags) -> None:
         hashes = _row_hashes(inputs)
         for index, row in enumerate(rows):
-            self._sampler.maybe_record({
-                "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
-                "model": model, "version": version,
-                "image_sha256": hashes[index] if index < len(hashes) else None,
-                "width": row.width, "height": row.height,
-                "category": (categories[row.category] if row.category is not None and row.category < len(categories)
-                             else row.category),
-                "confidence": row.confidence,
-                "tags": [t for t, present in zip(tags, row.tags) if present],
-            })
+            sampler.maybe_record(
+                {
+                    "time_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+                    "model": model,
+                    "version": version,
+                    "image_sha256": hashes[index] if index < len(hashes) else None,
+                    "width": row.width,
+                    "height": row.height,
+                    "category": (
+                        categories[row.category]
+                        if row.category is not None and row.category < len(categories)
+                        else row.category
+                    ),
+                    "confidence": row.confidence,
+                    "tags": [t for t, present in zip(tags, row.tags, strict=False) if present],
+                }
+            )
 
     # ------------------------------------------------------------ metrics
 
     def _declare(self, registry) -> None:
 
         per_version = ("model", "version")
-        self.predictions = Counter("vinted_predictions", "Served rows with a finite prediction, by top-1 category.",
-                                   (*per_version, "category"), registry=registry)
-        self.tag_predicted = Counter("vinted_tag_predicted", "Served rows with the tag predicted present "
-                                     "(rate: divide by vinted_predictions_total).", (*per_version, "tag"),
-                                     registry=registry)
-        self.confidence = Histogram("vinted_top1_confidence", "Top-1 category probability of served rows.",
-                                    per_version, buckets=BIN_EDGES["top1_confidence"][1:], registry=registry)
+        self.predictions = Counter(
+            "vinted_predictions",
+            "Served rows with a finite prediction, by top-1 category.",
+            (*per_version, "category"),
+            registry=registry,
+        )
+        self.tag_predicted = Counter(
+            "vinted_tag_predicted",
+            "Served rows with the tag predicted present (rate: divide by vinted_predictions_total).",
+            (*per_version, "tag"),
+            registry=registry,
+        )
+        self.confidence = Histogram(
+            "vinted_top1_confidence",
+            "Top-1 category probability of served rows.",
+            per_version,
+            buckets=BIN_EDGES["top1_confidence"][1:],
+            registry=registry,
+        )
         units = {"width": "pixels", "height": "pixels", "aspect_ratio": "ratio", "brightness": "luma"}
         self.image_histograms = {
-            feature: Histogram(f"vinted_input_image_{feature}", f"Input image {feature} ({units[feature]}; "
-                               "brightness: mean luma 0-255) as the server received it.", per_version,
-                               buckets=BIN_EDGES[feature][1:], registry=registry)
-            for feature in IMAGE_FEATURES}
-        self.nonfinite = Counter("vinted_nonfinite_outputs", "Served rows with a NaN or infinite output.",
-                                 (*per_version, "signature"), registry=registry)
-        self.rejected = Counter("vinted_rejected_requests", "Predict requests refused, by reason.",
-                                ("model", "reason"), registry=registry)
-        self.dropped = Counter("vinted_monitoring_dropped", "Requests left out of the statistics (queue full).",
-                               ("model",), registry=registry)
+            feature: Histogram(
+                f"vinted_input_image_{feature}",
+                f"Input image {feature} ({units[feature]}; brightness: mean luma 0-255) as the server received it.",
+                per_version,
+                buckets=BIN_EDGES[feature][1:],
+                registry=registry,
+            )
+            for feature in IMAGE_FEATURES
+        }
+        self.nonfinite = Counter(
+            "vinted_nonfinite_outputs",
+            "Served rows with a NaN or infinite output.",
+            (*per_version, "signature"),
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "vinted_rejected_requests", "Predict requests refused, by reason.", ("model", "reason"), registry=registry
+        )
+        self.dropped = Counter(
+            "vinted_monitoring_dropped",
+            "Requests left out of the statistics (queue full).",
+            ("model",),
+            registry=registry,
+        )
         registry.register(_ScrapeTimeCollector(self))
 
     def loaded_versions(self) -> list[Any]:
         out = []
-        for name, manager in list(self.serving.registry.models.items()):
+        for manager in list(self.serving.registry.models.values()):
             for version in manager.loaded_versions():
                 try:
                     out.append(manager.resolve(version))
@@ -353,15 +396,27 @@ class _ScrapeTimeCollector:
     def collect(self):
 
         labels = ["model", "version"]
-        age = GaugeMetricFamily("vinted_model_age_seconds", "Seconds since the served version was exported.", labels=labels)
-        has_ref = GaugeMetricFamily("vinted_reference_loaded", "1 when the version carries reference statistics "
-                                    "(no drift gauges without them).", labels=labels)
-        samples = GaugeMetricFamily("vinted_drift_window_samples", "Rows with a finite prediction in the drift window.",
-                                    labels=labels)
-        linf = GaugeMetricFamily("vinted_drift_linf", "L-infinity distance to the reference: category distribution, "
-                                 "tag rates.", labels=[*labels, "feature"])
-        js = GaugeMetricFamily("vinted_drift_js", "Jensen-Shannon divergence (bits) to the reference histogram.",
-                               labels=[*labels, "feature"])
+        age = GaugeMetricFamily(
+            "vinted_model_age_seconds", "Seconds since the served version was exported.", labels=labels
+        )
+        has_ref = GaugeMetricFamily(
+            "vinted_reference_loaded",
+            "1 when the version carries reference statistics (no drift gauges without them).",
+            labels=labels,
+        )
+        samples = GaugeMetricFamily(
+            "vinted_drift_window_samples", "Rows with a finite prediction in the drift window.", labels=labels
+        )
+        linf = GaugeMetricFamily(
+            "vinted_drift_linf",
+            "L-infinity distance to the reference: category distribution, tag rates.",
+            labels=[*labels, "feature"],
+        )
+        js = GaugeMetricFamily(
+            "vinted_drift_js",
+            "Jensen-Shannon divergence (bits) to the reference histogram.",
+            labels=[*labels, "feature"],
+        )
         now = self.watcher.clock()
         for (model, version), (scores, state, _) in self.watcher.drift_by_version().items():
             key = [model, str(version)]
