@@ -41,7 +41,7 @@ PALETTE = np.array([c for k, c in COLOR_RGB.items() if k != "VARIOUS"], dtype=np
 def smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [0, 1] (small random grid, bilinear upscaled)."""
     small = (rng.random((max(2, cells * h // w), cells)) * 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
 
 
 def contrast_colour(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
