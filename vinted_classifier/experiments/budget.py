@@ -212,15 +212,13 @@ def plan_budget(
         size = _largest_true(fits_floor, smallest, work.train_images)
         head = _affordable_head_epochs(budget_seconds, times, work, size, 0, max_head_epochs)
         return _plan(budget_seconds, times, work, size, 0, head, 0)
-    minimum = _plan(
-        budget_seconds,
-        times,
-        work,
-        smallest,
-        0,
-        max(1, _affordable_head_epochs(budget_seconds, times, work, smallest, 0, floor_epochs)),
-        0,
-    )
+    return _smallest_plan(budget_seconds, times, work, smallest, floor_epochs)
+
+
+def _smallest_plan(budget_seconds: float, times: StepTimes, work: Workload, smallest: int, floor_epochs: int) -> Plan:
+    """The smallest run (no views, no fine-tuning, ``smallest`` images), or ``BudgetTooSmall`` naming what it needs."""
+    head = max(1, _affordable_head_epochs(budget_seconds, times, work, smallest, 0, floor_epochs))
+    minimum = _plan(budget_seconds, times, work, smallest, 0, head, 0)
     if minimum.predicted_seconds > budget_seconds * (1 + TOLERANCE):
         raise BudgetTooSmall(
             f"train.time_budget_minutes: {budget_seconds / 60:.1f} min left cannot fit even the smallest run "
@@ -367,60 +365,32 @@ def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
     started = time.perf_counter()
     work = workload(cfg, prepared)
 
-    def measured_plan(finetune: bool):
-        times = measure_step_times(bundle, cfg, prepared, finetune=finetune)
-        if not finetune:
-            times = replace(times, finetune_seconds_per_step=finetune_step_lower_bound(times, work.batch_size))
-        spent = elapsed_seconds + (time.perf_counter() - started)
-        if agree is not None:
-            *numbers, spent = agree([*astuple_times(times), spent])
-            times = StepTimes(*numbers)
-        budget = cfg.train.time_budget_minutes * 60 - spent
-        if budget <= 0:
-            raise BudgetTooSmall(
-                f"train.time_budget_minutes={cfg.train.time_budget_minutes}: start-up and "
-                f"measuring already took {spent / 60:.1f} min"
-            )
-        return (
-            times,
-            spent,
-            plan_budget(
-                budget,
-                times,
-                work,
-                max_head_epochs=cfg.train.head_epochs,
-                max_finetune_epochs=cfg.train.finetune_epochs,
-            ),
+    def measured_plan(finetune: bool) -> tuple[StepTimes, float, Plan]:
+        return _measured_plan(
+            bundle,
+            cfg,
+            prepared,
+            work,
+            finetune=finetune,
+            spent_before=elapsed_seconds + (time.perf_counter() - started),
+            agree=agree,
         )
 
     times, spent, plan = measured_plan(finetune=False)
     finetune_measured = plan.finetune_epochs > 0
     if finetune_measured:  # phase 2 might fit: measure its real step and plan again
         times, spent, plan = measured_plan(finetune=True)
+    lower_bound = "" if finetune_measured else " (lower bound, not measured)"
     log.info(
         "measured: backbone %.1f ms/image, head step %.1f ms, fine-tune step %.0f ms%s; %.0fs already spent",
-        times.backbone_seconds_per_image * 1e3,
-        times.head_seconds_per_step * 1e3,
-        times.finetune_seconds_per_step * 1e3,
-        "" if finetune_measured else " (lower bound, not measured)",
+        *(seconds * 1e3 for seconds in astuple_times(times)),
+        lower_bound,
         spent,
     )
     (log.info if plan.fits else log.warning)("plan: %s", plan.describe())
     planned = cfg.model_copy(deep=True)
     planned.train.head_epochs, planned.train.finetune_epochs = plan.head_epochs, plan.finetune_epochs
     planned.train.cached_augmented_views = plan.augmented_views
-    record = {
-        "plan": plan.to_dict(),
-        "step_times": asdict(times),
-        "finetune_step_measured": finetune_measured,
-        "seconds_before_plan": round(spent, 1),
-        "requested": {
-            "augmented_views": work.augmented_views,
-            "head_epochs": cfg.train.head_epochs,
-            "finetune_epochs": cfg.train.finetune_epochs,
-            "train_images": work.train_images,
-        },
-    }
     if plan.subsampled:
         prepared = subsample_train(prepared, plan.train_images, cfg.seed)
         log.warning(
@@ -428,7 +398,51 @@ def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
             plan.train_images,
             work.train_images,
         )
-    return planned, prepared, record
+    return planned, prepared, _record(cfg, work, plan, times, finetune_measured, spent)
+
+
+def _record(cfg, work: Workload, plan: Plan, times: StepTimes, finetune_measured: bool, spent: float) -> dict:
+    """The plan as ``run.json`` records it, with what was asked for."""
+    requested = {
+        "augmented_views": work.augmented_views,
+        "head_epochs": cfg.train.head_epochs,
+        "finetune_epochs": cfg.train.finetune_epochs,
+        "train_images": work.train_images,
+    }
+    return {
+        "plan": plan.to_dict(),
+        "step_times": asdict(times),
+        "finetune_step_measured": finetune_measured,
+        "seconds_before_plan": round(spent, 1),
+        "requested": requested,
+    }
+
+
+def _measured_plan(
+    bundle, cfg, prepared, work: Workload, *, finetune: bool, spent_before: float, agree
+) -> tuple[StepTimes, float, Plan]:
+    """Time the steps (the fine-tune one only when ``finetune``, else its lower bound) and plan the time left.
+
+    ``spent_before`` is the run's time before measuring; returns (times, seconds spent, plan).
+    """
+    started = time.perf_counter()
+    times = measure_step_times(bundle, cfg, prepared, finetune=finetune)
+    if not finetune:
+        times = replace(times, finetune_seconds_per_step=finetune_step_lower_bound(times, work.batch_size))
+    spent = spent_before + (time.perf_counter() - started)
+    if agree is not None:
+        *numbers, spent = agree([*astuple_times(times), spent])
+        times = StepTimes(*numbers)
+    budget = cfg.train.time_budget_minutes * 60 - spent
+    if budget <= 0:
+        raise BudgetTooSmall(
+            f"train.time_budget_minutes={cfg.train.time_budget_minutes}: start-up and "
+            f"measuring already took {spent / 60:.1f} min"
+        )
+    plan = plan_budget(
+        budget, times, work, max_head_epochs=cfg.train.head_epochs, max_finetune_epochs=cfg.train.finetune_epochs
+    )
+    return times, spent, plan
 
 
 def astuple_times(times: StepTimes) -> tuple[float, float, float]:

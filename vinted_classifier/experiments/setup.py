@@ -59,47 +59,27 @@ def image_hashes(prepared: data.PreparedData, split: str, id_column: str) -> lis
     return [known.get(uuid) or file_hash(path) for uuid, path in zip(frame[id_column], frame["path"], strict=True)]
 
 
-def cache_rows(
-    bundle,
-    cfg: RunConfig,
-    store: FeatureStore,
-    path: Path,
-    paths: list[str],
-    hashes: list[str],
-    codes,
-    tags,
-    *,
-    views: int,
-    order: np.ndarray | None = None,
-    desc: str,
-) -> FeatureCache:
-    """``features.cached_features`` with the run's seed, image size and batch size."""
-    return cached_features(
-        bundle,
-        store,
-        path,
-        paths,
-        hashes,
-        codes,
-        tags,
-        views=views,
-        seed=cfg.seed,
-        image_size=cfg.model.image_size,
-        batch_size=cfg.train.batch_size,
-        order=order,
-        desc=desc,
-    )
+def _extraction_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The run's arguments to ``features.cached_features`` besides the rows: seed, image size, batch size."""
+    return {"seed": cfg.seed, "image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size}
+
+
+def _write_order(cfg: RunConfig, split: str, n_images: int, views: int) -> np.ndarray | None:
+    """The order a split's rows are joined in (None: as they are).
+
+    When the rows fit the reader's shuffle buffer, every epoch is an exact full shuffle. When they
+    do not, the training rows are written in a random order, so that the bounded buffer draws from
+    rows already shuffled.
+    """
+    if split == "train" and n_images * (1 + views) > cfg.train.feature_shuffle_buffer:
+        return np.random.default_rng(cfg.seed).permutation(n_images)
+    return None
 
 
 def cache_splits(
-    bundle,
-    cfg: RunConfig,
-    prepared: data.PreparedData,
-    folder: Path,
-    splits: tuple[str, ...] = ("train", "val"),
-    counts: dict | None = None,
+    bundle, cfg: RunConfig, prepared: data.PreparedData, folder: Path, counts: dict | None = None
 ) -> dict[str, FeatureCache]:
-    """Frozen-backbone features of ``splits`` (train: plus augmented views) joined into files in ``folder``.
+    """Frozen-backbone features of train (plus augmented views) and val, joined into files in ``folder``.
 
     The vectors come from the shared store: only images it lacks go through the backbone, so
     phase 1, the hyperparameter search, CV and later runs on the same images compute each
@@ -108,51 +88,38 @@ def cache_splits(
     started = time.perf_counter()
     store = open_store(bundle, cfg)
     views = cached_views(cfg)
-    log.info(
-        "caching backbone features: %d train image(s) x %d view(s), %d val (store %s)",
-        len(prepared.paths("train")),
-        1 + views,
-        len(prepared.paths("val")),
-        store.folder,
-    )
+    sizes = f"{len(prepared.paths('train'))} train image(s) x {1 + views} view(s), {len(prepared.paths('val'))} val"
+    log.info("caching backbone features: %s (store %s)", sizes, store.folder)
     caches = {}
-    for split in splits:
-        split_views = views if split == "train" else 0
-        n_images = len(prepared.paths(split))
-        # When the rows fit the reader's shuffle buffer, every epoch is an exact full shuffle. When
-        # they do not, the rows are written in a random order, so that the bounded buffer draws
-        # from rows already shuffled.
-        order = None
-        if split == "train" and n_images * (1 + split_views) > cfg.train.feature_shuffle_buffer:
-            order = np.random.default_rng(cfg.seed).permutation(n_images)
-        caches[split] = cache_rows(
+    for split, split_views in (("train", views), ("val", 0)):
+        hashes = image_hashes(prepared, split, cfg.data.id_column)
+        caches[split] = cached_features(
             bundle,
-            cfg,
             store,
             folder / f"{split}.f32",
             prepared.paths(split),
-            image_hashes(prepared, split, cfg.data.id_column),
+            hashes,
             prepared.codes(split),
             prepared.tags(split),
             views=split_views,
-            order=order,
+            order=_write_order(cfg, split, len(hashes), split_views),
             desc=f"caching {split}",
+            **_extraction_settings(cfg),
         )
     enforce_size_cap(cfg.feature_cache_root, int(cfg.train.feature_cache_max_gb * 2**30))
+    rows = {s: c.rows for s, c in caches.items()}
     log.info(
         "cached features: %s rows, dim %d in %.1fs (%d vector(s) computed, %d reused from the store)",
-        {s: c.rows for s, c in caches.items()},
-        caches[splits[0]].feature_dim,
+        rows,
+        caches["train"].feature_dim,
         time.perf_counter() - started,
         store.computed,
         store.reused,
     )
     if counts is not None:
-        counts.update(
-            computed=counts.get("computed", 0) + store.computed,
-            reused=counts.get("reused", 0) + store.reused,
-            store=str(store.folder),
-        )
+        counts["computed"] = counts.get("computed", 0) + store.computed
+        counts["reused"] = counts.get("reused", 0) + store.reused
+        counts["store"] = str(store.folder)
     return caches
 
 
@@ -215,10 +182,11 @@ class Experiment:
         """Features of arbitrary rows (clean view plus the configured augmented views), e.g. CV's pool."""
         bundle = self.built()
         store = open_store(bundle, self.cfg)
-        cache = cache_rows(
-            bundle, self.cfg, store, path, paths, hashes, codes, tags, views=cached_views(self.cfg), desc=desc
-        )
-        return cache, store
+        views = cached_views(self.cfg)
+        settings = _extraction_settings(self.cfg)
+        return cached_features(
+            bundle, store, path, paths, hashes, codes, tags, views=views, desc=desc, **settings
+        ), store
 
     def built(self) -> ModelBundle:
         """The model bundle, which ``build_model`` must have made."""
