@@ -132,6 +132,12 @@ def generate_demo_dataset(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     n_images = (labels["n_unique"] + labels["n_test"]) if images else 0
+    counts = {"n_images": n_images, "n_label_noise": n_noisy}
+    run = {"seed": seed, "scale": scale, "workers": workers, "generator": generator}
+    return _summary(out_dir, labels, counts, run, seconds=round(time.perf_counter() - start, 3))
+
+
+def _summary(out_dir: Path, labels: dict, counts: dict, run: dict, seconds: float) -> dict:
     names = ("data", "test", "test_labels", "example_predictions")
     return {
         "out_dir": str(out_dir),
@@ -140,13 +146,9 @@ def generate_demo_dataset(
         "n_unique": labels["n_unique"],
         "n_duplicates": labels["n_duplicates"],
         "n_test": labels["n_test"],
-        "n_images": n_images,
-        "n_label_noise": n_noisy,
-        "seed": seed,
-        "scale": scale,
-        "workers": workers,
-        "generator": generator,
-        "seconds": round(time.perf_counter() - start, 3),
+        **counts,
+        **run,
+        "seconds": seconds,
     }
 
 

@@ -25,95 +25,127 @@ def silhouette(category: str, rng: np.random.Generator) -> dict[str, Any]:
         "cuffs": False,
         "folds": 0,
     }
-    if category == "BLOUSES":
-        sleeve = rng.choice(["short", "three_quarter", "long", "none"], p=[0.34, 0.25, 0.33, 0.08])
-        p.update(
-            neck_w=u(0.3, 0.45),
-            shoulder_x=u(1.0, 1.25) * c,
-            armpit_y=u(0.85, 1.1),
-            waist_w=u(0.95, 1.12) * c,
-            hem_y=u(2.2, 2.9),
-            hem_w=u(1.0, 1.25) * c,
-            hem_curve=u(0.0, 0.08),
-            neck=rng.choice(["round", "v"]),
-            ruffle=u() < 0.35,
-            collar=u() < 0.08,
-            placket=u() < 0.15,
-            sleeve_flare=u(0.9, 1.35),
-            folds=2,
-        )
-    elif category == "CASUAL_DRESSES":
-        sleeve = rng.choice(["short", "three_quarter", "long", "none"], p=[0.35, 0.2, 0.2, 0.25])
-        p.update(
-            neck_w=u(0.3, 0.45),
-            shoulder_x=u(0.95, 1.1) * c,
-            armpit_y=u(0.85, 1.05),
-            waist_w=u(0.82, 1.0) * c,
-            waist_y=u(1.6, 2.0),
-            hem_y=u(3.6, 5.0),
-            hem_w=u(1.35, 1.95) * c,
-            hem_curve=u(0.05, 0.2),
-            neck=rng.choice(["round", "v"]),
-            belt=u() < 0.3,
-            ruffle=u() < 0.15,
-            sleeve_flare=u(0.9, 1.2),
-            folds=4,
-        )
-    elif category == "MINI_DRESSES":
-        sleeve = rng.choice(["straps", "none", "short", "long"], p=[0.42, 0.25, 0.2, 0.13])
-        p.update(
-            neck_w=u(0.32, 0.5),
-            shoulder_x=u(0.9, 1.05) * c,
-            armpit_y=u(0.85, 1.1),
-            waist_w=u(0.72, 0.9) * c,
-            waist_y=u(1.5, 1.8),
-            hem_y=u(2.7, 3.5),
-            hem_w=u(0.95, 1.3) * c,
-            hem_curve=u(0.0, 0.1),
-            neck=rng.choice(["round", "v", "square"]),
-            belt=u() < 0.12,
-            sleeve_flare=u(0.85, 1.1),
-            folds=2,
-        )
-    elif category == "SHIRTS":
-        sleeve = rng.choice(["long", "short"], p=[0.8, 0.2])
-        p.update(
-            neck_w=u(0.25, 0.33),
-            shoulder_x=u(1.05, 1.2) * c,
-            armpit_y=u(0.9, 1.1),
-            waist_w=u(0.95, 1.05) * c,
-            hem_y=u(2.6, 3.2),
-            hem_w=u(1.0, 1.08) * c,
-            hem_curve=u(0.12, 0.28),
-            collar=u() < 0.95,
-            placket=True,
-            pocket=u() < 0.4,
-            cuffs=True,
-            sleeve_flare=u(0.75, 0.95),
-            folds=1,
-        )
-    else:  # TANK_TOPS
-        sleeve = rng.choice(["straps", "none"], p=[0.55, 0.45])
-        c *= u(0.8, 0.92)
-        p.update(
-            neck_w=u(0.28, 0.45),
-            shoulder_x=u(0.55, 0.75) * c,
-            armpit_y=u(0.95, 1.3),
-            waist_w=u(0.85, 0.98) * c,
-            hem_y=u(2.3, 3.0),
-            hem_w=u(0.9, 1.1) * c,
-            hem_curve=u(0.0, 0.08),
-            neck=rng.choice(["round", "v", "square"]),
-            ruffle=u() < 0.08,
-            folds=1,
-        )
+    sleeve, params, c = _PROPORTIONS.get(category, _tank_top)(rng, c)
+    p.update(params)
     p.setdefault("waist_y", (p["armpit_y"] + p["hem_y"]) / 2)
-    p.update(c=c, sleeve=str(sleeve), shoulder_y=u(0.12, 0.28))
+    p.update(c=c, sleeve=sleeve, shoulder_y=u(0.12, 0.28))
     if p["sleeve"] == "straps":
         p["shoulder_x"] = p["neck_w"] + u(0.06, 0.12)
     elif p["sleeve"] == "none" and category != "TANK_TOPS":
         p["shoulder_x"] = p["neck_w"] + u(0.2, 0.4)
     return _outline(p, rng)
+
+
+def _blouse(rng: np.random.Generator, c: float) -> tuple[str, dict[str, Any], float]:
+    u = rng.uniform
+    sleeve = rng.choice(["short", "three_quarter", "long", "none"], p=[0.34, 0.25, 0.33, 0.08])
+    params = dict(
+        neck_w=u(0.3, 0.45),
+        shoulder_x=u(1.0, 1.25) * c,
+        armpit_y=u(0.85, 1.1),
+        waist_w=u(0.95, 1.12) * c,
+        hem_y=u(2.2, 2.9),
+        hem_w=u(1.0, 1.25) * c,
+        hem_curve=u(0.0, 0.08),
+        neck=rng.choice(["round", "v"]),
+        ruffle=u() < 0.35,
+        collar=u() < 0.08,
+        placket=u() < 0.15,
+        sleeve_flare=u(0.9, 1.35),
+        folds=2,
+    )
+    return str(sleeve), params, c
+
+
+def _casual_dress(rng: np.random.Generator, c: float) -> tuple[str, dict[str, Any], float]:
+    u = rng.uniform
+    sleeve = rng.choice(["short", "three_quarter", "long", "none"], p=[0.35, 0.2, 0.2, 0.25])
+    params = dict(
+        neck_w=u(0.3, 0.45),
+        shoulder_x=u(0.95, 1.1) * c,
+        armpit_y=u(0.85, 1.05),
+        waist_w=u(0.82, 1.0) * c,
+        waist_y=u(1.6, 2.0),
+        hem_y=u(3.6, 5.0),
+        hem_w=u(1.35, 1.95) * c,
+        hem_curve=u(0.05, 0.2),
+        neck=rng.choice(["round", "v"]),
+        belt=u() < 0.3,
+        ruffle=u() < 0.15,
+        sleeve_flare=u(0.9, 1.2),
+        folds=4,
+    )
+    return str(sleeve), params, c
+
+
+def _mini_dress(rng: np.random.Generator, c: float) -> tuple[str, dict[str, Any], float]:
+    u = rng.uniform
+    sleeve = rng.choice(["straps", "none", "short", "long"], p=[0.42, 0.25, 0.2, 0.13])
+    params = dict(
+        neck_w=u(0.32, 0.5),
+        shoulder_x=u(0.9, 1.05) * c,
+        armpit_y=u(0.85, 1.1),
+        waist_w=u(0.72, 0.9) * c,
+        waist_y=u(1.5, 1.8),
+        hem_y=u(2.7, 3.5),
+        hem_w=u(0.95, 1.3) * c,
+        hem_curve=u(0.0, 0.1),
+        neck=rng.choice(["round", "v", "square"]),
+        belt=u() < 0.12,
+        sleeve_flare=u(0.85, 1.1),
+        folds=2,
+    )
+    return str(sleeve), params, c
+
+
+def _shirt(rng: np.random.Generator, c: float) -> tuple[str, dict[str, Any], float]:
+    u = rng.uniform
+    sleeve = rng.choice(["long", "short"], p=[0.8, 0.2])
+    params = dict(
+        neck_w=u(0.25, 0.33),
+        shoulder_x=u(1.05, 1.2) * c,
+        armpit_y=u(0.9, 1.1),
+        waist_w=u(0.95, 1.05) * c,
+        hem_y=u(2.6, 3.2),
+        hem_w=u(1.0, 1.08) * c,
+        hem_curve=u(0.12, 0.28),
+        collar=u() < 0.95,
+        placket=True,
+        pocket=u() < 0.4,
+        cuffs=True,
+        sleeve_flare=u(0.75, 0.95),
+        folds=1,
+    )
+    return str(sleeve), params, c
+
+
+def _tank_top(rng: np.random.Generator, c: float) -> tuple[str, dict[str, Any], float]:
+    u = rng.uniform
+    sleeve = rng.choice(["straps", "none"], p=[0.55, 0.45])
+    c *= u(0.8, 0.92)
+    params = dict(
+        neck_w=u(0.28, 0.45),
+        shoulder_x=u(0.55, 0.75) * c,
+        armpit_y=u(0.95, 1.3),
+        waist_w=u(0.85, 0.98) * c,
+        hem_y=u(2.3, 3.0),
+        hem_w=u(0.9, 1.1) * c,
+        hem_curve=u(0.0, 0.08),
+        neck=rng.choice(["round", "v", "square"]),
+        ruffle=u() < 0.08,
+        folds=1,
+    )
+    return str(sleeve), params, c
+
+
+# Per category: sleeve style, proportions and details, drawn in this order from the image's RNG.
+_PROPORTIONS = {
+    "BLOUSES": _blouse,
+    "CASUAL_DRESSES": _casual_dress,
+    "MINI_DRESSES": _mini_dress,
+    "SHIRTS": _shirt,
+    "TANK_TOPS": _tank_top,
+}
 
 
 def _bezier(p0, p1, p2, n: int = 6) -> list[tuple[float, float]]:
