@@ -13,15 +13,31 @@ from vinted_classifier.config import PROJECT_ROOT
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "vinted_classifier", *args], cwd=PROJECT_ROOT, env=environment,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vinted_classifier", *args],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_python_m_lists_every_command():
     completed = _run("--help")
     assert completed.returncode == 0, completed.stderr
-    for command in ("demo", "train", "evaluate", "predict", "export", "release", "promote", "rollback", "serve",
-                    "weights"):
+    for command in (
+        "demo",
+        "train",
+        "evaluate",
+        "predict",
+        "export",
+        "release",
+        "promote",
+        "rollback",
+        "serve",
+        "weights",
+    ):
         assert command in completed.stdout
 
 
@@ -30,7 +46,8 @@ def test_a_model_command_prints_only_its_own_error(tmp_path):
     completed = _run("evaluate", "--set", f"output_dir={tmp_path}", "--set", "run_name=missing")
     assert completed.returncode == 2
     assert completed.stderr.splitlines() == [
-        f"error: no trained model at {tmp_path / 'missing' / 'model.keras'} (run `make train` or `vinted train`)"]
+        f"error: no trained model at {tmp_path / 'missing' / 'model.keras'} (run `make train` or `vinted train`)"
+    ]
 
 
 def test_weights_status_names_the_three_sources():

@@ -31,8 +31,11 @@ def labels03(tmp_path_factory) -> dict:
     """scale 0.3 labels only, for statistics."""
     out = tmp_path_factory.mktemp("labels") / "demo"
     summary = demo.generate_demo_dataset(out, scale=0.3, seed=1, images=False)
-    return {"summary": summary, "data": pd.read_parquet(out / "data.parquet"),
-            "test": pd.read_parquet(out / "test_labels.parquet")}
+    return {
+        "summary": summary,
+        "data": pd.read_parquet(out / "data.parquet"),
+        "test": pd.read_parquet(out / "test_labels.parquet"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,10 @@ def test_layout_and_summary(tiny):
     assert [p.name for p in out.parent.iterdir()] == ["demo"]
 
 
-@pytest.mark.parametrize("name, real_name", [("data", "data"), ("test", "test"), ("test_labels", "data"),
-                                             ("example_predictions", "example_predictions")])
+@pytest.mark.parametrize(
+    "name, real_name",
+    [("data", "data"), ("test", "test"), ("test_labels", "data"), ("example_predictions", "example_predictions")],
+)
 def test_schema_matches_real_files(tiny, name, real_name, reference_dir):
     ours = pq.read_schema(Path(tiny["out_dir"]) / f"{name}.parquet").remove_metadata()
     theirs = pq.read_schema(reference_dir / f"{real_name}.parquet").remove_metadata()
@@ -86,8 +91,10 @@ def test_uuids_format_disjoint_and_order(tiny):
 
 
 def test_duplicates_are_exact_trailing_rows(tiny, labels03):
-    for frame, n_dup in ((pd.read_parquet(Path(tiny["out_dir"]) / "data.parquet"), 6),
-                         (labels03["data"], round(111 * 0.3))):
+    for frame, n_dup in (
+        (pd.read_parquet(Path(tiny["out_dir"]) / "data.parquet"), 6),
+        (labels03["data"], round(111 * 0.3)),
+    ):
         dup = frame.duplicated()
         assert dup.sum() == n_dup == frame.uuid.duplicated().sum()
         assert dup.iloc[-n_dup:].all() and not dup.iloc[:-n_dup].any()
@@ -135,8 +142,10 @@ def test_determinism(tmp_path, tiny):
         assert pq.read_table(a / f"{name}.parquet").equals(pq.read_table(b / f"{name}.parquet"))
     data = pd.read_parquet(a / "data.parquet")
     for uid in data.uuid.iloc[:4]:  # single process vs two workers: byte-identical images
-        assert hashlib.sha256((a / f"{uid}.jpeg").read_bytes()).digest() == \
-            hashlib.sha256((b / f"{uid}.jpeg").read_bytes()).digest()
+        assert (
+            hashlib.sha256((a / f"{uid}.jpeg").read_bytes()).digest()
+            == hashlib.sha256((b / f"{uid}.jpeg").read_bytes()).digest()
+        )
     assert not set(pd.read_parquet(c / "data.parquet").uuid) & set(data.uuid)
 
 
@@ -159,14 +168,15 @@ def test_patterns_and_colours_show():
     for k in range(6):
         for tag, bucket in ((None, plain), ("polka dot", dotted)):
             img = np.asarray(demo.render_garment("BLOUSES", "BLUE", tag, np.random.default_rng([9, k])), float)
-            centre = img[img.shape[0] // 3: img.shape[0] * 2 // 3, img.shape[1] // 3: img.shape[1] * 2 // 3]
+            centre = img[img.shape[0] // 3 : img.shape[0] * 2 // 3, img.shape[1] // 3 : img.shape[1] * 2 // 3]
             bucket.append(np.abs(np.diff(centre, axis=1)).mean())
     assert np.median(dotted) > 1.5 * np.median(plain)
     dark = np.asarray(demo.render_garment("SHIRTS", "BLACK", None, rng), float)
     light = np.asarray(demo.render_garment("SHIRTS", "WHITE", None, rng), float)
+
     def centre(img):
         h, w = img.shape[:2]
-        return img[h // 3: 2 * h // 3, w // 3: 2 * w // 3].mean()
+        return img[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].mean()
 
     assert centre(dark) < centre(light) - 80
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from PIL import Image
 
 from vinted_classifier import demo, eda
 
@@ -28,8 +29,13 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 def test_category_balance(real):
     table, fig = eda.category_balance(real)
-    assert table["count"].to_dict() == {"BLOUSES": 1168, "TANK_TOPS": 624, "CASUAL_DRESSES": 607,
-                                        "MINI_DRESSES": 577, "SHIRTS": 571}
+    assert table["count"].to_dict() == {
+        "BLOUSES": 1168,
+        "TANK_TOPS": 624,
+        "CASUAL_DRESSES": 607,
+        "MINI_DRESSES": 577,
+        "SHIRTS": 571,
+    }
     assert table["fraction"].sum() == pytest.approx(1.0)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
 
@@ -81,8 +87,13 @@ def test_duplicate_summary(real):
 def test_duplicate_summary_conflicting_labels():
     df = pd.DataFrame({"uuid": ["a", "a", "b", "b"], "cc3": ["X", "X", "X", "Y"]})
     summary = eda.duplicate_summary(df)["count"]
-    assert summary.to_dict() == {"rows": 4, "unique_ids": 2, "duplicate_rows": 1, "duplicate_ids": 2,
-                                 "ids_with_conflicting_labels": 1}
+    assert summary.to_dict() == {
+        "rows": 4,
+        "unique_ids": 2,
+        "duplicate_rows": 1,
+        "duplicate_ids": 2,
+        "ids_with_conflicting_labels": 1,
+    }
 
 
 def test_custom_column_names():
@@ -98,7 +109,6 @@ def test_image_size_distribution(tiny_dir):
     table, missing, fig = eda.image_size_distribution(uuids, tiny_dir)
     assert missing == ["00000_missingmissingmissing00"]
     assert len(table) == data.uuid.nunique() == 34
-    from PIL import Image
 
     first = table.iloc[0]
     with Image.open(tiny_dir / f"{first.uuid}.jpeg") as im:

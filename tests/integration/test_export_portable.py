@@ -9,12 +9,22 @@ import sys
 
 import numpy as np
 import pytest
-
+import tensorflow as tf
+from google.protobuf import text_format
 from helpers import tiny_config, write_tiny_dataset
-from hostinfo import decide_rewrite
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from hostinfo import RewriteDecision, decide_rewrite
+from tf_serving_compat.batching import parse_batching_parameters
+from tf_serving_compat.monitoring import parse_monitoring_config
 from vinted_classifier import data, export, pipeline
+from vinted_classifier.cli import main
+from vinted_classifier.model import build_model
+from vinted_classifier.precision import use_precision
 from vinted_classifier.runs import load_run, predict_probabilities
 from vinted_classifier.serving_files import SESSION_FILES, real_server_args, write_serving_config
+from vinted_classifier.train import train
 
 PREDICT_SCRIPT = r"""
 import json, sys
@@ -24,13 +34,11 @@ decision = configure_rewrite("auto")
 loaded = tf.saved_model.load(sys.argv[1])
 out = loaded.signatures["serving_default"](image_bytes=tf.constant([open(f, "rb").read() for f in json.loads(sys.argv[2])]))
 print(json.dumps({"rewrite": decision.mode, "cc3": out["cc3"].numpy().tolist(), "tags": out["tags"].numpy().tolist()}))
-"""
+"""  # noqa: E501
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from vinted_classifier.train import train
-
     root = tmp_path_factory.mktemp("portable")
     dataset = write_tiny_dataset(root / "tiny", n_test=4)
     cfg = tiny_config(dataset, root / "runs")
@@ -43,9 +51,6 @@ def bf16_trained_model(trained):
 
     (This project's CI machine may lack bf16 units, so the model is built, never run, in bf16.)
     """
-    from vinted_classifier.model import build_model
-    from vinted_classifier.precision import use_precision
-
     cfg, run_dir = trained
     _, labels, model = load_run(run_dir)
     with use_precision("mixed_bfloat16"):
@@ -64,12 +69,20 @@ def test_a_bf16_trained_model_exports_a_float32_graph_that_runs_on_every_isa(tra
     assert export.read_export_info(version)["trained_compute_dtype"] == "bfloat16"
     files = data.prepare(cfg.data, cfg.seed).paths("holdout")[:3]
     p_cat, p_tags = predict_probabilities(
-        model, pipeline.make_dataset(files, image_size=labels.image_size, batch_size=4), "cc3")
+        model, pipeline.make_dataset(files, image_size=labels.image_size, batch_size=4), "cc3"
+    )
     for isa in ("AVX2", "AVX512_CORE", None):
         env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
-        env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})})
-        proc = subprocess.run([sys.executable, "-c", PREDICT_SCRIPT, str(version), json.dumps(files)],
-                              capture_output=True, text=True, timeout=300, env=env)
+        env.update(
+            {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", PREDICT_SCRIPT, str(version), json.dumps(files)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert proc.returncode == 0, (isa, proc.stderr[-2000:])
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         if isa is not None:
@@ -99,9 +112,6 @@ def test_bfloat16_export_holds_bf16_convolutions(trained, tmp_path):
 
 
 def _efficientnet(cfg, labels, policy: str, **changes):
-    from vinted_classifier.model import build_model
-    from vinted_classifier.precision import use_precision
-
     model_cfg = cfg.model.model_copy(update={"backbone": "efficientnet_b0", "weights": "none", **changes})
     with use_precision(policy):
         return model_cfg, build_model(model_cfg, labels.categories, labels.tags).model
@@ -123,7 +133,7 @@ def test_rebuilding_in_another_precision_copies_weights_despite_keras_auto_names
     assert export.compute_precision(bf16) == "bfloat16"
     assert _layer_names(bf16) - _layer_names(trained_model), "the rebuild reused every name: case not covered"
     assert len(bf16.weights) == len(trained_model.weights)
-    for copied, original in zip(bf16.weights, trained_model.weights):
+    for copied, original in zip(bf16.weights, trained_model.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(copied), np.asarray(original), err_msg=original.path)
 
 
@@ -137,13 +147,12 @@ def test_rebuilding_into_a_different_architecture_names_the_layer(trained):
 
 
 def test_export_run_writes_warmup_provenance_and_serving_files(trained, tmp_path):
-    import tensorflow as tf
-
     cfg, run_dir = trained
     version = export.export_run(run_dir, tmp_path / "sm", "my_model")
     extra = version / "assets.extra"
     assert sorted(p.name for p in extra.iterdir()) == sorted(
-        ["config.yaml", "metrics.json", "reference_stats.json", "run.json", export.WARMUP_FILE])
+        ["config.yaml", "metrics.json", "reference_stats.json", "run.json", export.WARMUP_FILE]
+    )
     assert (extra / "config.yaml").read_text() == (run_dir / "config.yaml").read_text()
     info = export.read_export_info(version)
     assert info["run_name"] == cfg.run_name and info["version"] == 1 and info["precision"] == "float32"
@@ -151,11 +160,12 @@ def test_export_run_writes_warmup_provenance_and_serving_files(trained, tmp_path
     records = export.read_warmup_file(extra / export.WARMUP_FILE)
     requests = [r.predict_log.request for r in records]
     assert [(q.model_spec.name, q.model_spec.signature_name) for q in requests] == [
-        ("my_model", "serving_default")] * len(export.WARMUP_BATCH_SIZES) + [("my_model", "serving_pixels")]
+        ("my_model", "serving_default")
+    ] * len(export.WARMUP_BATCH_SIZES) + [("my_model", "serving_pixels")]
     loaded = tf.saved_model.load(str(version))
     dataset_images = {p.read_bytes() for p in cfg.data.images.glob("*.jpeg")}
     generated = set(export.synthetic_images(cfg.model.image_size))
-    for request, batch in zip(requests, [*export.WARMUP_BATCH_SIZES, 1]):
+    for request, batch in zip(requests, [*export.WARMUP_BATCH_SIZES, 1], strict=True):
         inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
         if request.model_spec.signature_name == "serving_default":
             sent = set(inputs["image_bytes"].numpy().tolist())
@@ -165,28 +175,26 @@ def test_export_run_writes_warmup_provenance_and_serving_files(trained, tmp_path
 
     config_dir = tmp_path / "sm" / "serving_config"
     assert sorted(p.name for p in config_dir.iterdir()) == sorted(
-        ["models.config", "models.container.config", "batching.config", "monitoring.config", *SESSION_FILES.values()])
+        ["models.config", "models.container.config", "batching.config", "monitoring.config", *SESSION_FILES.values()]
+    )
 
 
 def test_serving_files_parse_with_the_real_protos(tmp_path):
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-    from tensorflow_serving.config import model_server_config_pb2
-
-    from tf_serving_compat.batching import parse_batching_parameters
-    from tf_serving_compat.monitoring import parse_monitoring_config
-
     folder = write_serving_config(tmp_path / "sm", "my_model")
     on = rewriter_config_pb2.RewriterConfig.ON
-    sessions = {mode: text_format.Parse((folder / name).read_text(), config_pb2.ConfigProto())
-                for mode, name in SESSION_FILES.items()}
+    sessions = {
+        mode: text_format.Parse((folder / name).read_text(), config_pb2.ConfigProto())
+        for mode, name in SESSION_FILES.items()
+    }
     assert sessions["off"] == config_pb2.ConfigProto()
     assert sessions["bf16"].graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 == on
     assert sessions["bf16"].graph_options.rewrite_options.auto_mixed_precision != on
     assert sessions["fp16"].graph_options.rewrite_options.auto_mixed_precision == on
     assert sessions["fp16"].gpu_options.allow_growth
-    for name, base in [("models.config", str((tmp_path / "sm" / "my_model").resolve())),
-                       ("models.container.config", "/models/my_model")]:
+    for name, base in [
+        ("models.config", str((tmp_path / "sm" / "my_model").resolve())),
+        ("models.container.config", "/models/my_model"),
+    ]:
         config = text_format.Parse((folder / name).read_text(), model_server_config_pb2.ModelServerConfig())
         (model,) = config.model_config_list.config
         assert (model.name, model.base_path, model.model_platform) == ("my_model", base, "tensorflow")
@@ -199,8 +207,6 @@ def test_serving_files_parse_with_the_real_protos(tmp_path):
 
 @pytest.mark.parametrize("mode", ["off", "bf16", "fp16"])
 def test_real_server_args_pick_the_session_file_of_the_decision(mode, tmp_path):
-    from hostinfo import RewriteDecision
-
     args = real_server_args(tmp_path, RewriteDecision(mode, "test"), rest_port=9001, grpc_port=8501)
     flags = dict(arg.removeprefix("--").split("=", 1) for arg in args)
     assert flags["tensorflow_session_config_file"] == str(tmp_path.resolve() / SESSION_FILES[mode])
@@ -210,13 +216,11 @@ def test_real_server_args_pick_the_session_file_of_the_decision(mode, tmp_path):
 
 
 def test_cli_export_prints_precision_and_the_real_server_command(trained, tmp_path, capsys):
-    from hostinfo import decide_rewrite
-    from vinted_classifier.cli import main
-
     cfg, _ = trained
     config_file = tmp_path / "run.yaml"
-    config_file.write_text(cfg.model_copy(update={"export": cfg.export.model_copy(
-        update={"saved_model_dir": tmp_path / "sm"})}).to_yaml())
+    config_file.write_text(
+        cfg.model_copy(update={"export": cfg.export.model_copy(update={"saved_model_dir": tmp_path / "sm"})}).to_yaml()
+    )
     # --direct: the served base path itself (plain `vinted export` stages a candidate for `vinted release`).
     assert main(["export", "--direct", "--config", str(config_file), "--set", "tracking.enabled=false"]) == 0
     out = capsys.readouterr().out

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from vinted_classifier import layers
 from vinted_classifier import model as M
@@ -18,8 +20,16 @@ pytestmark = pytest.mark.usefixtures("reset_policy")  # tests/conftest.py
 
 
 def cfg(**overrides) -> ModelConfig:
-    values = dict(backbone="vgg16", weights="none", image_height=32, image_width=32,
-                  pooling="avg", dense_units=8, dropout=0.2, augment=False)
+    values = dict(
+        backbone="vgg16",
+        weights="none",
+        image_height=32,
+        image_width=32,
+        pooling="avg",
+        dense_units=8,
+        dropout=0.2,
+        augment=False,
+    )
     return ModelConfig(**(values | overrides))
 
 
@@ -33,12 +43,23 @@ def labels(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def compile_for(keras_model, lr: float = 1e-3, **kwargs):
-    return M.compile_model(keras_model, category_output="cc3", n_tags=len(TAGS), tag_names=TAGS,
-                           learning_rate=lr, loss_weights={"cc3": 1.0, "tags": 1.0}, **kwargs)
+    return M.compile_model(
+        keras_model,
+        category_output="cc3",
+        n_tags=len(TAGS),
+        tag_names=TAGS,
+        learning_rate=lr,
+        loss_weights={"cc3": 1.0, "tags": 1.0},
+        **kwargs,
+    )
 
 
 EXPECTED_METRICS = {
-    "loss", "cc3_loss", "tags_loss", "cc3_top1", "cc3_top2",
+    "loss",
+    "cc3_loss",
+    "tags_loss",
+    "cc3_top1",
+    "cc3_top2",
     *(f"tags_{kind}_{tag}" for tag in ("polka_dot", "floral", "checker") for kind in ("precision", "recall", "auc")),
 }
 
@@ -77,9 +98,7 @@ def test_pooling_feature_dims(pooling, size, dim):
     assert bundle.feature_extractor.predict(images(2, *size), verbose=0).shape == (2, dim)
 
 
-@pytest.mark.parametrize(
-    ("backbone", "mode", "dim"), [("resnet50", "caffe", 2048), ("efficientnet_b0", "none", 1280)]
-)
+@pytest.mark.parametrize(("backbone", "mode", "dim"), [("resnet50", "caffe", 2048), ("efficientnet_b0", "none", 1280)])
 def test_other_backbones_build_with_their_preprocessing(backbone, mode, dim):
     bundle = M.build_model(cfg(backbone=backbone), CATEGORIES, TAGS)
     assert bundle.feature_extractor.get_layer("preprocess").mode == mode
@@ -89,21 +108,26 @@ def test_other_backbones_build_with_their_preprocessing(backbone, mode, dim):
 
 
 def test_preprocess_layer_matches_keras_preprocess_input():
-    import keras
-
     layer_cls = layers.BackbonePreprocess
     x = images(2)
-    np.testing.assert_allclose(np.asarray(layer_cls(mode="caffe")(x)),
-                               keras.applications.vgg19.preprocess_input(x.copy()), rtol=1e-6, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(layer_cls(mode="tf")(x)),
-                               keras.applications.mobilenet_v2.preprocess_input(x.copy()), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(layer_cls(mode="caffe")(x)),
+        keras.applications.vgg19.preprocess_input(x.copy()),
+        rtol=1e-6,
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        np.asarray(layer_cls(mode="tf")(x)),
+        keras.applications.mobilenet_v2.preprocess_input(x.copy()),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="mode 'torch' is not one of"):
         layer_cls(mode="torch")
 
 
 def test_avg_block4_5_uses_both_blocks():
     bundle = M.build_model(cfg(pooling="avg_block4_5", image_height=64, image_width=64), CATEGORIES, TAGS)
-    import keras
 
     x = images(2, 64, 64)
     block4 = keras.Model(bundle.feature_extractor.input, bundle.backbone.get_layer("block4_pool").output)
@@ -189,13 +213,22 @@ def test_training_head_on_features_trains_full_model():
 def test_compile_errors():
     bundle = M.build_model(cfg(), CATEGORIES, TAGS)
     with pytest.raises(ValueError, match=r"n_tags=2 but 3 tag names"):
-        M.compile_model(bundle.head, category_output="cc3", n_tags=2, tag_names=TAGS, learning_rate=1e-3, loss_weights={})
+        M.compile_model(
+            bundle.head, category_output="cc3", n_tags=2, tag_names=TAGS, learning_rate=1e-3, loss_weights={}
+        )
     with pytest.raises(ValueError, match=r"loss_weights has keys \['color'\]"):
-        M.compile_model(bundle.head, category_output="cc3", n_tags=3, tag_names=TAGS, learning_rate=1e-3,
-                        loss_weights={"color": 1.0})
+        M.compile_model(
+            bundle.head,
+            category_output="cc3",
+            n_tags=3,
+            tag_names=TAGS,
+            learning_rate=1e-3,
+            loss_weights={"color": 1.0},
+        )
     with pytest.raises(ValueError, match=r"has outputs \['cc3', 'tags'\], expected \['category', 'tags'\]"):
-        M.compile_model(bundle.head, category_output="category", n_tags=3, tag_names=TAGS, learning_rate=1e-3,
-                        loss_weights={})
+        M.compile_model(
+            bundle.head, category_output="category", n_tags=3, tag_names=TAGS, learning_rate=1e-3, loss_weights={}
+        )
 
 
 def test_augmenter_only_active_in_training():
@@ -228,8 +261,6 @@ def test_label_smoothing_loss_and_tag_auc_values():
 
 
 def test_keras_save_load_round_trip_and_saved_model(tmp_path):
-    import tensorflow as tf
-
     bundle = M.build_model(cfg(pooling="avg_block4_5", augment=True), CATEGORIES, TAGS)
     compile_for(bundle.model, label_smoothing=0.1)
     x, y = images(4), labels(4)
@@ -254,8 +285,6 @@ def test_keras_save_load_round_trip_and_saved_model(tmp_path):
 
 
 def test_overfits_one_batch():
-    import keras
-
     keras.utils.set_random_seed(0)
     bundle = M.build_model(cfg(backbone="vgg16", dense_units=32, dropout=0.0), CATEGORIES, TAGS)
     M.set_trainable(bundle, "finetune", ["block"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from vinted_classifier import data
 from vinted_classifier.config import DataConfig
@@ -44,7 +45,10 @@ def test_real_test_ids(real_cfg):
     [
         (lambda f: f.drop(columns=["floral"]), r"missing column\(s\) \['floral'\]"),
         (lambda f: f.assign(checker=f["checker"].astype(float)), r"tag column 'checker' must be integer"),
-        (lambda f: f.assign(**{"polka dot": f["polka dot"].where(f.index != 7, 2)}), r"'polka dot' has values other than 0/1"),
+        (
+            lambda f: f.assign(**{"polka dot": f["polka dot"].where(f.index != 7, 2)}),
+            r"'polka dot' has values other than 0/1",
+        ),
         (lambda f: f.assign(color1=f["color1"].where(f.index != 3, None)), r"column 'color1' has nulls"),
         (lambda f: f.assign(cc3=f.index.astype(np.int64)), r"column 'cc3' must be strings"),
         (lambda f: f.assign(cc3=f["cc3"].where(f.index != 3546, "TANK_TOPS")), r"conflicting labels"),
@@ -70,7 +74,9 @@ def test_error_shows_offending_rows(real_labels, real_cfg):
 def test_other_dataset_works_with_config_only(tmp_path):
     frame = pd.DataFrame({"id": ["a", "b", "c"], "kind": ["SHOE", "BAG", "SHOE"], "striped": [1, 0, 0]})
     frame.to_parquet(tmp_path / "data.parquet", index=False)
-    cfg = DataConfig(data_dir=tmp_path, id_column="id", category_column="kind", tag_columns=["striped"], extra_columns=[])
+    cfg = DataConfig(
+        data_dir=tmp_path, id_column="id", category_column="kind", tag_columns=["striped"], extra_columns=[]
+    )
     labels = data.read_labels(cfg)
     vocab = data.Vocabulary.from_labels(labels, cfg)
     assert vocab.categories == ("BAG", "SHOE") and vocab.tags == ("striped",)
@@ -145,8 +151,6 @@ def test_missing_and_corrupt_images_are_named(tiny_dataset):
 
 
 def test_png_and_jpg_extensions_are_found(tiny_dataset):
-    from PIL import Image
-
     labels = pd.read_parquet(tiny_dataset / "data.parquet")
     uuid = labels["uuid"].iloc[5]
     Image.open(tiny_dataset / f"{uuid}.jpeg").save(tiny_dataset / f"{uuid}.png")

@@ -12,15 +12,31 @@ from vinted_classifier.config import DataConfig
 
 
 def _labels() -> pd.DataFrame:
-    return pd.DataFrame({"uuid": ["a", "b", "c"], "cc3": ["X", "Y", "X"], "color1": ["RED", "BLUE", "RED"],
-                         "polka dot": [1, 0, 0], "floral": [0, 1, 0], "checker": [0, 0, 1]})
+    return pd.DataFrame(
+        {
+            "uuid": ["a", "b", "c"],
+            "cc3": ["X", "Y", "X"],
+            "color1": ["RED", "BLUE", "RED"],
+            "polka dot": [1, 0, 0],
+            "floral": [0, 1, 0],
+            "checker": [0, 0, 1],
+        }
+    )
 
 
 def test_split_table_counts_rows_per_category_and_split_in_split_order():
-    frames = {"train": pd.DataFrame({"cc3": ["X", "X", "Y"]}), "val": pd.DataFrame({"cc3": ["Y"]}),
-              "holdout": pd.DataFrame({"cc3": ["X"]})}
-    prepared = data.PreparedData(vocab=data.Vocabulary(("X", "Y"), ()), frames=frames, duplicates={},
-                                 image_report=data.ImageReport(paths={}), splits_file=Path("x"))
+    frames = {
+        "train": pd.DataFrame({"cc3": ["X", "X", "Y"]}),
+        "val": pd.DataFrame({"cc3": ["Y"]}),
+        "holdout": pd.DataFrame({"cc3": ["X"]}),
+    }
+    prepared = data.PreparedData(
+        vocab=data.Vocabulary(("X", "Y"), ()),
+        frames=frames,
+        duplicates={},
+        image_report=data.ImageReport(paths={}),
+        splits_file=Path("x"),
+    )
     table = data.split_table(prepared)
     assert list(table.columns) == ["train", "val", "holdout", "All"]
     assert table.loc["X"].tolist() == [2, 0, 1, 3] and table.loc["All"].tolist() == [3, 1, 1, 5]

