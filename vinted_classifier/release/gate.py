@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from hostinfo import configure_rewrite
+from tf_serving_compat.images import DEFAULT_DECODE_PIXELS, image_size
 
 from ..config import load_config
 from ..contract import ASSETS_DIR, ASSETS_EXTRA_DIR, LABELS_FILE, TAGS_OUTPUT, RunLabels, labels_path
@@ -122,13 +123,26 @@ def _numerics_checks(
                 tolerance,
             )
         )
-    golden_images = images[:GOLDEN_HOLDOUT_IMAGES] + list(plain.values())
+    candidates = images[:GOLDEN_HOLDOUT_IMAGES] + list(plain.values())
+    golden_images = [image for image in candidates if _decoded_as_sent(image)]
     golden = {
         "images": golden_images,
         "offline": runner.outputs(golden_images),
         "category_output": labels.category_output,
     }
     return cand, golden
+
+
+def _decoded_as_sent(image: bytes) -> bool:
+    """Whether every server decodes ``image`` as the SavedModel does in process.
+
+    Ours hands images above ``DEFAULT_DECODE_PIXELS`` to the graph pre-shrunk (bounded memory,
+    docs/serving.md), which moves answers by resampling, not by a serving fault: the 1200x900 noise
+    image moved the tiny test model's probabilities by 2.1e-3 on a float32 host. Such images are
+    checked for finite outputs in process, and not compared.
+    """
+    size = image_size(image)
+    return size is None or size[0] * size[1] <= DEFAULT_DECODE_PIXELS
 
 
 def _absolute_checks(release, run_cfg, holdout: H.Holdout, cand: C.Predictions, progress) -> list[C.Check]:
