@@ -71,8 +71,14 @@ def measure_isa(exports: dict, files: list[str], repeats: int, env: dict) -> dic
         for name, precision, mode in VARIANTS:
             log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - a file, so a chatty child never blocks on a pipe
             logs.append(log)
-            child = subprocess.Popen([sys.executable, "-c", CHILD, str(exports[precision]), mode, json.dumps(files)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            child = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(exports[precision]), mode, json.dumps(files)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
             first = child.stdout.readline()
             if not first:
                 child.wait(60)
@@ -87,7 +93,7 @@ def measure_isa(exports: dict, files: list[str], repeats: int, env: dict) -> dic
             auto = auto or status
         times = {name: [] for name in children}
         for index in range(repeats):
-            for name in (list(children) if index % 2 == 0 else list(children)[::-1]):
+            for name in list(children) if index % 2 == 0 else list(children)[::-1]:
                 children[name].stdin.write("run\n")
                 children[name].stdin.flush()
                 times[name].append(json.loads(children[name].stdout.readline())["s"])
@@ -114,16 +120,21 @@ def run(ctx: harness.Context) -> list[dict]:
     categories, tags = harness.vocabulary(cfg)
     model = build_model(cfg.model, categories, tags, category_output=cfg.data.category_column).model
     labels = RunLabels(cfg.data.category_column, categories, tags, [0.5] * len(tags), cfg.model.image_size)
-    exports = {precision: export.export_saved_model(model, labels, ctx.work / precision, "m", precision=precision,
-                                                    model_cfg=cfg.model)
-               for precision in ("float32", "bfloat16")}
+    exports = {
+        precision: export.export_saved_model(
+            model, labels, ctx.work / precision, "m", precision=precision, model_cfg=cfg.model
+        )
+        for precision in ("float32", "bfloat16")
+    }
     ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()[: ctx.pick(16, 4)]
     files = [str(cfg.data.images / f"{uuid}.jpeg") for uuid in ids]
     repeats = ctx.pick(6, 2)
     rows = []
     for isa in ISAS:
         env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
-        env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})})
+        env.update(
+            {"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+        )
         try:
             result = measure_isa(exports, files, repeats, env)
         except RuntimeError as error:
@@ -132,15 +143,24 @@ def run(ctx: harness.Context) -> list[dict]:
         medians = {name: harness.median(values) for name, values in rates.items()}
         fastest = max(medians, key=medians.get)
         default = "float32 + rewrite" if result["auto"] == "bf16" else "float32"
-        paired = [a / b for a, b in zip(rates[default], rates[fastest])]
+        paired = [a / b for a, b in zip(rates[default], rates[fastest], strict=True)]
         described = [f"{name} {medians[name]:.1f} img/s" for name in medians]
         described += [f"{name} fails ({reason})" for name, reason in result["errors"].items()]
-        rows.append(harness.row(
-            "export_precision", f"ISA {isa or 'default (uncapped)'}: product default ({default})",
-            medians[default], "img/s", baseline_name=f"fastest that runs ({fastest})",
-            baseline_value=medians[fastest], ratio=harness.median(paired), goal=0.95, samples=rates[default],
-            note=f"{'; '.join(described)}; auto rewrite: {result['auto']} ({result['auto_reason']}); "
-                 f"{len(files)} JPEGs per call, {repeats} interleaved rounds"))
+        rows.append(
+            harness.row(
+                "export_precision",
+                f"ISA {isa or 'default (uncapped)'}: product default ({default})",
+                medians[default],
+                "img/s",
+                baseline_name=f"fastest that runs ({fastest})",
+                baseline_value=medians[fastest],
+                ratio=harness.median(paired),
+                goal=0.95,
+                samples=rates[default],
+                note=f"{'; '.join(described)}; auto rewrite: {result['auto']} ({result['auto_reason']}); "
+                f"{len(files)} JPEGs per call, {repeats} interleaved rounds",
+            )
+        )
     return rows
 
 

@@ -24,7 +24,8 @@ execution batch sized at load from the memory per image measured during warm-up 
 (`--execution_memory_mb`), never above the 32 images it was measured with, TensorFlow's default oneDNN
 allocator. One client sends **one request of N images** (synthetic 160×128 JPEGs, b64), sequentially, and the
 time is the request's wall time (the REST deadline is raised to 20 minutes: at the default 30 s, a
-1,024-image VGG19 request on 2 cores ends in 504 `Deadline Exceeded`, never in a crash). The **in-process** baseline calls the same SavedModel's `serving_default`
+1,024-image VGG19 request on 2 cores ends in 504 `Deadline Exceeded`, never in a crash). The **in-process**
+baseline calls the same SavedModel's `serving_default`
 in this process after the same rewrite decision, on the same N images: in one call up to 32 images, in
 calls of 32 above that — one call of 1,024 images would need the memory this issue is about (the server's
 measured memory per image × 1,024, shown in the *per image* row), so no unsplit baseline exists for it.
@@ -74,15 +75,27 @@ def _start(version_base: Path, log_dir: Path, allocator: str) -> tuple[subproces
     from bench import serve_load
 
     port = serve_load.free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ONEDNN_USE_SYSTEM_ALLOCATOR=allocator,
-               PYTHONPATH=str(harness.PROJECT))
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_ONEDNN_USE_SYSTEM_ALLOCATOR=allocator, PYTHONPATH=str(harness.PROJECT)
+    )
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "server.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tf_serving_compat.server", "--port=0",
-                                    f"--rest_api_port={port}", f"--model_base_path={version_base}",
-                                    "--file_system_poll_wait_seconds=0", "--rest_api_timeout_in_ms=1200000"],
-                                   cwd=harness.PROJECT, env=env,
-                                   stdout=log, stderr=log)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tf_serving_compat.server",
+                "--port=0",
+                f"--rest_api_port={port}",
+                f"--model_base_path={version_base}",
+                "--file_system_poll_wait_seconds=0",
+                "--rest_api_timeout_in_ms=1200000",
+            ],
+            cwd=harness.PROJECT,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
     url = f"http://127.0.0.1:{port}"
     serve_load.wait_healthy(url, 300, process)
     return process, url
@@ -122,7 +135,7 @@ def run(ctx: harness.Context) -> list[dict]:
 
     def in_process(n: int) -> None:
         for start in range(0, n, IN_PROCESS_CHUNK):
-            signature(image_bytes=tf.constant(images[start:min(n, start + IN_PROCESS_CHUNK)]))
+            signature(image_bytes=tf.constant(images[start : min(n, start + IN_PROCESS_CHUNK)]))
 
     in_process(1)
     in_process(min(IN_PROCESS_CHUNK, max(sizes)))  # trace both shapes before timing
@@ -170,22 +183,55 @@ def run(ctx: harness.Context) -> list[dict]:
 
     rows = []
     for n in sizes:
-        rows.append(harness.ratio_rows("large_requests", f"{n} image(s) in one request: server", "in-process",
-                                       times, n, f"server-{n}", f"inproc-{n}", goal=0.9,
-                                       note=f"rewrite {rewrite}; {execution}"))
+        rows.append(
+            harness.ratio_rows(
+                "large_requests",
+                f"{n} image(s) in one request: server",
+                "in-process",
+                times,
+                n,
+                f"server-{n}",
+                f"inproc-{n}",
+                goal=0.9,
+                note=f"rewrite {rewrite}; {execution}",
+            )
+        )
     for n in sizes:
-        rows.append(harness.row("large_requests", f"{n} image(s): server peak RSS during the request",
-                                float(np.median(peaks[n])), "MiB", samples=peaks[n]))
+        rows.append(
+            harness.row(
+                "large_requests",
+                f"{n} image(s): server peak RSS during the request",
+                float(np.median(peaks[n])),
+                "MiB",
+                samples=peaks[n],
+            )
+        )
     for n in sizes[2:]:
-        rows.append(harness.row("large_requests", f"peak RSS, {n} vs {sizes[1]} images", float(np.median(peaks[n])),
-                                "MiB", baseline_name=f"{sizes[1]} images", baseline_value=float(np.median(peaks[sizes[1]])),
-                                goal=1.2, higher_is_better=False))
-    rows.append(harness.row("large_requests", f"{pool_n} images: server on the system allocator",
-                            float(np.median([pool_n / t for t in system_times])), "img/s",
-                            baseline_name="server on oneDNN's pool (default)",
-                            baseline_value=float(np.median([pool_n / t for t in default_times])),
-                            ratio=float(np.median([d / s_ for s_, d in zip(system_times, default_times)])),
-                            samples=[pool_n / t for t in system_times], note="alternating, same window"))
+        rows.append(
+            harness.row(
+                "large_requests",
+                f"peak RSS, {n} vs {sizes[1]} images",
+                float(np.median(peaks[n])),
+                "MiB",
+                baseline_name=f"{sizes[1]} images",
+                baseline_value=float(np.median(peaks[sizes[1]])),
+                goal=1.2,
+                higher_is_better=False,
+            )
+        )
+    rows.append(
+        harness.row(
+            "large_requests",
+            f"{pool_n} images: server on the system allocator",
+            float(np.median([pool_n / t for t in system_times])),
+            "img/s",
+            baseline_name="server on oneDNN's pool (default)",
+            baseline_value=float(np.median([pool_n / t for t in default_times])),
+            ratio=float(np.median([d / s_ for s_, d in zip(system_times, default_times, strict=True)])),
+            samples=[pool_n / t for t in system_times],
+            note="alternating, same window",
+        )
+    )
     return rows
 
 

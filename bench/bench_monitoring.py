@@ -43,13 +43,31 @@ def start(mode: str, base: Path, monitoring: Path, log_dir: Path, batching: Path
 
     port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
-    command = [sys.executable, "-c", LAUNCH, mode, "--host", "127.0.0.1", "--rest_api_port", str(port), "--port", "0",
-               "--model_name", "my_model", "--model_base_path", str(base), "--file_system_poll_wait_seconds", "0",
-               f"--monitoring_config_file={monitoring}", "--enable_batching",
-               f"--batching_parameters_file={batching}"]
+    command = [
+        sys.executable,
+        "-c",
+        LAUNCH,
+        mode,
+        "--host",
+        "127.0.0.1",
+        "--rest_api_port",
+        str(port),
+        "--port",
+        "0",
+        "--model_name",
+        "my_model",
+        "--model_base_path",
+        str(base),
+        "--file_system_poll_wait_seconds",
+        "0",
+        f"--monitoring_config_file={monitoring}",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+    ]
     stderr = open(log_dir / f"server-{mode}.stderr", "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT, env=env), \
-        f"http://127.0.0.1:{port}"
+    return subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=stderr, cwd=PROJECT, env=env
+    ), f"http://127.0.0.1:{port}"
 
 
 def vgg19_export(base_dir: Path) -> Path:
@@ -77,8 +95,8 @@ def server_cpu_s(pid: int) -> float:
 
 def main(argv=None) -> int:
     import requests
-    from serve_helpers import V1_BIAS, install_version, template
     from bench_serve import batching_text
+    from serve_helpers import V1_BIAS, install_version, template
     from serve_load import make_jpegs, run_load, wait_healthy
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,7 +126,7 @@ def main(argv=None) -> int:
             wait_healthy(url, 300, process)
             run_load(url, "my_model", images, 2, 5, 60, 1)  # warm both
         for round_ in range(args.rounds):
-            for mode in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
+            for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
                 cpu_before = server_cpu_s(servers[mode][0].pid)
                 stats = run_load(servers[mode][1], "my_model", images, args.clients, args.requests, 300, 1)
                 if stats["errors"]:
@@ -119,26 +137,43 @@ def main(argv=None) -> int:
                 cpu_ms = (server_cpu_s(servers[mode][0].pid) - cpu_before) * 1000 / stats["requests_ok"]
                 results[mode].append(stats["throughput_rps"])
                 cpu[mode].append(cpu_ms)
-                print(f"round {round_ + 1} {mode:>3}: {stats['throughput_rps']:.1f} req/s, "
-                      f"p99 {stats['latency_ms']['p99']} ms, server CPU {cpu_ms:.2f} ms/request", flush=True)
+                print(
+                    f"round {round_ + 1} {mode:>3}: {stats['throughput_rps']:.1f} req/s, "
+                    f"p99 {stats['latency_ms']['p99']} ms, server CPU {cpu_ms:.2f} ms/request",
+                    flush=True,
+                )
         text = requests.get(servers["on"][1] + "/monitoring/prometheus/metrics", timeout=10).text
-        counted = sum(float(line.split()[-1]) for line in text.splitlines()
-                      if line.startswith("vinted_predictions_total{"))
-        dropped = sum(float(line.split()[-1]) for line in text.splitlines()
-                      if line.startswith("vinted_monitoring_dropped_total{"))
+        counted = sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("vinted_predictions_total{")
+        )
+        dropped = sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("vinted_monitoring_dropped_total{")
+        )
     finally:
         for process, _ in servers.values():
             process.terminate()
             process.wait(30)
-    ratios = [on / off for on, off in zip(results["on"], results["off"])]  # each round's pair saw the same load
-    summary = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "rounds": results,
-               "median_rps_off": round(statistics.median(results["off"]), 2),
-               "median_rps_on": round(statistics.median(results["on"]), 2),
-               "ratio_on_off_median_of_rounds": round(statistics.median(ratios), 3),
-               "ratio_per_round": [round(r, 3) for r in ratios], "load_average": os.getloadavg(),
-               "server_cpu_ms_per_request": {mode: [round(v, 3) for v in values] for mode, values in cpu.items()},
-               "cpu_ratio_off_on_median": round(statistics.median(off / on for on, off in zip(cpu["on"], cpu["off"])), 3),
-               "model": args.model, "rows_counted_by_watcher": counted, "rows_dropped": dropped, "args": vars(args)}
+    ratios = [
+        on / off for on, off in zip(results["on"], results["off"], strict=True)
+    ]  # each round's pair saw the same load
+    summary = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "rounds": results,
+        "median_rps_off": round(statistics.median(results["off"]), 2),
+        "median_rps_on": round(statistics.median(results["on"]), 2),
+        "ratio_on_off_median_of_rounds": round(statistics.median(ratios), 3),
+        "ratio_per_round": [round(r, 3) for r in ratios],
+        "load_average": os.getloadavg(),
+        "server_cpu_ms_per_request": {mode: [round(v, 3) for v in values] for mode, values in cpu.items()},
+        "cpu_ratio_off_on_median": round(
+            statistics.median(off / on for on, off in zip(cpu["on"], cpu["off"], strict=True)), 3
+        ),
+        "model": args.model,
+        "rows_counted_by_watcher": counted,
+        "rows_dropped": dropped,
+        "args": vars(args),
+    }
     print(json.dumps(summary, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2))

@@ -17,21 +17,27 @@ and served by `python -m tf_serving_compat.server` (what `vinted serve` runs) on
 `serve_load.run_load` (N client threads, one image per request, b64 JPEG, `serving_default`).
 Payloads are real demo test JPEGs. The in-process baseline calls the same SavedModel's
 `serving_default` signature (`tf.saved_model.load`) in this process, one call per batch of 1 or 16
-images, after the same host-aware mixed-precision rewrite decision the server makes at start; server and baseline never run at the same time, and they alternate round by round.
+images, after the same host-aware mixed-precision rewrite decision the server makes at start; server and
+baseline never run at the same time, and they alternate round by round.
 Batching: `max_batch_size 16`, `batch_timeout_micros 5000`, `num_batch_threads 1` (2 cores: one
 batch at a time already uses both). A lone request waits out the batch timeout, which is why the
 1-client row pays it in latency; a 20 ms timeout (fuller batches from closed-loop clients) is measured
-too, like *batching off*, each in its own server start after the interleaved rounds. The load generator's 16 client threads
-run on the same 2 cores as the server, which the in-process baseline does not pay for. *Request bytes* compares one image's JSON body: b64 JPEG vs the
+too, like *batching off*, each in its own server start after the interleaved rounds. The load generator's 16
+client threads
+run on the same 2 cores as the server, which the in-process baseline does not pay for. *Request bytes*
+compares one image's JSON body: b64 JPEG vs the
 seed's float-pixel format (`serving_pixels`, pixels in [0, 1] as JSON numbers, already resized to the
 model's input size — the smallest the seed format can be); *format throughput* posts each body
 format from 4 client threads against the batching server.
 """
 
+
 def batching_text(timeout_ms: int) -> str:
     """TF Serving BatchingParameters text: batches of up to 16, one batch thread (2 cores)."""
-    return (f"max_batch_size {{ value: 16 }}\nbatch_timeout_micros {{ value: {timeout_ms * 1000} }}\n"
-            "max_enqueued_batches { value: 64 }\nnum_batch_threads { value: 1 }\n")
+    return (
+        f"max_batch_size {{ value: 16 }}\nbatch_timeout_micros {{ value: {timeout_ms * 1000} }}\n"
+        "max_enqueued_batches { value: 64 }\nnum_batch_threads { value: 1 }\n"
+    )
 
 
 MAIN_TIMEOUT_MS, ALT_TIMEOUT_MS = 5, 20
@@ -52,8 +58,12 @@ def _post_bodies(url: str, bodies: list[str], clients: int, per_client: int, max
                     return
                 started = time.perf_counter()
                 try:
-                    response = session.post(url, data=bodies[(index + k) % len(bodies)],
-                                            headers={"content-type": "application/json"}, timeout=120)
+                    response = session.post(
+                        url,
+                        data=bodies[(index + k) % len(bodies)],
+                        headers={"content-type": "application/json"},
+                        timeout=120,
+                    )
                     ok = response.status_code == 200
                 except requests.RequestException:
                     ok = False
@@ -89,7 +99,7 @@ def run(ctx: harness.Context) -> list[dict]:
     rewrite = configure_rewrite("auto").mode
     cfg = harness.bench_config(ctx)
     categories, tags = harness.vocabulary(cfg)
-    ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()[:ctx.pick(64, 8)]
+    ids = data.read_test_ids(cfg.data)[cfg.data.id_column].tolist()[: ctx.pick(64, 8)]
     paths = [cfg.data.images / f"{uuid}.jpeg" for uuid in ids]
     jpegs = [p.read_bytes() for p in paths]
     policy = harness.auto_policy()
@@ -123,8 +133,12 @@ def run(ctx: harness.Context) -> list[dict]:
         if timeout_ms is not None:
             batching_file = ctx.work / f"batching-{timeout_ms}ms.txt"
             batching_file.write_text(batching_text(timeout_ms))
-        args = argparse.Namespace(model_name="my_model", model_base_path=base / "my_model",
-                                  enable_batching=timeout_ms is not None, batching_parameters_file=batching_file)
+        args = argparse.Namespace(
+            model_name="my_model",
+            model_base_path=base / "my_model",
+            enable_batching=timeout_ms is not None,
+            batching_parameters_file=batching_file,
+        )
         log_dir = ctx.work / f"server-{timeout_ms}"
         log_dir.mkdir(exist_ok=True)
         process, url = serve_load.start_server(args, log_dir)
@@ -168,26 +182,38 @@ def run(ctx: harness.Context) -> list[dict]:
         pixels = pipeline.load_images([str(paths[0])], cfg.model.image_size)[0] / 255.0
         pixel_body = json.dumps({"signature_name": "serving_pixels", "instances": [pixels.tolist()]})
         b64_bodies = [json.dumps({"instances": [{"b64": base64.b64encode(j).decode()}]}) for j in jpegs[:8]]
-        pixel_bodies = [json.dumps({"signature_name": "serving_pixels", "instances": [
-            (pipeline.load_images([str(p)], cfg.model.image_size)[0] / 255.0).tolist()]}) for p in paths[:8]]
+        pixel_bodies = [
+            json.dumps(
+                {
+                    "signature_name": "serving_pixels",
+                    "instances": [(pipeline.load_images([str(p)], cfg.model.image_size)[0] / 255.0).tolist()],
+                }
+            )
+            for p in paths[:8]
+        ]
         endpoint = f"{url}/v1/models/my_model:predict"
         fmt_n = ctx.pick(8, 2)
         _post_bodies(endpoint, pixel_bodies[:1], 1, 1, 60)  # trace the pixel signature
         fmt = {"b64": [], "pixels": []}
         for r in range(repeats):
             for key in ("b64", "pixels") if r % 2 == 0 else ("pixels", "b64"):
-                fmt[key].append(_post_bodies(endpoint, b64_bodies if key == "b64" else pixel_bodies, 4, fmt_n,
-                                             max_seconds))
+                fmt[key].append(
+                    _post_bodies(endpoint, b64_bodies if key == "b64" else pixel_bodies, 4, fmt_n, max_seconds)
+                )
     finally:
         stop(process)
 
     alternatives = {}
-    for label, timeout_ms in ((f"batching on, batch_timeout {ALT_TIMEOUT_MS} ms", ALT_TIMEOUT_MS),
-                              ("batching off", None)):
+    for label, timeout_ms in (
+        (f"batching on, batch_timeout {ALT_TIMEOUT_MS} ms", ALT_TIMEOUT_MS),
+        ("batching off", None),
+    ):
         process, url = start(timeout_ms)
         try:
-            alternatives[label] = [serve_load.run_load(url, "my_model", jpegs, 16, per_client_16, max_seconds, 1)
-                                   for _ in range(max(1, repeats - 1))]
+            alternatives[label] = [
+                serve_load.run_load(url, "my_model", jpegs, 16, per_client_16, max_seconds, 1)
+                for _ in range(max(1, repeats - 1))
+            ]
         finally:
             stop(process)
 
@@ -198,39 +224,73 @@ def run(ctx: harness.Context) -> list[dict]:
         return float(np.percentile(values, q)) * 1000
 
     for clients, rest, inp, goal in ((1, "rest1", "in1", None), (16, "rest16", "in16", 0.85)):
-        paired = [a / b for a, b in zip(rate(rest), rate(inp))]
+        paired = [a / b for a, b in zip(rate(rest), rate(inp), strict=True)]
         lat = [x["latency_ms"] for x in results[rest]]
         in_lat = [v for x in results[inp] for v in x["lat"]]
         errors = sum(x["errors"] for x in results[rest])
-        rows.append(harness.row(
-            "serve", f"REST {clients} client(s), batching on ({MAIN_TIMEOUT_MS} ms)", harness.median(rate(rest)), "img/s",
-            baseline_name=f"in-process SavedModel, batch {clients}", baseline_value=harness.median(rate(inp)),
-            ratio=harness.median(paired), goal=goal, samples=rate(rest),
-            note=f"REST p50 {harness.median([x['p50'] for x in lat]):.0f} ms, p99 "
-                 f"{harness.median([x['p99'] for x in lat]):.0f} ms; in-process per call p50 {pct(in_lat, 50):.0f} ms, "
-                 f"p99 {pct(in_lat, 99):.0f} ms; {errors} errors; {repeats} rounds; rewrite {rewrite} on both sides"))
+        rows.append(
+            harness.row(
+                "serve",
+                f"REST {clients} client(s), batching on ({MAIN_TIMEOUT_MS} ms)",
+                harness.median(rate(rest)),
+                "img/s",
+                baseline_name=f"in-process SavedModel, batch {clients}",
+                baseline_value=harness.median(rate(inp)),
+                ratio=harness.median(paired),
+                goal=goal,
+                samples=rate(rest),
+                note=f"REST p50 {harness.median([x['p50'] for x in lat]):.0f} ms, p99 "
+                f"{harness.median([x['p99'] for x in lat]):.0f} ms; in-process per call p50 {pct(in_lat, 50):.0f} ms, "
+                f"p99 {pct(in_lat, 99):.0f} ms; {errors} errors; {repeats} rounds; rewrite {rewrite} on both sides",
+            )
+        )
     for label, runs in alternatives.items():
         lat = [x["latency_ms"] for x in runs]
-        rows.append(harness.row(
-            "serve", f"REST 16 clients, {label}", harness.median([x["images_per_s"] for x in runs]),
-            "img/s", baseline_name="in-process SavedModel, batch 16", baseline_value=harness.median(rate("in16")),
-            note=f"p50 {harness.median([x['p50'] for x in lat]):.0f} ms, p99 {harness.median([x['p99'] for x in lat]):.0f}"
-                 f" ms; {sum(x['errors'] for x in runs)} errors; not interleaved (own server start, after the rounds)"))
-    rows.append(harness.row(
-        "serve", "request bytes per image: float pixels / b64 JPEG", len(pixel_body) / len(b64_body), "x larger",
-        baseline_name="b64 JPEG body bytes", baseline_value=None, ratio=len(pixel_body) / len(b64_body),
-        note=f"b64 JPEG {len(b64_body):,} B (JPEG {len(jpegs[0]):,} B) vs pixels {len(pixel_body):,} B at "
-             f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}"))
+        rows.append(
+            harness.row(
+                "serve",
+                f"REST 16 clients, {label}",
+                harness.median([x["images_per_s"] for x in runs]),
+                "img/s",
+                baseline_name="in-process SavedModel, batch 16",
+                baseline_value=harness.median(rate("in16")),
+                note=f"p50 {harness.median([x['p50'] for x in lat]):.0f} ms, "
+                f"p99 {harness.median([x['p99'] for x in lat]):.0f}"
+                f" ms; {sum(x['errors'] for x in runs)} errors; not interleaved (own server start, after the rounds)",
+            )
+        )
+    rows.append(
+        harness.row(
+            "serve",
+            "request bytes per image: float pixels / b64 JPEG",
+            len(pixel_body) / len(b64_body),
+            "x larger",
+            baseline_name="b64 JPEG body bytes",
+            baseline_value=None,
+            ratio=len(pixel_body) / len(b64_body),
+            note=f"b64 JPEG {len(b64_body):,} B (JPEG {len(jpegs[0]):,} B) vs pixels {len(pixel_body):,} B at "
+            f"{cfg.model.image_size[0]}x{cfg.model.image_size[1]}",
+        )
+    )
     b64_rates = [x["images_per_s"] for x in fmt["b64"]]
     px_rates = [x["images_per_s"] for x in fmt["pixels"]]
-    rows.append(harness.row(
-        "serve", "server throughput, b64 JPEG requests", harness.median(b64_rates), "img/s",
-        baseline_name="float-pixel JSON requests (serving_pixels)", baseline_value=harness.median(px_rates),
-        ratio=harness.median([a / b for a, b in zip(b64_rates, px_rates)]), samples=b64_rates,
-        note=f"4 clients x {fmt_n} requests, batching on; errors b64 {sum(x['errors'] for x in fmt['b64'])}, "
-             f"pixels {sum(x['errors'] for x in fmt['pixels'])}"))
-    rows.append(harness.row("serve", "SavedModel size on disk", saved_mb, "MiB",
-                            note="both signatures; variables dominate"))
+    rows.append(
+        harness.row(
+            "serve",
+            "server throughput, b64 JPEG requests",
+            harness.median(b64_rates),
+            "img/s",
+            baseline_name="float-pixel JSON requests (serving_pixels)",
+            baseline_value=harness.median(px_rates),
+            ratio=harness.median([a / b for a, b in zip(b64_rates, px_rates, strict=True)]),
+            samples=b64_rates,
+            note=f"4 clients x {fmt_n} requests, batching on; errors b64 {sum(x['errors'] for x in fmt['b64'])}, "
+            f"pixels {sum(x['errors'] for x in fmt['pixels'])}",
+        )
+    )
+    rows.append(
+        harness.row("serve", "SavedModel size on disk", saved_mb, "MiB", note="both signatures; variables dominate")
+    )
     return rows
 
 

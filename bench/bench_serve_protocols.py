@@ -57,37 +57,71 @@ def run(ctx: harness.Context) -> list[dict]:
     base = rates("inprocess")
     machine = harness.machine()
     rewrite = results["inprocess"][0]["rewrite"]
-    where = (f"measured on {machine['cpu_model']} ({machine['usable_cores']} cores), mixed-precision rewrite "
-             f"{rewrite} in server and baseline alike; ")
+    where = (
+        f"measured on {machine['cpu_model']} ({machine['usable_cores']} cores), mixed-precision rewrite "
+        f"{rewrite} in server and baseline alike; "
+    )
     rows = []
     goals = {"rest": 0.85, "grpc": 0.9, "rest_asyncio_h11": None}
-    labels = {"rest": "REST, 16 clients (uvloop + httptools)", "grpc": "gRPC, 16 clients",
-              "rest_asyncio_h11": "REST, 16 clients (asyncio + h11)"}
+    labels = {
+        "rest": "REST, 16 clients (uvloop + httptools)",
+        "grpc": "gRPC, 16 clients",
+        "rest_asyncio_h11": "REST, 16 clients (asyncio + h11)",
+    }
     for kind in results["kinds"]:
         values = rates(kind)
-        paired = [v / b for v, b in zip(values, base)]
+        paired = [v / b for v, b in zip(values, base, strict=True)]
         shares = [r["loadgen_cpu_share"] for r in results[kind]]
         p50 = statistics.median(r["p50_ms"] for r in results[kind])
         p99 = statistics.median(r["p99_ms"] for r in results[kind])
-        rows.append(harness.row(name, labels[kind], harness.median(values), "img/s",
-                                baseline_name="in-process, 16 threads", baseline_value=harness.median(base),
-                                ratio=harness.median(paired), goal=goals[kind], samples=values,
-                                note=f"{where if not rows else ''}p50 {p50:.0f} ms, p99 {p99:.0f} ms; load generator "
-                                     f"{100 * harness.median(shares):.0f}% of the CPU used"))
-    heap_labels = {"server": "in-process, the server's heap settings (mmap 8 MiB, trim 32 MiB)",
-                   "mmap_1mib": "in-process, the server's previous heap setting (mmap 1 MiB, trim 128 KiB)"}
+        rows.append(
+            harness.row(
+                name,
+                labels[kind],
+                harness.median(values),
+                "img/s",
+                baseline_name="in-process, 16 threads",
+                baseline_value=harness.median(base),
+                ratio=harness.median(paired),
+                goal=goals[kind],
+                samples=values,
+                note=f"{where if not rows else ''}p50 {p50:.0f} ms, p99 {p99:.0f} ms; load generator "
+                f"{100 * harness.median(shares):.0f}% of the CPU used",
+            )
+        )
+    heap_labels = {
+        "server": "in-process, the server's heap settings (mmap 8 MiB, trim 32 MiB)",
+        "mmap_1mib": "in-process, the server's previous heap setting (mmap 1 MiB, trim 128 KiB)",
+    }
     for heap in results["heaps"]:
         values = rates(f"inprocess_heap_{heap}")
-        rows.append(harness.row(name, heap_labels[heap], harness.median(values), "img/s",
-                                baseline_name="in-process, glibc defaults", baseline_value=harness.median(base),
-                                ratio=harness.median([v / b for v, b in zip(values, base)]), samples=values,
-                                note="16 threads; tf_serving_compat.images.bound_heap_retention"))
+        rows.append(
+            harness.row(
+                name,
+                heap_labels[heap],
+                harness.median(values),
+                "img/s",
+                baseline_name="in-process, glibc defaults",
+                baseline_value=harness.median(base),
+                ratio=harness.median([v / b for v, b in zip(values, base, strict=True)]),
+                samples=values,
+                note="16 threads; tf_serving_compat.images.bound_heap_retention",
+            )
+        )
     on, off = results["warmup"]["true"], results["warmup"]["false"]
     for label, record in (("warmup on", on), ("warmup off", off)):
-        rows.append(harness.row(name, f"first request, {label}", record["first_ms"], "ms",
-                                baseline_name="steady state", baseline_value=record["steady_ms"],
-                                higher_is_better=False,
-                                note=f"AVAILABLE {record['available_s']:.1f} s after start"))
+        rows.append(
+            harness.row(
+                name,
+                f"first request, {label}",
+                record["first_ms"],
+                "ms",
+                baseline_name="steady state",
+                baseline_value=record["steady_ms"],
+                higher_is_better=False,
+                note=f"AVAILABLE {record['available_s']:.1f} s after start",
+            )
+        )
     return rows
 
 

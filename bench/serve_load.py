@@ -70,10 +70,23 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen | None = No
 
 def start_server(args: argparse.Namespace, log_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "tf_serving_compat.server", "--host", "127.0.0.1",
-               "--rest_api_port", str(port), "--model_name", args.model_name,
-               "--model_base_path", str(args.model_base_path), "--file_system_poll_wait_seconds", "0",
-               "--port", str(getattr(args, "grpc_port", 0) or 0)]  # gRPC off unless asked for
+    command = [
+        sys.executable,
+        "-m",
+        "tf_serving_compat.server",
+        "--host",
+        "127.0.0.1",
+        "--rest_api_port",
+        str(port),
+        "--model_name",
+        args.model_name,
+        "--model_base_path",
+        str(args.model_base_path),
+        "--file_system_poll_wait_seconds",
+        "0",
+        "--port",
+        str(getattr(args, "grpc_port", 0) or 0),
+    ]  # gRPC off unless asked for
     if args.enable_batching:
         command.append("--enable_batching")
         if args.batching_parameters_file:
@@ -100,8 +113,15 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
-def run_load(url: str, model: str, images: list[bytes], clients: int, requests_per_client: int,
-             max_seconds: float, per_request: int) -> dict:
+def run_load(
+    url: str,
+    model: str,
+    images: list[bytes],
+    clients: int,
+    requests_per_client: int,
+    max_seconds: float,
+    per_request: int,
+) -> dict:
     """N threads x M requests (or until max_seconds); returns latency/throughput/error stats."""
     import requests
 
@@ -123,10 +143,12 @@ def run_load(url: str, model: str, images: list[bytes], clients: int, requests_p
             body = bodies[(index * requests_per_client + n) % len(bodies)]
             started = time.perf_counter()
             try:
-                response = session.post(endpoint, data=body, headers={"content-type": "application/json"},
-                                        timeout=60)
-                key = None if response.status_code == 200 and "predictions" in response.json() else \
-                    f"HTTP {response.status_code}"
+                response = session.post(endpoint, data=body, headers={"content-type": "application/json"}, timeout=60)
+                key = (
+                    None
+                    if response.status_code == 200 and "predictions" in response.json()
+                    else f"HTTP {response.status_code}"
+                )
             except Exception as exc:  # noqa: BLE001 - every failure is counted, not raised
                 key = type(exc).__name__
             elapsed = (time.perf_counter() - started) * 1000
@@ -152,8 +174,12 @@ def run_load(url: str, model: str, images: list[bytes], clients: int, requests_p
         "wall_s": round(wall, 3),
         "throughput_rps": round(ok / wall, 2) if wall else None,
         "images_per_s": round(ok * per_request / wall, 2) if wall else None,
-        "latency_ms": {"p50": percentile(latencies, 50), "p90": percentile(latencies, 90),
-                       "p99": percentile(latencies, 99), "max": round(max(latencies), 2) if latencies else None},
+        "latency_ms": {
+            "p50": percentile(latencies, 50),
+            "p90": percentile(latencies, 90),
+            "p99": percentile(latencies, 99),
+            "max": round(max(latencies), 2) if latencies else None,
+        },
     }
 
 
@@ -179,7 +205,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.url and not args.model_base_path:
         default = PROJECT / "model_training" / "saved_model" / args.model_name
         if not default.is_dir():
-            p.error("give --url or --model_base_path (no exported model at %s)" % default)
+            p.error(f"give --url or --model_base_path (no exported model at {default})")
         args.model_base_path = default
     if args.url and urlparse(args.url).hostname not in LOOPBACK:
         p.error("--url must point at 127.0.0.1/localhost: this load test never leaves the machine")
@@ -207,15 +233,23 @@ def main(argv: list[str] | None = None) -> int:
             images = make_jpegs(max(8, args.clients), args.image_size)
             run_load(url, args.model_name, images[:1], 1, 2, 30, 1)  # warm-up, not measured
             rss_before = rss_mb(pid)
-            report = run_load(url, args.model_name, images, args.clients, args.requests, args.max_seconds,
-                              args.images_per_request)
-            report.update({
-                "url": url, "model": args.model_name, "clients": args.clients,
-                "requests_per_client": args.requests, "images_per_request": args.images_per_request,
-                "image_size": args.image_size, "batching": bool(args.enable_batching),
-                "server_rss_mb_before": rss_before, "server_rss_mb_after": rss_mb(pid),
-                "server_started_here": process is not None,
-            })
+            report = run_load(
+                url, args.model_name, images, args.clients, args.requests, args.max_seconds, args.images_per_request
+            )
+            report.update(
+                {
+                    "url": url,
+                    "model": args.model_name,
+                    "clients": args.clients,
+                    "requests_per_client": args.requests,
+                    "images_per_request": args.images_per_request,
+                    "image_size": args.image_size,
+                    "batching": bool(args.enable_batching),
+                    "server_rss_mb_before": rss_before,
+                    "server_rss_mb_after": rss_mb(pid),
+                    "server_started_here": process is not None,
+                }
+            )
         finally:
             if process is not None:
                 process.terminate()
@@ -229,9 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     lat = report["latency_ms"]
-    print(f"# {report['requests_ok']} ok, {report['errors']} errors in {report['wall_s']} s: "
-          f"{report['throughput_rps']} req/s, p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, "
-          f"RSS {report['server_rss_mb_before']} -> {report['server_rss_mb_after']} MiB", file=sys.stderr)
+    print(
+        f"# {report['requests_ok']} ok, {report['errors']} errors in {report['wall_s']} s: "
+        f"{report['throughput_rps']} req/s, p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, "
+        f"RSS {report['server_rss_mb_before']} -> {report['server_rss_mb_after']} MiB",
+        file=sys.stderr,
+    )
     return 0 if report["errors"] == 0 and report["requests_ok"] > 0 else 1
 
 

@@ -37,8 +37,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------- load generators (child processes)
 
 
-async def _rest_client(host: str, port: int, request: bytes, count: int, latencies: list[float],
-                       errors: list[int]) -> None:
+async def _rest_client(
+    host: str, port: int, request: bytes, count: int, latencies: list[float], errors: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         for _ in range(count):
@@ -87,16 +88,20 @@ def loadgen_main(argv: list[str]) -> int:
 
     async def run() -> float:
         if kind == "rest":
-            request = (f"POST /v1/models/my_model:predict HTTP/1.1\r\nHost: {host}\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+            request = (
+                f"POST /v1/models/my_model:predict HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            ).encode() + payload
             started = time.perf_counter()
-            await asyncio.gather(*[_rest_client(host, port, request, per_client, latencies, errors)
-                                   for _ in range(clients)])
+            await asyncio.gather(
+                *[_rest_client(host, port, request, per_client, latencies, errors) for _ in range(clients)]
+            )
             return time.perf_counter() - started
         import grpc
 
-        async with grpc.aio.insecure_channel(f"{host}:{port}", options=[
-                ("grpc.max_receive_message_length", 2**31 - 1)]) as channel:
+        async with grpc.aio.insecure_channel(
+            f"{host}:{port}", options=[("grpc.max_receive_message_length", 2**31 - 1)]
+        ) as channel:
             call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
             started = time.perf_counter()
             await asyncio.gather(*[_grpc_client(call, payload, per_client, latencies, errors) for _ in range(clients)])
@@ -104,10 +109,19 @@ def loadgen_main(argv: list[str]) -> int:
 
     wall = asyncio.run(run())
     cpu = os.times()
-    print(json.dumps({"ok": len(latencies), "errors": errors[:5], "n_errors": len(errors), "wall_s": wall,
-                      "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
-                      "p99_ms": 1000 * sorted(latencies)[int(0.99 * (len(latencies) - 1))] if latencies else None,
-                      "cpu_s": cpu.user + cpu.system}))
+    print(
+        json.dumps(
+            {
+                "ok": len(latencies),
+                "errors": errors[:5],
+                "n_errors": len(errors),
+                "wall_s": wall,
+                "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
+                "p99_ms": 1000 * sorted(latencies)[int(0.99 * (len(latencies) - 1))] if latencies else None,
+                "cpu_s": cpu.user + cpu.system,
+            }
+        )
+    )
     return 0
 
 
@@ -155,8 +169,11 @@ def inprocess_main(argv: list[str]) -> int:
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    print(json.dumps({"ok": len(latencies), "wall_s": wall, "p50_ms": 1000 * statistics.median(latencies),
-                      "rewrite": rewrite}))
+    print(
+        json.dumps(
+            {"ok": len(latencies), "wall_s": wall, "p50_ms": 1000 * statistics.median(latencies), "rewrite": rewrite}
+        )
+    )
     return 0
 
 
@@ -176,8 +193,14 @@ def _env() -> dict:
 
 
 def _child(args: list[str], timeout: float = 900) -> dict:
-    done = subprocess.run([sys.executable, "-m", "bench.serve_protocols", *args], cwd=PROJECT, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.serve_protocols", *args],
+        cwd=PROJECT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -191,9 +214,21 @@ class Server:
         self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tf_serving_compat.server", f"--rest_api_port={self.rest}",
-             f"--port={self.grpc}", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0", *extra],
-            cwd=PROJECT, env=_env(), stdout=subprocess.DEVNULL, stderr=self.log)
+            [
+                sys.executable,
+                "-m",
+                "tf_serving_compat.server",
+                f"--rest_api_port={self.rest}",
+                f"--port={self.grpc}",
+                f"--model_base_path={base}",
+                "--file_system_poll_wait_seconds=0",
+                *extra,
+            ],
+            cwd=PROJECT,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
 
     def wait_available(self, timeout: float = 600) -> float:
         """Seconds from start until the model is AVAILABLE (warmup included when on)."""
@@ -238,8 +273,9 @@ def export_bench_model(work: Path, smoke: bool) -> tuple[Path, list[bytes]]:
     jpegs = [(cfg.data.images / f"{uuid}.jpeg").read_bytes() for uuid in ids]
     bundle = build_model(cfg.model, categories, tags, category_output=cfg.data.category_column)
     labels = RunLabels(cfg.data.category_column, categories, tags, [0.5] * len(tags), cfg.model.image_size)
-    version_dir = export_saved_model(bundle.model, labels, work / "saved_model", "my_model", version=1,
-                                     warmup_images=jpegs[:4])
+    version_dir = export_saved_model(
+        bundle.model, labels, work / "saved_model", "my_model", version=1, warmup_images=jpegs[:4]
+    )
     return version_dir, jpegs
 
 
@@ -257,8 +293,9 @@ def first_request(server: Server, body: bytes, steady: int) -> dict:
     return {"first_ms": times[0], "steady_ms": statistics.median(times[1:])}
 
 
-def measure(work: Path, smoke: bool, clients: int = 16, per_client: int | None = None,
-            rounds: int | None = None) -> dict:
+def measure(
+    work: Path, smoke: bool, clients: int = 16, per_client: int | None = None, rounds: int | None = None
+) -> dict:
     """Export the bench model into ``work`` and measure everything; returns the raw results."""
     import numpy as np
     import tensorflow as tf
@@ -280,29 +317,41 @@ def measure(work: Path, smoke: bool, clients: int = 16, per_client: int | None =
     base = version_dir.parent
     kinds = ("rest", "grpc") if smoke else ("rest", "grpc", "rest_asyncio_h11")
     heaps = ("server",) if smoke else ("server", "mmap_1mib")
-    results: dict = {"clients": clients, "per_client": per_client, "rounds": rounds, "inprocess": [],
-                     **{kind: [] for kind in kinds}, **{f"inprocess_heap_{heap}": [] for heap in heaps}}
+    results: dict = {
+        "clients": clients,
+        "per_client": per_client,
+        "rounds": rounds,
+        "inprocess": [],
+        **{kind: [] for kind in kinds},
+        **{f"inprocess_heap_{heap}": [] for heap in heaps},
+    }
     servers = {"auto": Server(base, work / "server.log", "--http_stack=auto")}
     if "rest_asyncio_h11" in kinds:
         servers["asyncio"] = Server(base, work / "server-asyncio.log", "--http_stack=asyncio")
-    targets = {"rest": (servers["auto"], "rest", "rest.json"), "grpc": (servers["auto"], "grpc", "grpc.bin"),
-               "rest_asyncio_h11": (servers.get("asyncio"), "rest", "rest.json")}
+    targets = {
+        "rest": (servers["auto"], "rest", "rest.json"),
+        "grpc": (servers["auto"], "grpc", "grpc.bin"),
+        "rest_asyncio_h11": (servers.get("asyncio"), "rest", "rest.json"),
+    }
     try:
         for server in servers.values():
             server.wait_available()
             _child(["loadgen", "rest", "127.0.0.1", str(server.rest), str(work / "rest.json"), "2", "2"])  # warm
         for _ in range(rounds):
-            results["inprocess"].append(_child(["inprocess", str(version_dir), str(images_dir), str(clients),
-                                                str(per_client), "default"]))
+            results["inprocess"].append(
+                _child(["inprocess", str(version_dir), str(images_dir), str(clients), str(per_client), "default"])
+            )
             for heap in heaps:
-                results[f"inprocess_heap_{heap}"].append(_child(["inprocess", str(version_dir), str(images_dir),
-                                                                 str(clients), str(per_client), heap]))
+                results[f"inprocess_heap_{heap}"].append(
+                    _child(["inprocess", str(version_dir), str(images_dir), str(clients), str(per_client), heap])
+                )
             for kind in kinds:
                 server, protocol, payload = targets[kind]
                 port = server.rest if protocol == "rest" else server.grpc
                 cpu_before = server.cpu_s()
-                run = _child(["loadgen", protocol, "127.0.0.1", str(port), str(work / payload), str(clients),
-                              str(per_client)])
+                run = _child(
+                    ["loadgen", protocol, "127.0.0.1", str(port), str(work / payload), str(clients), str(per_client)]
+                )
                 run["server_cpu_s"] = server.cpu_s() - cpu_before
                 run["loadgen_cpu_share"] = run["cpu_s"] / (run["cpu_s"] + run["server_cpu_s"])
                 results[kind].append(run)

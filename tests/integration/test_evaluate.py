@@ -55,9 +55,7 @@ def random_preds():
 @pytest.fixture(scope="module")
 def random_metrics(random_preds):
     y_cat, p_cat, y_tags, p_tags, thr = random_preds
-    return evaluate_predictions(
-        y_cat, p_cat, y_tags, p_tags, categories=CATS, tag_names=TAGS, thresholds=thr
-    )
+    return evaluate_predictions(y_cat, p_cat, y_tags, p_tags, categories=CATS, tag_names=TAGS, thresholds=thr)
 
 
 # ----------------------------------------------------------------------- top2
@@ -75,12 +73,14 @@ def test_top2_rejects_single_category():
 
 
 def test_top2_accuracy_constructed_case():
-    p_cat = np.array([
-        [0.6, 0.3, 0.1],  # y=0: top-1 hit
-        [0.5, 0.4, 0.1],  # y=1: second choice -> top-2 hit only
-        [0.7, 0.2, 0.1],  # y=2: last -> miss
-        [0.1, 0.2, 0.7],  # y=1: second -> top-2 hit only
-    ])
+    p_cat = np.array(
+        [
+            [0.6, 0.3, 0.1],  # y=0: top-1 hit
+            [0.5, 0.4, 0.1],  # y=1: second choice -> top-2 hit only
+            [0.7, 0.2, 0.1],  # y=2: last -> miss
+            [0.1, 0.2, 0.7],  # y=1: second -> top-2 hit only
+        ]
+    )
     y_cat = np.array([0, 1, 2, 1])
     y_tags = np.array([[1], [0], [1], [0]])
     p_tags = np.array([[0.9], [0.1], [0.8], [0.2]])
@@ -222,8 +222,14 @@ def test_tpr_at_low_fpr_constructed():
 
     def tpr(low_fpr):
         m = evaluate_predictions(
-            y_cat, p_cat, y_tags, p_tags, categories=["a", "b"], tag_names=["t"],
-            thresholds=[0.5], low_fpr=low_fpr,
+            y_cat,
+            p_cat,
+            y_tags,
+            p_tags,
+            categories=["a", "b"],
+            tag_names=["t"],
+            thresholds=[0.5],
+            low_fpr=low_fpr,
         )
         return m["tags"]["per_tag"]["t"]["tpr_at_low_fpr"]
 
@@ -242,13 +248,24 @@ def test_degenerate_inputs_do_not_crash_or_warn(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = evaluate_predictions(
-            y_cat, p_cat, y_tags, p_tags, categories=["a", "b", "c"],
-            tag_names=["none", "all", "half"], thresholds=[0.5, 0.5, 0.5],
+            y_cat,
+            p_cat,
+            y_tags,
+            p_tags,
+            categories=["a", "b", "c"],
+            tag_names=["none", "all", "half"],
+            thresholds=[0.5, 0.5, 0.5],
             slices=pd.Series(["x"] * 6),
         )
         paths = save_figures(
-            y_cat, p_cat, y_tags, p_tags, categories=["a", "b", "c"],
-            tag_names=["none", "all", "half"], thresholds=[0.5, 0.5, 0.5], out_dir=tmp_path,
+            y_cat,
+            p_cat,
+            y_tags,
+            p_tags,
+            categories=["a", "b", "c"],
+            tag_names=["none", "all", "half"],
+            thresholds=[0.5, 0.5, 0.5],
+            out_dir=tmp_path,
         )
     json.dumps(m, allow_nan=False)
     none_tag, all_tag, half_tag = (m["tags"]["per_tag"][k] for k in ("none", "all", "half"))
@@ -287,8 +304,14 @@ def test_slices_group_small_values_into_other():
     p_tags = np.zeros((n, 1))
     p_tags[:2] = 0.9  # red: tp=2, fn=2 -> F1 2/3
     m = evaluate_predictions(
-        y_cat, p_cat, y_tags, p_tags, categories=["a", "b", "c"], tag_names=["t"],
-        thresholds=[0.5], slices=pd.Series(colours, index=np.arange(100, 100 + n)),
+        y_cat,
+        p_cat,
+        y_tags,
+        p_tags,
+        categories=["a", "b", "c"],
+        tag_names=["t"],
+        thresholds=[0.5],
+        slices=pd.Series(colours, index=np.arange(100, 100 + n)),
     )
     s = m["slices"]
     assert list(s) == ["red", "blue", "OTHER"]
@@ -307,7 +330,13 @@ def test_slices_length_mismatch_raises(random_preds):
     y_cat, p_cat, y_tags, p_tags, thr = random_preds
     with pytest.raises(ValueError, match="slices"):
         evaluate_predictions(
-            y_cat, p_cat, y_tags, p_tags, categories=CATS, tag_names=TAGS, thresholds=thr,
+            y_cat,
+            p_cat,
+            y_tags,
+            p_tags,
+            categories=CATS,
+            tag_names=TAGS,
+            thresholds=thr,
             slices=pd.Series(["a"] * 3),
         )
 
@@ -360,9 +389,7 @@ def test_figure_builders_axes(random_preds):
     assert (x, y) == pytest.approx((tp / y_tags[:, 0].sum(), tp / pred.sum()))
     tc = tag_confusion_figure(y_tags, p_tags, tag_names=TAGS, thresholds=thr)
     assert len(tc.axes) == len(TAGS)
-    assert [t.get_text() for t in tc.axes[0].texts] == [
-        str(v) for v in confusion_matrix(y_tags[:, 0], pred).ravel()
-    ]
+    assert [t.get_text() for t in tc.axes[0].texts] == [str(v) for v in confusion_matrix(y_tags[:, 0], pred).ravel()]
 
 
 @pytest.mark.parametrize(
@@ -383,8 +410,13 @@ def test_learning_curves_any_subset(keys, n_axes):
 
 
 def test_learning_curves_panel_contents():
-    history = {"loss": [3, 2, 1], "val_loss": [3.5, 2.5, 2], "tags_loss": [1, 0.5, 0.4],
-               "cc3_top1": [0.2, 0.4, 0.5], "val_cc3_top1": [0.1, 0.3, 0.45]}
+    history = {
+        "loss": [3, 2, 1],
+        "val_loss": [3.5, 2.5, 2],
+        "tags_loss": [1, 0.5, 0.4],
+        "cc3_top1": [0.2, 0.4, 0.5],
+        "val_cc3_top1": [0.1, 0.3, 0.45],
+    }
     fig = learning_curves_figure(history)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["loss", "top-1"]
@@ -398,12 +430,23 @@ def test_save_figures_writes_valid_pngs(tmp_path, random_preds):
     y_cat, p_cat, y_tags, p_tags, thr = random_preds
     out = tmp_path / "figs"
     paths = save_figures(
-        y_cat, p_cat, y_tags, p_tags, categories=CATS, tag_names=TAGS, thresholds=thr,
-        out_dir=out, history={"loss": [1.0, 0.5], "val_loss": [1.2, 0.9]},
+        y_cat,
+        p_cat,
+        y_tags,
+        p_tags,
+        categories=CATS,
+        tag_names=TAGS,
+        thresholds=thr,
+        out_dir=out,
+        history={"loss": [1.0, 0.5], "val_loss": [1.2, 0.9]},
     )
     assert set(paths) == set(FIGURE_NAMES)
     assert {p.name for p in paths.values()} == {
-        "confusion_matrix.png", "roc_tags.png", "pr_tags.png", "tag_confusion.png", "learning_curves.png",
+        "confusion_matrix.png",
+        "roc_tags.png",
+        "pr_tags.png",
+        "tag_confusion.png",
+        "learning_curves.png",
     }
     for p in paths.values():
         assert p.read_bytes()[:8] == PNG_MAGIC
@@ -412,7 +455,14 @@ def test_save_figures_writes_valid_pngs(tmp_path, random_preds):
     assert sorted(q.name for q in out.iterdir()) == sorted(p.name for p in paths.values())  # no temp leftovers
 
     no_history = save_figures(
-        y_cat, p_cat, y_tags, p_tags, categories=CATS, tag_names=TAGS, thresholds=thr, out_dir=tmp_path / "b",
+        y_cat,
+        p_cat,
+        y_tags,
+        p_tags,
+        categories=CATS,
+        tag_names=TAGS,
+        thresholds=thr,
+        out_dir=tmp_path / "b",
     )
     assert "learning_curves" not in no_history and len(no_history) == 4
 
@@ -422,8 +472,13 @@ def test_single_tag_is_scored_as_the_positive_class_only():
     y_tags = np.array([[1], [1], [0], [0], [0]])
     p_tags = np.array([[0.9], [0.2], [0.8], [0.1], [0.1]])
     m = evaluate_predictions(
-        np.zeros(5, dtype=int), np.tile([0.6, 0.4], (5, 1)), y_tags, p_tags,
-        categories=["a", "b"], tag_names=["t"], thresholds=[0.5],
+        np.zeros(5, dtype=int),
+        np.tile([0.6, 0.4], (5, 1)),
+        y_tags,
+        p_tags,
+        categories=["a", "b"],
+        tag_names=["t"],
+        thresholds=[0.5],
     )
     t = m["tags"]["per_tag"]["t"]
     pred = p_tags[:, 0] >= 0.5

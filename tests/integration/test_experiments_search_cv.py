@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from helpers import tiny_config
+
 from vinted_classifier import train as train_module
 from vinted_classifier.config import load_config
 from vinted_classifier.experiments import search as search_module

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import tiny_config
+
 from vinted_classifier import train as train_module
 from vinted_classifier.config import PROJECT_ROOT
 from vinted_classifier.experiments import tracking
@@ -16,8 +16,14 @@ def test_a_tracked_run_holds_config_metrics_artefacts_and_its_export(tiny_datase
     import mlflow
 
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory either
-    cfg = tiny_config(tiny_dataset, tmp_path / "runs", "train.head_epochs=2", "train.finetune_epochs=1",
-                      "tracking.enabled=true", "tracking.registered_model_name=vinted-tiny")
+    cfg = tiny_config(
+        tiny_dataset,
+        tmp_path / "runs",
+        "train.head_epochs=2",
+        "train.finetune_epochs=1",
+        "tracking.enabled=true",
+        "tracking.registered_model_name=vinted-tiny",
+    )
     result = train_module.train(cfg)
     assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path / 'runs' / 'mlruns' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking.tracking_uri(cfg))

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import tiny_config
+
 from vinted_classifier import train as train_module
 from vinted_classifier.runs import load_run
 
@@ -21,8 +21,11 @@ def test_fine_tuning_that_only_hurts_leaves_the_phase1_model(tiny_dataset, tmp_p
     common = ["train.head_epochs=2", "tracking.enabled=false"]
     head_only = train_module.train(tiny_config(tiny_dataset, tmp_path / "a", *common))
     # An absurd fine-tune learning rate: every phase-2 epoch is worse than phase 1 (or diverges).
-    hurt = train_module.train(tiny_config(tiny_dataset, tmp_path / "b", *common, "train.finetune_epochs=2",
-                                          "train.finetune_learning_rate=50.0"))
+    hurt = train_module.train(
+        tiny_config(
+            tiny_dataset, tmp_path / "b", *common, "train.finetune_epochs=2", "train.finetune_learning_rate=50.0"
+        )
+    )
     best = json.loads((hurt.run_dir / "run.json").read_text())["best_model"]
     assert best["kept_phase"] == "head" and best["finetune_best_epoch"] is None
     assert len(best["finetune_values"]) == 2 and best["monitor"] == "val_loss"
@@ -37,9 +40,16 @@ def test_fine_tuning_that_only_hurts_leaves_the_phase1_model(tiny_dataset, tmp_p
 
 
 def test_fine_tuning_with_warmup_is_kept_when_it_beats_phase_1(tiny_dataset, tmp_path):
-    cfg = tiny_config(tiny_dataset, tmp_path / "c", "train.head_epochs=1", "train.head_learning_rate=0.0001",
-                      "train.finetune_epochs=2", "train.finetune_learning_rate=0.001",
-                      "train.finetune_warmup_epochs=1", "tracking.enabled=false")
+    cfg = tiny_config(
+        tiny_dataset,
+        tmp_path / "c",
+        "train.head_epochs=1",
+        "train.head_learning_rate=0.0001",
+        "train.finetune_epochs=2",
+        "train.finetune_learning_rate=0.001",
+        "train.finetune_warmup_epochs=1",
+        "tracking.enabled=false",
+    )
     result = train_module.train(cfg)
     best = json.loads((result.run_dir / "run.json").read_text())["best_model"]
     # One head epoch at a tiny learning rate leaves plenty for phase 2 to improve on.
@@ -57,8 +67,15 @@ def op_determinism_off_afterwards():
 
 def test_deterministic_runs_give_bit_identical_weights(tiny_dataset, tmp_path, op_determinism_off_afterwards):
     # Augmentation, cached augmented views, dropout and a fine-tune epoch: every random source in play.
-    extra = ["train.deterministic=true", "model.augment=true", "train.cached_augmented_views=1",
-             "model.dropout=0.3", "train.head_epochs=2", "train.finetune_epochs=1", "tracking.enabled=false"]
+    extra = [
+        "train.deterministic=true",
+        "model.augment=true",
+        "train.cached_augmented_views=1",
+        "model.dropout=0.3",
+        "train.head_epochs=2",
+        "train.finetune_epochs=1",
+        "tracking.enabled=false",
+    ]
     first = train_module.train(tiny_config(tiny_dataset, tmp_path / "a", *extra))
     second = train_module.train(tiny_config(tiny_dataset, tmp_path / "b", *extra))
     from tensorflow.python.framework import config as tf_config
@@ -74,8 +91,14 @@ def test_deterministic_runs_give_bit_identical_weights(tiny_dataset, tmp_path, o
 
 
 def test_time_budget_plans_the_run_and_the_run_stays_within_its_plan(tiny_dataset, tmp_path, caplog):
-    cfg = tiny_config(tiny_dataset, tmp_path / "budget", "train.time_budget_minutes=2", "train.head_epochs=3",
-                      "train.finetune_epochs=1", "tracking.enabled=false")
+    cfg = tiny_config(
+        tiny_dataset,
+        tmp_path / "budget",
+        "train.time_budget_minutes=2",
+        "train.head_epochs=3",
+        "train.finetune_epochs=1",
+        "tracking.enabled=false",
+    )
     with caplog.at_level("INFO", logger="vinted_classifier"):
         result = train_module.train(cfg)
     run = json.loads((result.run_dir / "run.json").read_text())

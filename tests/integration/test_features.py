@@ -16,8 +16,16 @@ N = 10
 
 @pytest.fixture(scope="module")
 def bundle():
-    cfg = ModelConfig(backbone="vgg16", weights="none", image_height=32, image_width=32, pooling="avg",
-                      dense_units=8, dropout=0.0, augment=True)
+    cfg = ModelConfig(
+        backbone="vgg16",
+        weights="none",
+        image_height=32,
+        image_width=32,
+        pooling="avg",
+        dense_units=8,
+        dropout=0.0,
+        augment=True,
+    )
     return M.build_model(cfg, CATEGORIES, TAGS)
 
 
@@ -47,8 +55,14 @@ def read_all(cache, **kwargs):
 
 def test_rows_equal_the_extractor_and_carry_labels(bundle, examples, tmp_path):
     x, codes, tags = examples
-    cache = write_feature_cache(bundle, image_dataset(examples), tmp_path / "train.f32", category_output="cc3",
-                                augment_views=2, key={"run": "a"})
+    cache = write_feature_cache(
+        bundle,
+        image_dataset(examples),
+        tmp_path / "train.f32",
+        category_output="cc3",
+        augment_views=2,
+        key={"run": "a"},
+    )
     dim = M.feature_dim(bundle)
     assert (cache.rows, cache.feature_dim, cache.n_tags) == (3 * N, dim, len(TAGS))
     assert (tmp_path / "train.f32").stat().st_size == 3 * N * (dim + 1 + len(TAGS)) * 4
@@ -62,8 +76,8 @@ def test_rows_equal_the_extractor_and_carry_labels(bundle, examples, tmp_path):
     assert got_codes.dtype == np.int64
     np.testing.assert_array_equal(got_tags, np.tile(tags, (3, 1)))
     # The augmented views are different pictures of the same images.
-    assert not np.allclose(features[N:2 * N], features[:N])
-    assert not np.allclose(features[2 * N:], features[N:2 * N])
+    assert not np.allclose(features[N : 2 * N], features[:N])
+    assert not np.allclose(features[2 * N :], features[N : 2 * N])
 
 
 @pytest.mark.parametrize("buffer", [100, 4], ids=["rows-fit-the-buffer", "windowed"])
@@ -97,8 +111,9 @@ def test_complete_cache_is_reused_and_a_changed_key_rebuilds(bundle, examples, t
     assert again == first and path.stat().st_mtime_ns == stamp
     assert "reusing feature cache" in caplog.text
     assert load_feature_cache(path, {"size": 64, "augment_views": 0}) is None
-    rebuilt = write_feature_cache(bundle, image_dataset(examples, batch=5).take(1), path, category_output="cc3",
-                                  key={"size": 64})
+    rebuilt = write_feature_cache(
+        bundle, image_dataset(examples, batch=5).take(1), path, category_output="cc3", key={"size": 64}
+    )
     assert rebuilt.rows == 5 and load_feature_cache(path, {"size": 64, "augment_views": 0}) == rebuilt
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import write_tiny_dataset
+
 from vinted_classifier.distributed import ClusterInfo, cluster_from_env, worker_run_dir
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -65,15 +65,17 @@ print("EPOCHS", len(result.history["loss"]))
 """
 
 
-def _start(data: Path, out: Path, tf_config: dict | None, *, script: str = WORKER,
-           env_extra: dict | None = None) -> subprocess.Popen:
+def _start(
+    data: Path, out: Path, tf_config: dict | None, *, script: str = WORKER, env_extra: dict | None = None
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(PROJECT), **(env_extra or {}))
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
     code = script.format(tests=str(PROJECT / "tests"), data=str(data), out=str(out))
-    return subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _finish(process: subprocess.Popen, what: str) -> str:
@@ -107,8 +109,9 @@ def test_two_workers_train_like_one(tmp_path):
     data = write_tiny_dataset(tmp_path / "tiny")
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    workers = [_start(data, tmp_path / "two", {"cluster": cluster, "task": {"type": "worker", "index": i}})
-               for i in range(2)]
+    workers = [
+        _start(data, tmp_path / "two", {"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)
+    ]
     for index, process in enumerate(workers):
         _finish(process, f"worker {index}")
     _finish(_start(data, tmp_path / "one", None), "single worker")
@@ -138,8 +141,16 @@ def test_two_workers_with_a_budget_train_the_chiefs_plan(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     # Worker 1 measures 50 s per image: planning alone it would refuse the run (or train other epochs
     # than the chief and wait on its collectives forever). It follows the chief's plan instead.
-    workers = [_start(data, tmp_path / "two", {"cluster": cluster, "task": {"type": "worker", "index": i}},
-                      script=BUDGET_WORKER, env_extra={"SLOW_WORKER": str(i)}) for i in range(2)]
+    workers = [
+        _start(
+            data,
+            tmp_path / "two",
+            {"cluster": cluster, "task": {"type": "worker", "index": i}},
+            script=BUDGET_WORKER,
+            env_extra={"SLOW_WORKER": str(i)},
+        )
+        for i in range(2)
+    ]
     outputs = [_finish(process, f"worker {index}") for index, process in enumerate(workers)]
     budget = json.loads((tmp_path / "two" / "default" / "run.json").read_text())["time_budget"]
     plan = budget["plan"]
@@ -147,7 +158,9 @@ def test_two_workers_with_a_budget_train_the_chiefs_plan(tmp_path):
     # After phase 1 the chief's clock may drop the fine-tune epoch; every worker follows that too.
     finetune = budget["after_phase1"]["finetune_epochs"] if plan["finetune_epochs"] else 0
     planned = plan["head_epochs"] + finetune
-    assert [line for out in outputs for line in out.splitlines() if line.startswith("EPOCHS")] == [f"EPOCHS {planned}"] * 2
+    assert [line for out in outputs for line in out.splitlines() if line.startswith("EPOCHS")] == [
+        f"EPOCHS {planned}"
+    ] * 2
 
 
 # A worker that, with KILL_AT_HEAD_EPOCH=E, SIGKILLs itself after batch 1 of head epoch E: no clean-up,
@@ -190,8 +203,16 @@ METRICS_ATOL = 1e-4
 def _two_workers(data: Path, out: Path, env_for_worker: dict[int, dict] | None = None) -> list[subprocess.Popen]:
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    return [_start(data, out, {"cluster": cluster, "task": {"type": "worker", "index": i}}, script=FAULT_WORKER,
-                   env_extra=(env_for_worker or {}).get(i)) for i in range(2)]
+    return [
+        _start(
+            data,
+            out,
+            {"cluster": cluster, "task": {"type": "worker", "index": i}},
+            script=FAULT_WORKER,
+            env_extra=(env_for_worker or {}).get(i),
+        )
+        for i in range(2)
+    ]
 
 
 def _numbers(tree, prefix: str = "") -> dict[str, float]:
@@ -225,7 +246,9 @@ def test_a_worker_killed_mid_epoch_resumes_from_backup_and_finishes_like_an_unin
     assert chief.returncode != 0
     run = tmp_path / "faulty" / "default"
     assert not (run / "metrics.json").exists()
-    assert (run / "backup" / "head").is_dir() and (tmp_path / "faulty" / ".workers" / "default-worker1" / "backup").is_dir()
+    assert (run / "backup" / "head").is_dir() and (
+        tmp_path / "faulty" / ".workers" / "default-worker1" / "backup"
+    ).is_dir()
 
     for index, process in enumerate(_two_workers(data, tmp_path / "faulty")):  # both restarted, same folders
         _finish(process, f"restarted worker {index}")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import tiny_config
+
 from vinted_classifier import train as train_module
 from vinted_classifier.runs import RunLabels, load_run
 
@@ -17,8 +17,17 @@ def test_run_writes_its_artefacts(tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_dataset, tmp_path / "runs", "train.finetune_epochs=1")
     result = train_module.train(cfg)
     run = result.run_dir
-    for name in ("config.yaml", "run.json", "labels.json", "model.keras", "metrics.json", "history.json",
-                 "figures/confusion_matrix.png", "figures/roc_tags.png", "figures/learning_curves.png"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "labels.json",
+        "model.keras",
+        "metrics.json",
+        "history.json",
+        "figures/confusion_matrix.png",
+        "figures/roc_tags.png",
+        "figures/learning_curves.png",
+    ):
         assert (run / name).is_file(), name
     meta = json.loads((run / "run.json").read_text())
     assert meta["weights_source"] == "none" and meta["precision_policy"] == "float32" and meta["seed"] == 42
@@ -61,8 +70,12 @@ def test_cached_features_train_the_same_head_as_uncached(tiny_dataset, tmp_path)
 
 
 def test_same_seed_same_losses(tiny_dataset, tmp_path):
-    first = train_module.train(tiny_config(tiny_dataset, tmp_path / "a", "train.head_epochs=2", "train.cache_features=false"))
-    second = train_module.train(tiny_config(tiny_dataset, tmp_path / "b", "train.head_epochs=2", "train.cache_features=false"))
+    first = train_module.train(
+        tiny_config(tiny_dataset, tmp_path / "a", "train.head_epochs=2", "train.cache_features=false")
+    )
+    second = train_module.train(
+        tiny_config(tiny_dataset, tmp_path / "b", "train.head_epochs=2", "train.cache_features=false")
+    )
     assert first.history["loss"] == second.history["loss"]
 
 

@@ -45,8 +45,9 @@ def test_score_hard_predictions_matches_evaluate_predictions():
     y_tags = rng.integers(0, 2, (40, 2))
     p_tags = rng.random((40, 2))
     thresholds = [0.4, 0.6]
-    full = evaluate_predictions(y_cat, p_cat, y_tags, p_tags, categories=list("abcd"), tag_names=["x", "y"],
-                                thresholds=thresholds)
+    full = evaluate_predictions(
+        y_cat, p_cat, y_tags, p_tags, categories=list("abcd"), tag_names=["x", "y"], thresholds=thresholds
+    )
     hard = score_hard_predictions(y_cat, top2(p_cat), y_tags, binarize_tags(p_tags, thresholds), tag_names=["x", "y"])
     assert hard["top1_accuracy"] == full["top1_accuracy"] and hard["top2_accuracy"] == full["top2_accuracy"]
     assert hard["tags"]["x"]["f1"] == full["tags"]["per_tag"]["x"]["f1"]
@@ -62,8 +63,9 @@ def test_score_hard_predictions_leaves_undefined_f1_out_of_the_mean():
 
 
 def test_score_predictions_file(tmp_path):
-    predictions = pd.DataFrame({"uuid": ["a", "b", "c"], "category1": [0, 1, 1], "category2": [1, 0, 2],
-                                "dots": [1, 0, 0]})
+    predictions = pd.DataFrame(
+        {"uuid": ["a", "b", "c"], "category1": [0, 1, 1], "category2": [1, 0, 2], "dots": [1, 0, 0]}
+    )
     truth = pd.DataFrame({"uuid": ["c", "a", "b"], "cc3": ["Z", "X", "X"], "dots": [0, 1, 1]})
     path = tmp_path / "test_labels.parquet"
     truth.to_parquet(path)
@@ -83,10 +85,17 @@ def test_score_predictions_file(tmp_path):
 
 
 def test_tables_from_a_metrics_dict():
-    metrics = evaluate_predictions([0, 1, 1, 0], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]],
-                                   [[1], [0], [1], [0]], [[0.8], [0.3], [0.6], [0.1]], categories=["a", "b"],
-                                   tag_names=["t"], thresholds=[0.5], slices=["red", "red", "blue", "blue"],
-                                   min_slice_n=1)
+    metrics = evaluate_predictions(
+        [0, 1, 1, 0],
+        [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]],
+        [[1], [0], [1], [0]],
+        [[0.8], [0.3], [0.6], [0.1]],
+        categories=["a", "b"],
+        tag_names=["t"],
+        thresholds=[0.5],
+        slices=["red", "red", "blue", "blue"],
+        min_slice_n=1,
+    )
     summary = summary_table({"holdout": metrics})
     assert summary.loc["holdout", "top1_accuracy"] == 0.5 and summary.loc["holdout", "n"] == 4
     tags = tag_table(metrics)
@@ -97,8 +106,10 @@ def test_tables_from_a_metrics_dict():
 
 def test_the_rules_import_without_scikit_learn_or_matplotlib():
     """A server adapter can use top2/binarize_tags without loading the metrics stack."""
-    code = ("import sys; from vinted_classifier.evaluate import binarize_tags, top2; "
-            "print(sorted(m for m in ('sklearn', 'matplotlib', 'tensorflow', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys; from vinted_classifier.evaluate import binarize_tags, top2; "
+        "print(sorted(m for m in ('sklearn', 'matplotlib', 'tensorflow', 'pandas') if m in sys.modules))"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"

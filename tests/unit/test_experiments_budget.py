@@ -5,13 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vinted_classifier.experiments.budget import (BudgetTooSmall, StepTimes, Workload, finetune_epochs_left,
-                                                  plan_budget, stratified_subsample)
+from vinted_classifier.experiments.budget import (
+    BudgetTooSmall,
+    StepTimes,
+    Workload,
+    finetune_epochs_left,
+    plan_budget,
+    stratified_subsample,
+)
 
 # Binary-exact numbers, so every planned second can be compared with ==.
 TIMES = StepTimes(backbone_seconds_per_image=0.5, head_seconds_per_step=0.25, finetune_seconds_per_step=2.0)
-WORK = Workload(train_images=100, val_images=20, holdout_images=20, batch_size=10, augmented_views=2,
-                min_train_images=10)
+WORK = Workload(
+    train_images=100, val_images=20, holdout_images=20, batch_size=10, augmented_views=2, min_train_images=10
+)
 # evaluation = (20 val + 20 holdout) x 0.5 = 20 s
 # caching with v augmented views = (100 x (1 + v) + 20 val) x 0.5 = 160 / 110 / 60 s for v = 2 / 1 / 0
 # head epoch = ceil(100 x (1 + v) / 10) steps x 0.25 = 7.5 / 5 / 2.5 s
@@ -25,7 +32,12 @@ def plan(budget, work=WORK, **kwargs):
 def test_a_large_budget_buys_every_view_every_head_epoch_and_phase_2():
     p = plan(600)
     assert (p.augmented_views, p.head_epochs, p.finetune_epochs, p.train_images) == (2, 30, 5, 100)
-    assert (p.caching_seconds, p.evaluation_seconds, p.head_epoch_seconds, p.finetune_epoch_seconds) == (160, 20, 7.5, 30)
+    assert (p.caching_seconds, p.evaluation_seconds, p.head_epoch_seconds, p.finetune_epoch_seconds) == (
+        160,
+        20,
+        7.5,
+        30,
+    )
     # room for floor((600 - 405 - 10) / 30) = 6 fine-tune epochs, capped at the configured 5
     assert p.predicted_seconds == 20 + 160 + 30 * 7.5 + 10 + 5 * 30 == 565 and p.fits and not p.subsampled
 
@@ -67,7 +79,13 @@ def test_without_the_cache_a_head_epoch_is_a_backbone_pass_and_views_cost_nothin
     uncached = Workload(100, 20, 20, 10, augmented_views=2, cache_features=False)
     p = plan(400, uncached, min_head_epochs=3)
     # evaluation 20 s; head epoch = (100 + 20) x 0.5 = 60 s -> floor(380 / 60) = 6; nothing left for phase 2
-    assert (p.caching_seconds, p.head_epoch_seconds, p.head_epochs, p.augmented_views, p.finetune_epochs) == (0, 60, 6, 0, 0)
+    assert (p.caching_seconds, p.head_epoch_seconds, p.head_epochs, p.augmented_views, p.finetune_epochs) == (
+        0,
+        60,
+        6,
+        0,
+        0,
+    )
 
 
 def test_prediction_and_overhead_in_the_same_command_are_planned():

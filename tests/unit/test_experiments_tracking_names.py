@@ -16,8 +16,11 @@ def test_flatten_joins_keys_and_keeps_lists():
 
 def test_numeric_leaves_keep_finite_numbers_with_safe_names():
     tree = {"top1": 0.5, "n": 10, "ok": True, "name": "x", "nan": math.nan, "tags": {"polka dot": {"f1": 0.25}}}
-    assert numeric_leaves(tree, "holdout.") == {"holdout.top1": 0.5, "holdout.n": 10.0,
-                                                 "holdout.tags.polka dot.f1": 0.25}
+    assert numeric_leaves(tree, "holdout.") == {
+        "holdout.top1": 0.5,
+        "holdout.n": 10.0,
+        "holdout.tags.polka dot.f1": 0.25,
+    }
     assert metric_name("val_tags_auc_polka(dot)") == "val_tags_auc_polka_dot_"
 
 

@@ -40,8 +40,10 @@ def test_entries_are_addressed_by_image_hash_view_and_seed_and_the_clean_view_ig
 
 def test_two_concurrent_writers_never_expose_a_torn_entry(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=env, stderr=subprocess.PIPE,
-                                text=True) for _ in range(2)]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for writer in writers:
         _, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err
@@ -66,8 +68,9 @@ def test_status_counts_entries_per_model_and_clear_removes_them(tmp_path):
     store.write_key()
     for i in range(3):
         store.put(f"{i:032x}", 0, 0, np.zeros(8, np.float32))
-    assert store_status(tmp_path) == [{"folder": store.folder.name, "key": {"backbone": "vgg19"}, "entries": 3,
-                                       "bytes": 96}]
+    assert store_status(tmp_path) == [
+        {"folder": store.folder.name, "key": {"backbone": "vgg19"}, "entries": 3, "bytes": 96}
+    ]
     assert clear_store(tmp_path) == (3, 96)
     assert store_status(tmp_path) == [] and store.get(f"{0:032x}", 0, 0) is None
 
@@ -76,8 +79,16 @@ def test_vinted_cache_status_and_clear_name_the_store_and_what_it_holds(tmp_path
     from vinted_classifier.cli import main
 
     root = tmp_path / "runs" / "feature_cache"
-    store = FeatureStore(root, {"backbone": "vgg19", "image_size": [160, 128], "pooling": "avg_block4_5",
-                                "precision": "float32", "weights": "abc123"})
+    store = FeatureStore(
+        root,
+        {
+            "backbone": "vgg19",
+            "image_size": [160, 128],
+            "pooling": "avg_block4_5",
+            "precision": "float32",
+            "weights": "abc123",
+        },
+    )
     store.write_key()
     for i in range(2):
         store.put(f"{i:032x}", 0, 0, np.zeros(1024, np.float32))
