@@ -10,7 +10,7 @@ import pytest
 # The generic server's test helpers (serve_helpers, tf_flags) live beside its tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 
-from serve_helpers import V1_BIAS, install_version, template  # noqa: E402
+from serve_helpers import model_base_with_v1  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from tf_serving_compat.factory import build_app  # noqa: E402
@@ -21,9 +21,7 @@ from vinted_classifier.serving import VintedAdapter  # noqa: E402
 @pytest.fixture
 def model_base(tmp_path: Path) -> Path:
     """``<tmp>/models/my_model`` holding version 1."""
-    base = tmp_path / "models" / "my_model"
-    install_version(template(V1_BIAS), base, 1)
-    return base
+    return model_base_with_v1(tmp_path)
 
 
 @pytest.fixture

@@ -3,43 +3,33 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from serve_helpers import IMAGE_SIZE, V1_BIAS, b64, free_port, install_version, jpeg_bytes, template
+from serve_helpers import (
+    IMAGE_SIZE,
+    PROJECT,
+    V1_BIAS,
+    b64,
+    free_port,
+    install_version,
+    jpeg_bytes,
+    subprocess_env,
+    template,
+)
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-PROJECT = Path(__file__).resolve().parents[2]
+from bench.serve_load import wait_healthy
+
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited during start-up"
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become healthy")
 
 
 def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
@@ -70,10 +60,10 @@ def test_real_server_roundtrip_access_log_and_graceful_sigterm(tmp_path):
         stdout=stdout,
         stderr=stderr,
         cwd=PROJECT,
-        env=_env(),
+        env=subprocess_env(),
     )
     try:
-        _wait_healthy(url, process)
+        wait_healthy(url, 90, process)
         response = requests.post(f"{url}/v1/models/my_model:predict", json={"instances": [b64(jpeg_bytes())]})
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serve_helpers import V1_BIAS, install_version, template
+from serve_helpers import model_base_with_v1
 from starlette.testclient import TestClient
 
 from tf_serving_compat.factory import build_app
@@ -15,9 +15,7 @@ from tf_serving_compat.options import ServerOptions
 @pytest.fixture
 def model_base(tmp_path: Path) -> Path:
     """``<tmp>/models/my_model`` holding version 1."""
-    base = tmp_path / "models" / "my_model"
-    install_version(template(V1_BIAS), base, 1)
-    return base
+    return model_base_with_v1(tmp_path)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import atexit
 import base64
 import io
 import json
+import os
 import shutil
 import socket
 import struct
@@ -194,3 +195,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def subprocess_env() -> dict:
+    """The environment for a server child process: quiet TensorFlow, the project importable."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def model_base_with_v1(tmp_path: Path) -> Path:
+    """``<tmp>/models/my_model`` holding version 1 (the conftest fixtures' model base)."""
+    base = tmp_path / "models" / "my_model"
+    install_version(template(V1_BIAS), base, 1)
+    return base

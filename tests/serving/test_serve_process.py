@@ -3,37 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import requests
-from serve_helpers import V1_BIAS, install_version, template
+from serve_helpers import PROJECT, V1_BIAS, install_version, subprocess_env, template
 
-PROJECT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited during start-up"
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become healthy")
 
 
 def test_load_test_smoke_mode(tmp_path):
@@ -52,7 +29,7 @@ def test_load_test_smoke_mode(tmp_path):
             str(report_file),
         ],
         cwd=PROJECT,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=180,
@@ -71,7 +48,7 @@ def test_load_test_refuses_non_loopback_targets():
     completed = subprocess.run(
         [sys.executable, str(PROJECT / "bench" / "serve_load.py"), "--url", "http://10.1.2.3:9000"],
         cwd=PROJECT,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=60,
