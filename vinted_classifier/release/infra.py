@@ -175,21 +175,8 @@ def validate_in_server(
                         "seconds to AVAILABLE (limit: infra_timeout_seconds)",
                     )
                 ]
-                for protocol, query, port in (("REST", rest_outputs, rest_port), ("gRPC", grpc_outputs, grpc_port)):
-                    try:
-                        served = query(port, model_name, golden)
-                    except ServerFailed as error:
-                        checks.append(
-                            Check(
-                                f"infra {protocol} = offline",
-                                None,
-                                atol,
-                                False,
-                                f"{error}; server log: {_log_tail(log_file)[-600:]}",
-                            )
-                        )
-                        continue
-                    checks.append(agreement(protocol, served, offline, category_output, atol))
+                ports = {"REST": rest_port, "gRPC": grpc_port}
+                checks += _protocol_checks(ports, model_name, golden, offline, category_output, atol, log_file)
                 return checks
             finally:
                 process.terminate()
@@ -198,3 +185,25 @@ def validate_in_server(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def _protocol_checks(
+    ports: dict[str, int],
+    model_name: str,
+    golden: list[bytes],
+    offline: dict[str, np.ndarray],
+    category_output: str,
+    atol: float,
+    log_file,
+) -> list[Check]:
+    """One agreement check per protocol; a failed query is a failed check carrying the server log's tail."""
+    checks = []
+    for protocol, query in (("REST", rest_outputs), ("gRPC", grpc_outputs)):
+        try:
+            served = query(ports[protocol], model_name, golden)
+        except ServerFailed as error:
+            detail = f"{error}; server log: {_log_tail(log_file)[-600:]}"
+            checks.append(Check(f"infra {protocol} = offline", None, atol, False, detail))
+            continue
+        checks.append(agreement(protocol, served, offline, category_output, atol))
+    return checks
