@@ -67,11 +67,13 @@ def test_without_enough_time_for_the_whole_split_a_stratified_subsample_is_plann
 
 
 def test_nothing_that_fits_within_15_percent_is_refused_with_the_minimum_it_needs():
-    # the smallest run: 10 images, 1 head epoch = 20 + (10 + 20) x 0.5 + 0.25 = 35.25 s > 30 x 1.15
-    with pytest.raises(BudgetTooSmall, match=r"10 training image\(s\).*needs 0\.6 min.*at least 0\.6 min"):
-        plan(30)
-    p = plan(31)  # 35.25 <= 31 x 1.15: run the minimum, saying it is over
-    assert (p.train_images, p.head_epochs, p.predicted_seconds, p.fits) == (10, 1, 35.25, False)
+    # the smallest run worth training: 10 images, the floor of 10 head epochs = 20 + (10 + 20) x 0.5 + 10 x 0.25
+    # = 37.5 s > 32 x 1.15 = 36.8
+    message = r"10 training image\(s\), no augmented views, 10 head epoch\(s\).*needs 0\.6 min.*at least 0\.6 min"
+    with pytest.raises(BudgetTooSmall, match=message):
+        plan(32)
+    p = plan(33)  # 37.5 <= 33 x 1.15: run the minimum, saying it is over
+    assert (p.train_images, p.head_epochs, p.predicted_seconds, p.fits) == (10, 10, 37.5, False)
     assert "over by 14% (minimum plan)" in p.describe()
 
 
