@@ -12,7 +12,6 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
@@ -36,16 +35,13 @@ def default_model_base_path() -> Path:
     return Path(os.environ.get("TF_SERVING_COMPAT_MODEL_BASE_PATH", "model_training/saved_model/my_model")).resolve()
 
 
-def build_app(
-    options: ServerOptions | None = None, *, adapter: ModelAdapter | None = None, **settings: Any
-) -> ServingApp:
+def build_app(options: ServerOptions | None = None, *, adapter: ModelAdapter | None = None) -> ServingApp:
     """Decide/apply the rewrite, load the models (first scan, blocking) and return the ServingApp.
 
-    ``settings`` replace fields of ``options`` (``build_app(model_base_path=p)`` for a caller that
-    needs no options object). ``.app`` is the ASGI app; ``.rewrite`` the decision (None when
+    ``.app`` is the ASGI app; ``.rewrite`` the decision (None when
     ``mixed_precision_rewrite`` is None and no session config is given: TensorFlow's options are left alone).
     """
-    options = dataclasses.replace(options or ServerOptions(), **settings)
+    options = options or ServerOptions()
     adapter = adapter or ModelAdapter()
     options, decision = _prepare_tensorflow(options)
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ServingError, invalid, not_found, unimplemented
 from .observers import notify_predict, notify_reject
 from .tensor_json import ARRAY_MAX_RANK, DTYPES
-from .versions import model_specs_from_proto
+from .versions import DEFAULT_SIGNATURE, model_specs_from_proto
 
 log = logging.getLogger("tf_serving_compat")
 
@@ -232,7 +232,7 @@ class PredictionServicer:
                 raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
             seen = set()
             for task in request.tasks:
-                signature = task.model_spec.signature_name or "serving_default"
+                signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
                 if signature in seen:
                     raise invalid(f"Duplicate evaluation of signature: {signature}")
                 seen.add(signature)

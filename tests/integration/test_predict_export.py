@@ -18,6 +18,7 @@ from helpers import tiny_config, write_tiny_dataset
 from starlette.testclient import TestClient
 
 from tf_serving_compat.factory import build_app
+from tf_serving_compat.options import ServerOptions
 from vinted_classifier import data, export, pipeline, predict
 from vinted_classifier.config import ModelConfig
 from vinted_classifier.model import build_model
@@ -193,7 +194,7 @@ def test_served_exported_model_equals_in_memory_predictions(trained, tmp_path):
     p_cat, p_tags = predict_probabilities(
         model, pipeline.make_dataset(files, image_size=labels.image_size, batch_size=4), "cc3"
     )
-    app = build_app(model_base_path=tmp_path / "sm" / "my_model", file_system_poll_wait_seconds=0)
+    app = build_app(ServerOptions(model_base_path=tmp_path / "sm" / "my_model", file_system_poll_wait_seconds=0))
     with TestClient(app.app) as client:
         body = {"instances": [{"b64": base64.b64encode(Path(f).read_bytes()).decode()} for f in files]}
         response = client.post("/v1/models/my_model:predict", json=body)
