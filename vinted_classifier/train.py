@@ -33,7 +33,7 @@ from .distributed import scope as distribution_scope
 from .evaluate.run import evaluate_splits
 from .experiments.budget import finetune_epochs_left, plan_run
 from .experiments.phases import PhaseChoice, choose_phase, kept_epoch, warmup_learning_rate, warmup_steps
-from .experiments.setup import Experiment, cache_splits, class_weights, compile_for
+from .experiments.setup import Experiment, cache_splits, class_weights, compile_for, store_scorer
 from .experiments.tracking import log_training
 from .features import feature_dataset
 from .model import LAST_BLOCK_PREFIXES, set_trainable
@@ -353,8 +353,17 @@ def _write_run(experiment: Experiment, run_dir: Path, trained: _Trained, strateg
     cfg, prepared, bundle = experiment.cfg, experiment.prepared, experiment.built()
     bundle.model.save(run_dir / MODEL_FILE)
     evaluated = local_model(bundle.model, run_dir / MODEL_FILE, strategy)  # chief only: no collectives
+    scored_from_store: dict = {}
+    # The head on stored features is the model on the images while the backbone is the store's frozen
+    # one: val then costs no backbone pass (cached for training). Not across workers (collectives).
+    from_store = cfg.train.cache_features and trained.choice.kept_phase == "head" and strategy is None
     metrics, labels = evaluate_splits(
-        evaluated, cfg, prepared, figures_dir=run_dir / "figures", history=trained.history
+        evaluated,
+        cfg,
+        prepared,
+        figures_dir=run_dir / "figures",
+        history=trained.history,
+        scorer=store_scorer(bundle, cfg, prepared, scored_from_store) if from_store else None,
     )
     labels.save(run_dir / LABELS_FILE)
     write_json(run_dir / "metrics.json", metrics)
@@ -379,6 +388,7 @@ def _write_run(experiment: Experiment, run_dir: Path, trained: _Trained, strateg
             "deterministic": cfg.train.deterministic,
             "time_budget": trained.budget,
             "feature_store": trained.feature_counts or None,
+            "evaluation_feature_store": scored_from_store or None,  # None: scored on the images
         },
     )
     for stale in (PHASE1_DONE, PHASE1_WEIGHTS, BEST_CHECKPOINT):

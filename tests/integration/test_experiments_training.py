@@ -136,12 +136,13 @@ def _fixed_step_times(monkeypatch, seconds_per_image: float):
 
 
 def test_a_budget_too_small_for_the_whole_split_trains_a_stratified_subsample(tiny_dataset, tmp_path, monkeypatch):
-    # 5 s/image: evaluation (val + holdout) + 20 s overhead, then each cached training image costs 5 s
+    # 6 s/image: evaluation (holdout; val comes from its cached features) + 20 s overhead, then each
+    # cached image costs 6 s
     from vinted_classifier.experiments import budget
 
-    _fixed_step_times(monkeypatch, 5.0)
+    _fixed_step_times(monkeypatch, 6.0)
     monkeypatch.setattr(budget, "MIN_IMAGES_PER_CATEGORY", 1)  # the tiny set has 4 training images per category
-    # 2 min: the whole split (12 images) would need 50 + (12 + 3 val) x 5 = 125 s
+    # 2 min: the whole split (12 images) would need 3 x 6 + 20 + (12 + 3 val) x 6 = 128 s
     cfg = tiny_config(tiny_dataset, tmp_path / "sub", "train.time_budget_minutes=2", "tracking.enabled=false")
     result = train_module.train(cfg)
     run = json.loads((result.run_dir / "run.json").read_text())
@@ -149,7 +150,8 @@ def test_a_budget_too_small_for_the_whole_split_trains_a_stratified_subsample(ti
     assert plan["subsampled"] and plan["fits"] and plan["train_images"] < full
     assert run["split_sizes"]["train"] == plan["train_images"]  # trained on the subsample ...
     val, holdout = run["split_sizes"]["val"], run["split_sizes"]["holdout"]
-    assert plan["evaluation_seconds"] == (val + holdout) * 5.0 + 20.0  # ... evaluated on whole val and holdout
+    # ... evaluated on whole val (from its cached features) and holdout (through the backbone)
+    assert plan["evaluation_seconds"] == holdout * 6.0 + 20.0
     assert run["feature_store"]["computed"] == plan["train_images"] + val
 
 
@@ -161,3 +163,28 @@ def test_a_budget_nothing_fits_is_refused_before_training(tiny_dataset, tmp_path
     with pytest.raises(BudgetTooSmall, match=r"cannot fit even the smallest run .* Give at least \d+\.\d min"):
         train_module.train(cfg)
     assert not (cfg.run_dir / "model.keras").exists() and not (cfg.run_dir / "history_head.csv").exists()
+
+
+def test_val_and_holdout_are_scored_from_the_feature_store_exactly_as_on_the_images(tiny_dataset, tmp_path):
+    from vinted_classifier.evaluate.run import evaluate_run
+
+    cfg = tiny_config(tiny_dataset, tmp_path / "scored", "train.head_epochs=2", "tracking.enabled=false")
+    result = train_module.train(cfg)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    val, holdout = run["split_sizes"]["val"], run["split_sizes"]["holdout"]
+    # val's features were cached for phase 1: only holdout went through the backbone.
+    assert run["evaluation_feature_store"] == {"computed": holdout, "reused": val}
+    on_images = evaluate_run(cfg)  # the saved model over the image files, with the run's thresholds
+    for split in ("val", "holdout"):
+        for metric in ("n", "top1_accuracy", "top2_accuracy"):
+            assert on_images[split][metric] == result.metrics[split][metric], (split, metric)
+        for tag, scores in on_images[split]["tags"]["per_tag"].items():  # the probabilities rank alike
+            assert scores["roc_auc"] == pytest.approx(result.metrics[split]["tags"]["per_tag"][tag]["roc_auc"])
+
+    again = train_module.train(
+        tiny_config(tiny_dataset, tmp_path / "scored", "run_name=again", "tracking.enabled=false")
+    )
+    assert json.loads((again.run_dir / "run.json").read_text())["evaluation_feature_store"] == {
+        "computed": 0,
+        "reused": val + holdout,
+    }

@@ -19,7 +19,8 @@ TIMES = StepTimes(backbone_seconds_per_image=0.5, head_seconds_per_step=0.25, fi
 WORK = Workload(
     train_images=100, val_images=20, holdout_images=20, batch_size=10, augmented_views=2, min_train_images=10
 )
-# evaluation = (20 val + 20 holdout) x 0.5 = 20 s
+# evaluation = 20 holdout x 0.5 = 10 s (val is scored from its cached features), 20 s with phase 2
+# (it changes the backbone, so val is scored on the images again)
 # caching with v augmented views = (100 x (1 + v) + 20 val) x 0.5 = 160 / 110 / 60 s for v = 2 / 1 / 0
 # head epoch = ceil(100 x (1 + v) / 10) steps x 0.25 = 7.5 / 5 / 2.5 s
 # fine-tune epoch = 10 steps x 2 + 20 val x 0.5 = 30 s, plus phase 1's baseline on val once: 10 s
@@ -38,43 +39,43 @@ def test_a_large_budget_buys_every_view_every_head_epoch_and_phase_2():
         7.5,
         30,
     )
-    # room for floor((600 - 405 - 10) / 30) = 6 fine-tune epochs, capped at the configured 5
+    # room for floor((600 - 395 - 10 baseline - 10 val on images) / 30) = 6 fine-tune epochs, capped at the 5
     assert p.predicted_seconds == 20 + 160 + 30 * 7.5 + 10 + 5 * 30 == 565 and p.fits and not p.subsampled
 
 
 def test_phase_2_is_dropped_when_the_rest_leaves_less_than_one_fine_tune_epoch():
     p = plan(420)
-    assert (p.augmented_views, p.head_epochs, p.finetune_epochs) == (2, 30, 0)
-    assert p.predicted_seconds == 405  # 420 - 405 - 10 baseline = 5 s < one 30 s epoch
+    assert (p.augmented_views, p.head_epochs, p.finetune_epochs, p.evaluation_seconds) == (2, 30, 0, 10)
+    assert p.predicted_seconds == 395  # 420 - 395 - 10 baseline - 10 val on images = 5 s < one 30 s epoch
 
 
 def test_views_are_dropped_before_the_floor_of_head_epochs():
-    p = plan(200)  # 2 views leave 20 s = 2 head epochs < 10; 1 view leaves 70 s = 14 epochs
-    assert (p.augmented_views, p.head_epochs, p.finetune_epochs, p.caching_seconds) == (1, 14, 0, 110)
+    p = plan(200)  # 2 views leave 30 s = 4 head epochs < 10; 1 view leaves 80 s = 16 epochs
+    assert (p.augmented_views, p.head_epochs, p.finetune_epochs, p.caching_seconds) == (1, 16, 0, 110)
     assert p.predicted_seconds == 200 and p.fits
-    p = plan(150)  # 1 view leaves 20 s = 4 epochs; the clean view alone leaves 70 s = 28 epochs
-    assert (p.augmented_views, p.head_epochs, p.predicted_seconds) == (0, 28, 150)
+    p = plan(140)  # 1 view leaves 20 s = 4 epochs; the clean view alone leaves 70 s = 28 epochs
+    assert (p.augmented_views, p.head_epochs, p.predicted_seconds) == (0, 28, 140)
     assert "100 training image(s) x (1 + 0 augmented view(s))" in p.describe()
 
 
 def test_without_enough_time_for_the_whole_split_a_stratified_subsample_is_planned():
-    p = plan(100)  # the whole split: 100 - 80 = 20 s = 8 head epochs < 10
+    p = plan(90)  # the whole split: 90 - 70 = 20 s = 8 head epochs < 10
     # n images cost (n + 20) x 0.5 to cache and ceil(n / 10) x 0.25 per epoch: 90 leaves 25 s >= 10 x 2.25
     # (91 leaves 24.5 s < 10 x 2.5), and 25 s buy floor(25 / 2.25) = 11 epochs
     assert (p.train_images, p.subsampled, p.augmented_views, p.head_epochs, p.finetune_epochs) == (90, True, 0, 11, 0)
-    assert p.predicted_seconds == 20 + 55 + 11 * 2.25 == 99.75 and p.fits
+    assert p.predicted_seconds == 10 + 55 + 11 * 2.25 == 89.75 and p.fits
     assert "90 training image(s) (stratified subsample)" in p.describe()
 
 
 def test_nothing_that_fits_within_15_percent_is_refused_with_the_minimum_it_needs():
-    # the smallest run worth training: 10 images, the floor of 10 head epochs = 20 + (10 + 20) x 0.5 + 10 x 0.25
-    # = 37.5 s > 32 x 1.15 = 36.8
-    message = r"10 training image\(s\), no augmented views, 10 head epoch\(s\).*needs 0\.6 min.*at least 0\.6 min"
+    # the smallest run worth training: 10 images, the floor of 10 head epochs = 10 + (10 + 20) x 0.5 + 10 x 0.25
+    # = 27.5 s > 23 x 1.15 = 26.45
+    message = r"10 training image\(s\), no augmented views, 10 head epoch\(s\).*needs 0\.5 min.*at least 0\.4 min"
     with pytest.raises(BudgetTooSmall, match=message):
-        plan(32)
-    p = plan(33)  # 37.5 <= 33 x 1.15: run the minimum, saying it is over
-    assert (p.train_images, p.head_epochs, p.predicted_seconds, p.fits) == (10, 10, 37.5, False)
-    assert "over by 14% (minimum plan)" in p.describe()
+        plan(23)
+    p = plan(24)  # 27.5 <= 24 x 1.15 = 27.6: run the minimum, saying it is over
+    assert (p.train_images, p.head_epochs, p.predicted_seconds, p.fits) == (10, 10, 27.5, False)
+    assert "over by 15% (minimum plan)" in p.describe()
 
 
 def test_without_the_cache_a_head_epoch_is_a_backbone_pass_and_views_cost_nothing():
@@ -92,7 +93,7 @@ def test_without_the_cache_a_head_epoch_is_a_backbone_pass_and_views_cost_nothin
 
 def test_prediction_and_overhead_in_the_same_command_are_planned():
     busy = Workload(100, 20, 20, 10, augmented_views=2, predict_images=40, overhead_seconds=5.0)
-    p = plan(600, busy)
+    p = plan(600, busy)  # phase 2 runs, so val is scored on the images too
     assert p.evaluation_seconds == (20 + 20 + 40) * 0.5 + 5 == 45
     assert p.predicted_seconds == 45 + 160 + 30 * 7.5 + 10 + 5 * 30
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,15 @@ def evaluate_splits(
     *,
     figures_dir: Path | None = None,
     history: dict | None = None,
+    scorer: Callable[[str], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict, RunLabels]:
-    """Tune tag thresholds on validation (unless ``labels`` brings them), then evaluate val and held-out."""
-    probs = {split: split_probabilities(model, cfg, prepared, split) for split in ("val", "holdout")}
+    """Tune tag thresholds on validation (unless ``labels`` brings them), then evaluate val and held-out.
+
+    ``scorer(split) -> (category probs, tag probs)`` replaces running ``model`` over the split's
+    images (training passes one that reads the feature store, ``experiments.setup.store_scorer``).
+    """
+    score = scorer or (lambda split: split_probabilities(model, cfg, prepared, split))
+    probs = {split: score(split) for split in ("val", "holdout")}
     if labels is None:
         thresholds = tune_thresholds(prepared.tags("val").astype(np.int64), probs["val"][1])
         labels = RunLabels(

@@ -9,8 +9,10 @@ command is planned, in seconds:
   pass over ``train + val``);
 * one fine-tune epoch: ``ceil(train / batch) x fine-tune s/step + val x backbone s/image``, plus
   phase 1's baseline on ``val`` once when phase 2 runs;
-* evaluation and anything else the command does with the backbone: ``(val + holdout +
-  predicted) x backbone s/image``, plus a fixed ``overhead_seconds`` (graph tracing, saving).
+* evaluation and anything else the command does with the backbone: ``(holdout + predicted) x
+  backbone s/image``, plus a fixed ``overhead_seconds`` (graph tracing, saving); val too when
+  phase 2 runs or nothing is cached (otherwise val is scored from the features cached for
+  training, ``experiments.setup.store_scorer``).
 
 What to buy, in order of value per second (measured on the demo set, docs/experiments.md):
 
@@ -131,9 +133,14 @@ def head_epoch_seconds(times: StepTimes, work: Workload, train_images: int, view
     return math.ceil(train_images * (1 + views) / work.batch_size) * times.head_seconds_per_step
 
 
-def evaluation_seconds(times: StepTimes, work: Workload) -> float:
-    images = work.val_images + work.holdout_images + work.predict_images
+def evaluation_seconds(times: StepTimes, work: Workload, *, val_on_images: bool) -> float:
+    """``val_on_images``: val's cached features do not fit the model (no phase 1 or cache, or phase 2 ran)."""
+    images = (work.val_images if val_on_images else 0) + work.holdout_images + work.predict_images
     return images * times.backbone_seconds_per_image + work.overhead_seconds
+
+
+def _val_on_images(work: Workload, head_epochs: int, finetune_epochs: int) -> bool:
+    return finetune_epochs > 0 or head_epochs == 0 or not work.cache_features
 
 
 def finetune_epoch_seconds(times: StepTimes, work: Workload, train_images: int) -> float:
@@ -146,17 +153,23 @@ def finetune_epoch_seconds(times: StepTimes, work: Workload, train_images: int) 
 def _plan(
     budget: float, times: StepTimes, work: Workload, train_images: int, views: int, head: int, max_finetune_epochs: int
 ) -> Plan:
-    """Phase 2 gets what the rest leaves; everything else is given."""
+    """Phase 2 gets what the rest leaves; everything else is given.
+
+    Phase 2 costs its epochs, phase 1's baseline on val and, since it changes the backbone, val's
+    evaluation on the images (without it, val is scored from the cache).
+    """
     caching = caching_seconds(times, work, train_images, views) if head > 0 else 0.0
-    evaluation = evaluation_seconds(times, work)
     head_epoch = head_epoch_seconds(times, work, train_images, views)
     finetune_epoch = finetune_epoch_seconds(times, work, train_images)
     baseline = work.val_images * times.backbone_seconds_per_image
-    used = evaluation + caching + head * head_epoch
+    without_phase2 = evaluation_seconds(times, work, val_on_images=_val_on_images(work, head, 0))
+    with_phase2 = evaluation_seconds(times, work, val_on_images=True)
+    room = budget - without_phase2 - caching - head * head_epoch - baseline - (with_phase2 - without_phase2)
     finetune = 0
-    if max_finetune_epochs > 0 and budget - used - baseline >= finetune_epoch:
-        finetune = min(max_finetune_epochs, math.floor((budget - used - baseline) / finetune_epoch))
-    predicted = used + (baseline + finetune * finetune_epoch if finetune else 0.0)
+    if max_finetune_epochs > 0 and room >= finetune_epoch:
+        finetune = min(max_finetune_epochs, math.floor(room / finetune_epoch))
+    evaluation = with_phase2 if finetune else without_phase2
+    predicted = evaluation + caching + head * head_epoch + (baseline + finetune * finetune_epoch if finetune else 0.0)
     return Plan(
         budget,
         train_images,
@@ -176,7 +189,8 @@ def _plan(
 def _affordable_head_epochs(
     budget: float, times: StepTimes, work: Workload, train_images: int, views: int, max_head_epochs: int
 ) -> int:
-    left = budget - evaluation_seconds(times, work) - caching_seconds(times, work, train_images, views)
+    evaluation = evaluation_seconds(times, work, val_on_images=not work.cache_features)
+    left = budget - evaluation - caching_seconds(times, work, train_images, views)
     epoch = head_epoch_seconds(times, work, train_images, views)
     if left < 0:
         return 0

@@ -18,11 +18,13 @@ import numpy as np
 
 from .. import data
 from ..config import RunConfig
+from ..contract import TAGS_OUTPUT
 from ..features import (
     FeatureCache,
     FeatureStore,
     cached_features,
     cached_views,
+    compute_missing,
     enforce_size_cap,
     file_hash,
     open_store,
@@ -121,6 +123,39 @@ def cache_splits(
         counts["reused"] = counts.get("reused", 0) + store.reused
         counts["store"] = str(store.folder)
     return caches
+
+
+def store_scorer(bundle: ModelBundle, cfg: RunConfig, prepared: data.PreparedData, counts: dict):
+    """``split -> (category probs, tag probs)`` from the head on the store's clean-view features.
+
+    Only for a model whose backbone is the frozen one the store was filled with (phase 1's weights):
+    then the head on stored features is the model on the images, val's features are already there
+    from caching, and holdout's stay for later runs. ``counts`` receives what was computed and reused.
+    """
+    store = open_store(bundle, cfg)
+    category = cfg.data.category_column
+
+    def score(split: str) -> tuple[np.ndarray, np.ndarray]:
+        hashes = image_hashes(prepared, split, cfg.data.id_column)
+        compute_missing(
+            bundle, store, prepared.paths(split), hashes, views=0, desc=f"scoring {split}", **_extraction_settings(cfg)
+        )
+        features = np.stack([_stored(store, image_hash, cfg.seed) for image_hash in hashes])
+        counts.update(computed=store.computed, reused=store.reused)
+        out = bundle.head.predict(features, batch_size=cfg.train.batch_size, verbose=0)
+        return np.asarray(out[category], np.float32), np.asarray(out[TAGS_OUTPUT], np.float32)
+
+    return score
+
+
+def _stored(store: FeatureStore, image_hash: str, seed: int) -> np.ndarray:
+    vector = store.get(image_hash, 0, seed)
+    if vector is None:
+        raise FileNotFoundError(
+            f"feature store entry {store.entry(image_hash, 0, seed)} vanished while in use "
+            "(another command cleared the store or its size cap is too small)"
+        )
+    return vector
 
 
 @dataclasses.dataclass
