@@ -37,6 +37,7 @@ BENCHMARKS = (
     "determinism",
     "serve_protocols",
     "large_requests",
+    "budget",
 )
 DOCS = harness.PROJECT / "docs" / "benchmarks.md"
 RESULTS = harness.BENCH_DIR / "results" / "latest.json"
