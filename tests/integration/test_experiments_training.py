@@ -155,6 +155,19 @@ def test_a_budget_too_small_for_the_whole_split_trains_a_stratified_subsample(ti
     assert run["feature_store"]["computed"] == plan["train_images"] + val
 
 
+def test_a_budget_plans_no_backbone_pass_for_what_the_feature_store_holds(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "stored"
+    train_module.train(tiny_config(tiny_dataset, out, "run_name=first", "tracking.enabled=false"))  # fills the store
+    _fixed_step_times(monkeypatch, 6.0)  # the whole split would need 128 s of backbone (the subsample test above)
+    cfg = tiny_config(tiny_dataset, out, "run_name=second", "train.time_budget_minutes=2", "tracking.enabled=false")
+    run = json.loads((train_module.train(cfg).run_dir / "run.json").read_text())
+    budget = run["time_budget"]
+    assert budget["stored"] == {"train_views": [1.0], "val": 1.0, "holdout": 1.0}
+    assert budget["plan"]["caching_seconds"] == 0 and budget["plan"]["evaluation_seconds"] == 20.0  # overhead only
+    assert not budget["plan"]["subsampled"] and run["feature_store"]["computed"] == 0
+    assert run["evaluation_feature_store"]["computed"] == 0
+
+
 def test_a_budget_nothing_fits_is_refused_before_training(tiny_dataset, tmp_path, monkeypatch):
     from vinted_classifier.experiments.budget import BudgetTooSmall
 

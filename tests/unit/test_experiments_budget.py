@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -96,6 +98,21 @@ def test_prediction_and_overhead_in_the_same_command_are_planned():
     p = plan(600, busy)  # phase 2 runs, so val is scored on the images too
     assert p.evaluation_seconds == (20 + 20 + 40) * 0.5 + 5 == 45
     assert p.predicted_seconds == 45 + 160 + 30 * 7.5 + 10 + 5 * 30
+
+
+def test_what_the_feature_store_already_holds_is_not_planned_again():
+    # An earlier run stored every training image's clean view, half of their first augmented view, all of val
+    # and half of holdout: caching 2 views = (100 x (0 + 0.5 + 1) + 20 x 0) x 0.5 = 75 s, evaluation 10 x 0.5 = 5 s
+    stored = replace(WORK, stored_train_views=(1.0, 0.5), stored_val=1.0, stored_holdout=0.5)
+    p = plan(200, stored)  # with nothing stored: 1 view, 16 head epochs (above)
+    assert (p.augmented_views, p.head_epochs, p.caching_seconds, p.evaluation_seconds) == (2, 16, 75, 5)
+    assert p.predicted_seconds == 5 + 75 + 16 * 7.5 == 200
+    # Phase 2 changes the backbone: val and holdout are then scored on the images, whatever is stored.
+    p = plan(600, stored)
+    assert (p.finetune_epochs, p.evaluation_seconds) == (5, 20)
+    # Without the cache nothing reads the store.
+    p = plan(400, replace(stored, cache_features=False), min_head_epochs=3)
+    assert (p.caching_seconds, p.evaluation_seconds, p.head_epoch_seconds) == (0, 20, 60)
 
 
 def test_no_phase_1_means_no_caching_cost():

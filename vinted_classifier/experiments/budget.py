@@ -4,7 +4,8 @@ The plan is a pure function of measured per-unit times and the workload (``plan_
 is tested with exact arithmetic; only ``measure_step_times`` touches the clock. Every cost of the
 command is planned, in seconds:
 
-* caching: ``(train x (1 + augmented views) + val) x backbone s/image`` (phase 1 with the cache);
+* caching: ``(train x (1 + augmented views) + val) x backbone s/image`` (phase 1 with the cache),
+  less what the shared feature store already holds (a search or an earlier run on the same images);
 * one head epoch: ``ceil(cached train rows / batch) x head s/step`` (without the cache: a backbone
   pass over ``train + val``);
 * one fine-tune epoch: ``ceil(train / batch) x fine-tune s/step + val x backbone s/image``, plus
@@ -37,9 +38,9 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .. import pipeline
-from ..features import cached_views
+from ..features import FeatureStore, cached_views, open_store
 from ..model import LAST_BLOCK_PREFIXES, feature_dim, set_trainable
-from .setup import compile_for
+from .setup import compile_for, image_hashes
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,18 @@ class Workload:
     predict_images: int = 0  # images the same command also predicts (beyond val and holdout)
     overhead_seconds: float = 0.0  # fixed costs not proportional to images: tracing, saving, figures
     min_train_images: int = 1  # the smallest (stratified) training subsample worth training
+    # What the feature store already holds, as shares of each split: no backbone pass is planned for it.
+    stored_train_views: tuple[float, ...] = ()  # [view] share of training images stored (0: the clean view)
+    stored_val: float = 0.0
+    stored_holdout: float = 0.0
+
+    def to_compute(self, share: float) -> float:
+        """The part of a split the store lacks (everything without the cache, which the store serves)."""
+        return 1.0 - share if self.cache_features else 1.0
+
+    def train_rows_to_compute(self, train_images: int, views: int) -> float:
+        shares = self.stored_train_views
+        return sum(train_images * self.to_compute(shares[v] if v < len(shares) else 0.0) for v in range(1 + views))
 
 
 @dataclass(frozen=True)
@@ -121,10 +134,11 @@ class Plan:
 
 
 def caching_seconds(times: StepTimes, work: Workload, train_images: int, views: int) -> float:
-    """The backbone over every cached row: each training image's views, and val once."""
+    """The backbone over every cached row the store lacks: each training image's views, and val once."""
     if not work.cache_features:
         return 0.0
-    return (train_images * (1 + views) + work.val_images) * times.backbone_seconds_per_image
+    rows = work.train_rows_to_compute(train_images, views) + work.val_images * work.to_compute(work.stored_val)
+    return rows * times.backbone_seconds_per_image
 
 
 def head_epoch_seconds(times: StepTimes, work: Workload, train_images: int, views: int) -> float:
@@ -135,7 +149,11 @@ def head_epoch_seconds(times: StepTimes, work: Workload, train_images: int, view
 
 def evaluation_seconds(times: StepTimes, work: Workload, *, val_on_images: bool) -> float:
     """``val_on_images``: val's cached features do not fit the model (no phase 1 or cache, or phase 2 ran)."""
-    images = (work.val_images if val_on_images else 0) + work.holdout_images + work.predict_images
+    images: float
+    if val_on_images:  # the model may not be the store's: every image goes through it
+        images = work.val_images + work.holdout_images + work.predict_images
+    else:
+        images = work.holdout_images * work.to_compute(work.stored_holdout) + work.predict_images
     return images * times.backbone_seconds_per_image + work.overhead_seconds
 
 
@@ -355,8 +373,22 @@ def finetune_step_lower_bound(times: StepTimes, batch_size: int) -> float:
     return times.backbone_seconds_per_image * batch_size
 
 
-def workload(cfg, prepared) -> Workload:
-    """What ``vinted train`` does with the backbone, from the config and the splits."""
+def stored_shares(store: FeatureStore, cfg, prepared, views: int) -> dict:
+    """The share of each split's entries the store already holds (``Workload``'s ``stored_*`` fields)."""
+
+    def share(split: str, view: int) -> float:
+        hashes = image_hashes(prepared, split, cfg.data.id_column)
+        return sum(store.entry(h, view, cfg.seed).is_file() for h in hashes) / len(hashes) if hashes else 0.0
+
+    return {
+        "stored_train_views": tuple(share("train", view) for view in range(1 + views)),
+        "stored_val": share("val", 0),
+        "stored_holdout": share("holdout", 0),
+    }
+
+
+def workload(cfg, prepared, stored: dict | None = None) -> Workload:
+    """What ``vinted train`` does with the backbone, from the config, the splits and ``stored_shares``."""
     n_categories = len(prepared.vocab.categories)
     return Workload(
         train_images=len(prepared.paths("train")),
@@ -367,6 +399,7 @@ def workload(cfg, prepared) -> Workload:
         cache_features=cfg.train.cache_features,
         overhead_seconds=OVERHEAD_SECONDS,
         min_train_images=min(len(prepared.paths("train")), MIN_IMAGES_PER_CATEGORY * n_categories),
+        **(stored or {}),
     )
 
 
@@ -384,7 +417,7 @@ def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
     chief's plan (``distributed.agree_with_chief``); every worker measures (the steps are collective).
     """
     started = time.perf_counter()
-    work = workload(cfg, prepared)
+    work = _stored_workload(bundle, cfg, prepared, agree)
 
     def measured_plan(finetune: bool) -> tuple[StepTimes, float, Plan]:
         return _measured_plan(
@@ -422,6 +455,25 @@ def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
     return planned, prepared, _record(cfg, work, plan, times, finetune_measured, spent)
 
 
+def _stored_workload(bundle, cfg, prepared, agree) -> Workload:
+    """The workload less what the feature store holds; across workers, the chief's store decides."""
+    if not cfg.train.cache_features:
+        return workload(cfg, prepared)
+    work = workload(cfg, prepared, stored_shares(open_store(bundle, cfg), cfg, prepared, cached_views(cfg)))
+    if agree is not None:
+        *views, val, holdout = agree([*work.stored_train_views, work.stored_val, work.stored_holdout])
+        work = replace(work, stored_train_views=tuple(views), stored_val=val, stored_holdout=holdout)
+    if any(work.stored_train_views) or work.stored_val or work.stored_holdout:
+        log.info(
+            "time budget: the feature store already holds %s of the training views, %.0f%% of val and %.0f%% of "
+            "holdout; their backbone passes are not planned",
+            ", ".join(f"{share:.0%}" for share in work.stored_train_views),
+            work.stored_val * 100,
+            work.stored_holdout * 100,
+        )
+    return work
+
+
 def _record(cfg, work: Workload, plan: Plan, times: StepTimes, finetune_measured: bool, spent: float) -> dict:
     """The plan as ``run.json`` records it, with what was asked for."""
     requested = {
@@ -436,6 +488,11 @@ def _record(cfg, work: Workload, plan: Plan, times: StepTimes, finetune_measured
         "finetune_step_measured": finetune_measured,
         "seconds_before_plan": round(spent, 1),
         "requested": requested,
+        "stored": {
+            "train_views": list(work.stored_train_views),
+            "val": work.stored_val,
+            "holdout": work.stored_holdout,
+        },
     }
 
 
