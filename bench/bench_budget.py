@@ -11,10 +11,10 @@ from pathlib import Path
 
 from bench import harness
 
-TITLE = "13. Time budget: planned vs actual minutes (`budget`)"
+TITLE = "13. Time budget: planned vs actual minutes"
 NOTES = """
 Each row is one `vinted train --set train.time_budget_minutes=B` in its own process on the demo set
-(2,404 / 516 / 516 images) or the 10x demo set (24,040 / 5,160 / 5,160, `bench/.cache/demo_x10`),
+(2,404 / 516 / 516 images) or the 10x demo set (24,052 / 5,154 / 5,154, `bench/.cache/demo_x10`),
 with an empty feature store of its own (nothing reused), tracking off, every other setting the
 default (VGG19 160x128, the host's precision). *Planned* is what the run itself planned after
 measuring its step times: `run.json["time_budget"]`'s `seconds_before_plan + plan.predicted_seconds`;
@@ -25,8 +25,9 @@ the planned count, so a run may finish well under its plan; the note gives the p
 the head epochs actually run, which is what the cost model is accountable for. A refused run
 (`BudgetTooSmall`: the smallest useful run is predicted to miss by more than 15%) has no ratio; its
 row is the seconds until the refusal, and the note quotes the minimum it named. Held-out top-1 /
-top-2 / tag macro-F1 are beside each run. The CPU is named in the heading; the AVX2-only rows run
-the same command under `ONEDNN_MAX_CPU_ISA=AVX2` (float32), as the note says.
+top-2 / tag macro-F1 are beside each run. Each row's name says the CPU's instruction set: `AVX2` rows
+ran under `ONEDNN_MAX_CPU_ISA=AVX2` (the AVX2-only CPU simulated, float32), `native` ones on the
+machine's own CPU and precision.
 """
 TIMEOUT_S = 4 * 3600  # four trainings of up to 15 minutes each, plus the 10x set's data checks
 

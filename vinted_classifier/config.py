@@ -129,7 +129,7 @@ class TrainConfig(_Strict):
     # times measured at the start choose the cached views, head/fine-tune epochs and, if need be, a
     # training subsample (docs/experiments.md). 10: the demo set's main job on a 2-core AVX2 CPU.
     # null: no budget; the counts above are then used as they are.
-    time_budget_minutes: float | None = Field(default=10.0, gt=0)
+    time_budget_minutes: float | None = Field(default=12.0, gt=0)
     # The shared feature store (null: <output_dir>/feature_cache) and its size cap (oldest entries go first).
     feature_cache_dir: Path | None = None
     feature_cache_max_gb: float = Field(default=10.0, gt=0)
