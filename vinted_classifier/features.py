@@ -273,6 +273,16 @@ class FeatureStore:
         except FileNotFoundError:
             return None
 
+    def require(self, image_hash: str, view: int, seed: int) -> np.ndarray:
+        """``get`` for an entry this command computed or counted on: its absence is an error naming it."""
+        vector = self.get(image_hash, view, seed)
+        if vector is None:
+            raise FileNotFoundError(
+                f"feature store entry {self.entry(image_hash, view, seed)} vanished while in use "
+                "(another command cleared the store or its size cap is too small)"
+            )
+        return vector
+
     def put(self, image_hash: str, view: int, seed: int, vector: np.ndarray) -> None:
         target = self.entry(image_hash, view, seed)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -412,12 +422,7 @@ def join_rows(
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
         for view in range(1 + views):
             for i in order:
-                vector = store.get(hashes[i], view, seed)
-                if vector is None:
-                    raise FileNotFoundError(
-                        f"feature store entry {store.entry(hashes[i], view, seed)} vanished while "
-                        "in use (another command cleared the store or its size cap is too small)"
-                    )
+                vector = store.require(hashes[i], view, seed)
                 if dim is None:
                     dim = len(vector)
                 elif len(vector) != dim:

@@ -140,22 +140,12 @@ def store_scorer(bundle: ModelBundle, cfg: RunConfig, prepared: data.PreparedDat
         compute_missing(
             bundle, store, prepared.paths(split), hashes, views=0, desc=f"scoring {split}", **_extraction_settings(cfg)
         )
-        features = np.stack([_stored(store, image_hash, cfg.seed) for image_hash in hashes])
+        features = np.stack([store.require(image_hash, 0, cfg.seed) for image_hash in hashes])
         counts.update(computed=store.computed, reused=store.reused)
         out = bundle.head.predict(features, batch_size=cfg.train.batch_size, verbose=0)
         return np.asarray(out[category], np.float32), np.asarray(out[TAGS_OUTPUT], np.float32)
 
     return score
-
-
-def _stored(store: FeatureStore, image_hash: str, seed: int) -> np.ndarray:
-    vector = store.get(image_hash, 0, seed)
-    if vector is None:
-        raise FileNotFoundError(
-            f"feature store entry {store.entry(image_hash, 0, seed)} vanished while in use "
-            "(another command cleared the store or its size cap is too small)"
-        )
-    return vector
 
 
 @dataclasses.dataclass
