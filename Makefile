@@ -10,6 +10,10 @@ SET ?=
 DEMO_DIR ?= data/demo
 SERVE_ARGS ?=
 RELEASE_ARGS ?=
+# `make all` plans the whole job, install and demo data included, into this many minutes
+# (train.time_budget_scope=main_job, docs/experiments.md); SET can still override any of it.
+MAIN_JOB_MINUTES ?= 15
+JOB_STARTED := $(shell date +%s)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv lint demo-data train evaluate predict export release rollback serve all test test-fast notebook notebook-smoke bench bench-smoke conda-list clean search cv mlflow-ui
@@ -32,7 +36,7 @@ demo-data: venv ## Generate the synthetic demo dataset into data/demo (skips if 
 	$(VINTED) demo $(DEMO_DIR)
 
 train: demo-data ## Train + evaluate a run (CONFIG=..., SET="train.head_epochs=3 ...")
-	$(VINTED) train $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
+	$(VINTED) train $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(BUDGET_SET) $(SET),--set $(s))
 
 evaluate: venv ## Re-evaluate the run on its held-out split
 	$(VINTED) evaluate $(foreach c,$(CONFIG),--config $(c)) $(foreach s,$(SET),--set $(s))
@@ -52,7 +56,8 @@ rollback: venv ## Point the stable label back at the previous released version (
 serve: venv ## REST :9000 + gRPC :8500 (real tensorflow_model_server if on PATH, else ours; SERVE_ARGS=...)
 	$(VINTED) serve --rest_api_port=9000 $(SERVE_ARGS)
 
-all: train predict export release ## The main job: demo data -> train -> evaluate -> predictions.parquet -> staged SavedModel -> release gate
+all: BUDGET_SET = train.time_budget_minutes=$(MAIN_JOB_MINUTES) train.time_budget_scope=main_job train.time_budget_started_at=$(JOB_STARTED)
+all: train predict export release ## The main job in MAIN_JOB_MINUTES=15: demo data -> train -> predictions.parquet -> staged SavedModel -> release gate
 
 test: venv ## Run the test suite (offline, CPU)
 	$(PY) -m pytest -q

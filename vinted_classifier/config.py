@@ -115,6 +115,9 @@ class TrainConfig(_Strict):
     cache_features: bool = True
     # With cache_features and augment: number of augmented views of each training image to cache.
     cached_augmented_views: int = Field(default=2, ge=0)
+    # vinted train: this share of the training images (stratified by category) gets one augmented view
+    # more; the time budget sets it to spend what is left short of a whole view.
+    partial_view_share: float = Field(default=0.0, ge=0, le=1)
     # Rows of cached features held in the shuffle buffer (x dim x 4 bytes: 8192 rows ~ 32 MiB at dim 1024).
     # The cache itself lives on disk, so this, not the dataset size, bounds phase 1's memory.
     feature_shuffle_buffer: int = Field(default=8192, ge=1)
@@ -130,6 +133,12 @@ class TrainConfig(_Strict):
     # training subsample (docs/experiments.md). 10: the demo set's main job on a 2-core AVX2 CPU.
     # null: no budget; the counts above are then used as they are.
     time_budget_minutes: float | None = Field(default=12.0, gt=0)
+    # What the budget covers. train: this command, from its start. main_job: `make all` from its start
+    # (time_budget_started_at, unix seconds: install and demo data count), and the plan also prices
+    # what the job does after training: predicting test.parquet, the export's reference statistics
+    # and the release gate's held-out scoring (docs/experiments.md).
+    time_budget_scope: Literal["train", "main_job"] = "train"
+    time_budget_started_at: float | None = Field(default=None, gt=0)
     # The shared feature store (null: <output_dir>/feature_cache) and its size cap (oldest entries go first).
     feature_cache_dir: Path | None = None
     feature_cache_max_gb: float = Field(default=10.0, gt=0)

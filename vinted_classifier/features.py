@@ -248,6 +248,15 @@ def cached_views(cfg: RunConfig) -> int:
     return cfg.train.cached_augmented_views if cfg.model.augment else 0
 
 
+def partial_view_rows(cfg: RunConfig, codes) -> np.ndarray:
+    """The training rows (stratified by category) cached with one augmented view more: ``partial_view_share``."""
+    # data.splits imports pandas and scikit-learn: `vinted cache status` imports this module without them.
+    from .data.splits import stratified_subsample  # noqa: PLC0415
+
+    count = round(cfg.train.partial_view_share * len(codes)) if cfg.model.augment else 0
+    return stratified_subsample(codes, count, cfg.seed) if count else np.zeros(0, np.int64)
+
+
 def file_hash(path: str | Path) -> str:
     """The same content hash ``data.check_images`` records (blake2b-128 of the file's bytes)."""
     return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
@@ -414,26 +423,32 @@ def join_rows(
     seed: int,
     order: np.ndarray | None = None,
     key: dict | None = None,
+    partial: np.ndarray | None = None,
 ) -> FeatureCache:
-    """The flat file ``feature_dataset`` reads: view by view, each image's features + code + tags, in ``order``."""
+    """The flat file ``feature_dataset`` reads: view by view, each image's features + code + tags, in ``order``.
+
+    The rows listed in ``partial`` add augmented view ``views + 1`` after the whole views.
+    """
     order = np.arange(len(hashes)) if order is None else np.asarray(order)
+    extra = set(np.asarray(partial if partial is not None else [], np.int64).tolist())
     labels = np.concatenate([np.asarray(codes, RECORD_DTYPE)[:, None], np.asarray(tags, RECORD_DTYPE)], axis=1)
+    written = [(view, i) for view in range(1 + views) for i in order]
+    written += [(views + 1, i) for i in order if i in extra]
     dim = None
     with atomic_path(path) as tmp, open(tmp, "wb") as out:
-        for view in range(1 + views):
-            for i in order:
-                vector = store.require(hashes[i], view, seed)
-                if dim is None:
-                    dim = len(vector)
-                elif len(vector) != dim:
-                    raise ValueError(
-                        f"feature store entry {store.entry(hashes[i], view, seed)} holds {len(vector)} "
-                        f"values, expected {dim}: delete it (vinted cache clear)"
-                    )
-                out.write(np.concatenate([vector, labels[i]]).tobytes())
+        for view, i in written:
+            vector = store.require(hashes[i], view, seed)
+            if dim is None:
+                dim = len(vector)
+            elif len(vector) != dim:
+                raise ValueError(
+                    f"feature store entry {store.entry(hashes[i], view, seed)} holds {len(vector)} "
+                    f"values, expected {dim}: delete it (vinted cache clear)"
+                )
+            out.write(np.concatenate([vector, labels[i]]).tobytes())
     if dim is None:
         raise ValueError(f"no rows to join into {path}")
-    cache = FeatureCache(path, len(order) * (1 + views), int(dim), labels.shape[1] - 1, dict(key or {}))
+    cache = FeatureCache(path, len(written), int(dim), labels.shape[1] - 1, dict(key or {}))
     write_json(_meta_path(path), {k: v for k, v in asdict(cache).items() if k != "path"})
     return cache
 
@@ -452,17 +467,34 @@ def cached_features(
     image_size,
     batch_size: int,
     order=None,
+    partial=None,
     desc: str,
 ) -> FeatureCache:
-    """Compute what the store lacks, then join this split's rows into ``path``."""
+    """Compute what the store lacks, then join this split's rows into ``path``.
+
+    ``partial``: indices of the rows that also get augmented view ``views + 1`` (none without an augmenter).
+    """
     views = views if bundle.augmenter is not None else 0
-    compute_missing(
-        bundle, store, paths, hashes, views=views, seed=seed, image_size=image_size, batch_size=batch_size, desc=desc
-    )
+    partial = np.asarray(partial if partial is not None and bundle.augmenter is not None else [], np.int64)
+    settings = {"seed": seed, "image_size": image_size, "batch_size": batch_size}
+    compute_missing(bundle, store, paths, hashes, views=views, desc=desc, **settings)
+    if partial.size:  # their views up to ``views`` are stored now: only the extra one is computed
+        subset = partial.tolist()
+        compute_missing(
+            bundle,
+            store,
+            [paths[i] for i in subset],
+            [hashes[i] for i in subset],
+            views=views + 1,
+            desc=f"{desc} (view {views + 1} of {partial.size})",
+            **settings,
+        )
     key = {"store": store.folder.name, "views": views, "seed": seed, "rows": rows_digest(hashes, codes, tags, order)}
+    if partial.size:
+        key["partial"] = hashlib.blake2b(np.sort(partial).tobytes(), digest_size=12).hexdigest()
     if (joined := load_feature_cache(path, key)) is not None:  # the same rows already joined (a rerun)
         return joined
-    return join_rows(store, path, hashes, codes, tags, views=views, seed=seed, order=order, key=key)
+    return join_rows(store, path, hashes, codes, tags, views=views, seed=seed, order=order, key=key, partial=partial)
 
 
 def rows_digest(hashes: list[str], codes, tags, order=None) -> str:

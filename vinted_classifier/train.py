@@ -332,16 +332,25 @@ def _jsonable(history: dict) -> dict:
     return {key: [float(v) for v in values] for key, values in history.items()}
 
 
+def budget_clock_start(cfg: RunConfig, started: float) -> float:
+    """The ``time.perf_counter()`` reading the budget counts from: the command's start (``started``), or
+    ``train.time_budget_started_at`` (unix seconds; ``make all`` passes its own start) when earlier."""
+    if cfg.train.time_budget_started_at is None:
+        return started
+    return min(started, time.perf_counter() - (time.time() - cfg.train.time_budget_started_at))
+
+
 def _train_in_scope(experiment: Experiment, run_dir: Path, started: float, agree) -> tuple[Experiment, _Trained]:
     """Build, plan (under a time budget) and run the phases; the caller holds the distribution scope."""
     bundle = experiment.build_model()
     budget, guard = None, None
     if (minutes := experiment.cfg.train.time_budget_minutes) is not None:
+        clock = budget_clock_start(experiment.cfg, started)
         cfg, prepared, budget = plan_run(
-            bundle, experiment.cfg, experiment.prepared, elapsed_seconds=time.perf_counter() - started, agree=agree
+            bundle, experiment.cfg, experiment.prepared, elapsed_seconds=time.perf_counter() - clock, agree=agree
         )
         experiment = experiment.replaced(cfg=cfg, prepared=prepared)
-        guard = _finetune_guard(budget, deadline=started + minutes * 60, agree=agree)
+        guard = _finetune_guard(budget, deadline=clock + minutes * 60, agree=agree)
     cfg = experiment.cfg
     feature_counts: dict = {}
     history, choice = _run_phases(bundle, cfg, experiment.prepared, run_dir, feature_counts, guard)

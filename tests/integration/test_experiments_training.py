@@ -155,6 +155,38 @@ def test_a_budget_too_small_for_the_whole_split_trains_a_stratified_subsample(ti
     assert run["feature_store"]["computed"] == plan["train_images"] + val
 
 
+def test_the_main_job_budget_counts_the_job_so_far_and_buys_part_of_a_view(tiny_dataset, tmp_path, monkeypatch, caplog):
+    import time
+
+    _fixed_step_times(monkeypatch, 2.0)
+    # After training, make all scores 5 test + 3 reference + 3 gate images: evaluation = (3 holdout + 11) x 2 s
+    # + 20 s overhead + 60 s for the job's other steps = 108 s. Caching 12 training images with v augmented
+    # views and 3 val costs (12 x (1 + v) + 3) x 2 s: 1 view -> 162 s in all, 2 views -> 186 s. The job
+    # started 60 s ago and the budget is 239 s, so ~174 s are left: one view, and part of the second.
+    cfg = tiny_config(
+        tiny_dataset,
+        tmp_path / "job",
+        "model.augment=true",
+        "train.cached_augmented_views=2",
+        "train.time_budget_minutes=3.9833",
+        "train.time_budget_scope=main_job",
+        f"train.time_budget_started_at={time.time() - 60}",
+        "tracking.enabled=false",
+    )
+    with caplog.at_level("INFO", logger="vinted_classifier"):
+        result = train_module.train(cfg)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    budget, plan = run["time_budget"], run["time_budget"]["plan"]
+    assert (budget["scope"], budget["after_training_images"], plan["evaluation_seconds"]) == ("main_job", 11, 108.0)
+    assert budget["seconds_before_plan"] >= 60  # the job's time before this command counts
+    partial = plan["partial_view_images"]
+    assert plan["augmented_views"] == 1 and 0 < partial < 12 and plan["fits"]
+    assert plan["predicted_seconds"] <= plan["budget_seconds"] < plan["predicted_seconds"] + 2 + 0.1  # < 1 more image
+    # The store computed what was planned: every image's clean and first augmented view, part of the second, val.
+    assert run["feature_store"]["computed"] == 12 * 2 + partial + 3
+    assert f"12 train image(s) x 2 view(s) (+ 1 for {partial} of them), 3 val" in caplog.text
+
+
 def test_a_budget_plans_no_backbone_pass_for_what_the_feature_store_holds(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "stored"
     train_module.train(tiny_config(tiny_dataset, out, "run_name=first", "tracking.enabled=false"))  # fills the store

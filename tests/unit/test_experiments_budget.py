@@ -120,6 +120,53 @@ def test_no_phase_1_means_no_caching_cost():
     assert (p.caching_seconds, p.head_epochs, p.finetune_epochs) == (0, 0, 2)  # floor((100 - 20 - 10) / 30)
 
 
+def test_time_left_short_of_a_whole_view_buys_that_view_for_a_share_of_the_images():
+    wide = replace(WORK, batch_size=50)  # head epochs of 1 s per 200 rows: cheap next to a 50 s view
+    # 2 views: 10 + 160 = 170 s leave no head epoch; 1 view: 10 + 110 + 30 epochs x 1 s = 150 s leaves 20 s,
+    # and p more images cost p x 0.5 s to cache plus 30 x ceil((200 + p) / 50) x 0.25 s of epochs:
+    # p = 25 -> 12.5 + 7.5 = 20 s (fits), p = 26 -> 13 + 7.5 = 20.5 s (does not)
+    p = plan(170, wide)
+    assert (p.augmented_views, p.head_epochs, p.partial_view_images, p.finetune_epochs) == (1, 30, 25, 0)
+    assert (p.caching_seconds, p.head_epoch_seconds, p.partial_view_share) == (122.5, 1.25, 0.25)
+    assert p.predicted_seconds == 10 + 122.5 + 30 * 1.25 == 170 and p.fits
+    assert "x (1 + 1 augmented view(s)) (+ 1 more for 25 of them, 25%) cached" in p.describe()
+    # What the store already holds of the next view costs no backbone pass: only the epochs grow.
+    held = replace(wide, stored_train_views=(0.0, 0.0, 0.25))  # 2 views: 10 + 147.5 s leave 8 epochs < 10
+    assert plan(170, held).partial_view_images == 33  # 33 x 0.5 x 0.75 = 12.375 s + 7.5 s; 34: 12.75 + 7.5 s
+    # No partial view beyond the configured views, none when whole views already take the time.
+    assert plan(600).partial_view_images == 0 and plan(200).partial_view_images == 0
+
+
+def test_the_main_job_scope_prices_prediction_export_and_release_gate(tmp_path):
+    import pandas as pd
+
+    from vinted_classifier.config import load_config
+    from vinted_classifier.experiments.budget import MAIN_JOB_FIXED_SECONDS, OVERHEAD_SECONDS, workload
+
+    pd.DataFrame({"uuid": [f"t{i}" for i in range(7)]}).to_parquet(tmp_path / "test.parquet", index=False)
+    served = tmp_path / "saved_model" / "my_model"
+    common = [f"data.data_dir={tmp_path}", f"export.saved_model_dir={served.parent}", "monitoring.reference_images=4"]
+    prepared = _Prepared({"train": 30, "val": 6, "holdout": 9}, categories=3)
+    assert workload(load_config(None, common), prepared).predict_images == 0  # scope train: this command only
+    cfg = load_config(None, [*common, "train.time_budget_scope=main_job"])
+    work = workload(cfg, prepared)
+    # predict 7 test images + the export's reference on 4 held-out ones + the gate's 9 held-out rows
+    assert (work.predict_images, work.overhead_seconds) == (7 + 4 + 9, OVERHEAD_SECONDS + MAIN_JOB_FIXED_SECONDS)
+    (served / "3").mkdir(parents=True)  # a served version: the gate scores the held-out rows with it too
+    assert workload(cfg, prepared).predict_images == 7 + 4 + 2 * 9
+
+
+class _Prepared:
+    """What ``workload`` reads of prepared data: split paths and the category vocabulary."""
+
+    def __init__(self, sizes: dict[str, int], categories: int):
+        self._sizes = sizes
+        self.vocab = type("Vocab", (), {"categories": [f"C{i}" for i in range(categories)]})()
+
+    def paths(self, split: str) -> list[str]:
+        return [f"{split}{i}.jpeg" for i in range(self._sizes[split])]
+
+
 def test_bad_budgets_and_workloads_are_named():
     with pytest.raises(ValueError, match="-5"):
         plan(-5)

@@ -100,3 +100,21 @@ def test_vinted_cache_status_and_clear_name_the_store_and_what_it_holds(tmp_path
     assert main(["cache", "clear", *args]) == 0
     assert capsys.readouterr().out.strip() == f"feature store {root}: removed 2 feature vector(s), 0.0 MiB"
     assert store_status(root) == []
+
+
+def test_a_partial_view_adds_one_more_augmented_view_for_the_listed_rows_only(tmp_path):
+    from vinted_classifier.features import join_rows
+
+    store = FeatureStore(tmp_path / "store", {"model": "m"})
+    hashes = [f"{i:032x}" for i in range(3)]
+    for i, digest in enumerate(hashes):
+        for view in (0, 1):
+            store.put(digest, view, 5, np.full(4, 10 * i + view, np.float32))
+    store.put(hashes[1], 2, 5, np.full(4, 12, np.float32))  # view 2 exists for row 1 only
+    codes, tags = np.array([0, 1, 2]), np.eye(3, 2)
+    cache = join_rows(store, tmp_path / "train.f32", hashes, codes, tags, views=1, seed=5, partial=np.array([1]))
+    assert (cache.rows, cache.feature_dim) == (3 * 2 + 1, 4)
+    rows = np.fromfile(tmp_path / "train.f32", np.float32).reshape(cache.rows, 4 + 1 + 2)
+    # views 0 and 1 of every row, then the partial view of row 1, each with its own label and tags
+    assert rows[:, 0].tolist() == [0, 10, 20, 1, 11, 21, 12]
+    assert rows[:, 4].tolist() == [0, 1, 2, 0, 1, 2, 1] and rows[-1, 5:].tolist() == tags[1].tolist()

@@ -22,6 +22,7 @@ from .splits import (
     load_or_make_splits,
     make_splits,
     splits_path,
+    stratified_subsample,
 )
 
 __all__ = [
@@ -46,5 +47,6 @@ __all__ = [
     "read_test_ids",
     "split_table",
     "splits_path",
+    "stratified_subsample",
     "validate_labels",
 ]

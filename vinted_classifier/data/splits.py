@@ -134,3 +134,31 @@ def class_weights(codes: np.ndarray, n_classes: int) -> np.ndarray:
     present = counts > 0
     weights[present] = len(codes) / (present.sum() * counts[present])
     return weights
+
+
+def stratified_subsample(codes: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted row indices of ``size`` rows keeping each category's share (largest remainder), >= 1 each.
+
+    The same ``codes``, ``size`` and ``seed`` give the same rows on every worker.
+    """
+    codes = np.asarray(codes)
+    if not 1 <= size <= len(codes):
+        raise ValueError(f"subsample size {size} must be between 1 and the {len(codes)} training rows")
+    categories, counts = np.unique(codes, return_counts=True)
+    exact = counts * size / len(codes)
+    take = np.minimum(counts, np.maximum(np.floor(exact).astype(int), 1 if size >= len(categories) else 0))
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")  # largest remainders first
+    for index in np.concatenate([order, order]):
+        if take.sum() >= size:
+            break
+        if take[index] < counts[index]:
+            take[index] += 1
+    while take.sum() > size:  # the >= 1 floor overshot: trim the largest categories
+        take[np.argmax(take)] -= 1
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(codes == category), n, replace=False)
+        for category, n in zip(categories, take, strict=True)
+        if n > 0
+    ]
+    return np.sort(np.concatenate(chosen))

@@ -20,7 +20,9 @@ What to buy, in order of value per second (measured on the demo set, docs/experi
 1. evaluation, the clean view and ``min_head_epochs`` head epochs: the model itself;
 2. augmented views, most first (each is a backbone pass over the training split);
 3. more head epochs, up to the configured count (cheap on cached features; early stopping ends them);
-4. fine-tune epochs (2.5-7 min each on a 2-core CPU, rarely better than phase 1 on the demo set).
+4. the next augmented view for as many training images as the rest buys (a stratified share,
+   ``train.partial_view_share``), so that a budget just short of a whole view still buys most of it;
+5. fine-tune epochs (2.5-7 min each on a 2-core CPU, rarely better than phase 1 on the demo set).
 
 When even (1) does not fit, the training split is subsampled, stratified by category (val and
 holdout never are: they measure the result). When even the smallest subsample
@@ -38,8 +40,12 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .. import pipeline
+from ..data.schema import read_test_ids
+from ..data.splits import stratified_subsample
+from ..export.versioned import existing_versions
 from ..features import FeatureStore, cached_views, open_store
 from ..model import LAST_BLOCK_PREFIXES, feature_dim, set_trainable
+from ..release.staging import served_root
 from .setup import compile_for, image_hashes
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,11 @@ class Plan:
     finetune_baseline_seconds: float  # phase 1's value on val, paid once when phase 2 runs
     predicted_seconds: float
     subsampled: bool
+    partial_view_images: int = 0  # training images cached with one augmented view more than the others
+
+    @property
+    def partial_view_share(self) -> float:
+        return self.partial_view_images / self.train_images
 
     @property
     def fits(self) -> bool:
@@ -121,9 +132,14 @@ class Plan:
         verdict = (
             "fits" if self.fits else f"over by {self.predicted_seconds / self.budget_seconds - 1:.0%} (minimum plan)"
         )
+        partial = (
+            f" (+ 1 more for {self.partial_view_images} of them, {self.partial_view_share:.0%})"
+            if self.partial_view_images
+            else ""
+        )
         return (
             f"time budget {self.budget_seconds / 60:.1f} min: {data} x (1 + {self.augmented_views} augmented "
-            f"view(s)) cached in {self.caching_seconds:.1f}s + {self.head_epochs} head epoch(s) x "
+            f"view(s)){partial} cached in {self.caching_seconds:.1f}s + {self.head_epochs} head epoch(s) x "
             f"{self.head_epoch_seconds:.1f}s + {self.finetune_epochs} fine-tune epoch(s) x "
             f"{self.finetune_epoch_seconds:.1f}s + evaluation {self.evaluation_seconds:.1f}s = "
             f"{self.predicted_seconds / 60:.1f} min, {verdict}"
@@ -133,18 +149,25 @@ class Plan:
         return dict(asdict(self), fits=self.fits)
 
 
-def caching_seconds(times: StepTimes, work: Workload, train_images: int, views: int) -> float:
-    """The backbone over every cached row the store lacks: each training image's views, and val once."""
+def caching_seconds(times: StepTimes, work: Workload, train_images: int, views: int, partial: int = 0) -> float:
+    """The backbone over every cached row the store lacks: each training image's views, and val once.
+
+    ``partial`` images get augmented view ``views + 1`` too; the store's share of that view is taken
+    as covering the same share of them.
+    """
     if not work.cache_features:
         return 0.0
     rows = work.train_rows_to_compute(train_images, views) + work.val_images * work.to_compute(work.stored_val)
+    if partial:
+        shares = work.stored_train_views
+        rows += partial * work.to_compute(shares[views + 1] if views + 1 < len(shares) else 0.0)
     return rows * times.backbone_seconds_per_image
 
 
-def head_epoch_seconds(times: StepTimes, work: Workload, train_images: int, views: int) -> float:
+def head_epoch_seconds(times: StepTimes, work: Workload, train_images: int, views: int, partial: int = 0) -> float:
     if not work.cache_features:  # every epoch runs the backbone over train and val
         return (train_images + work.val_images) * times.backbone_seconds_per_image
-    return math.ceil(train_images * (1 + views) / work.batch_size) * times.head_seconds_per_step
+    return math.ceil((train_images * (1 + views) + partial) / work.batch_size) * times.head_seconds_per_step
 
 
 def evaluation_seconds(times: StepTimes, work: Workload, *, val_on_images: bool) -> float:
@@ -169,15 +192,22 @@ def finetune_epoch_seconds(times: StepTimes, work: Workload, train_images: int) 
 
 
 def _plan(
-    budget: float, times: StepTimes, work: Workload, train_images: int, views: int, head: int, max_finetune_epochs: int
+    budget: float,
+    times: StepTimes,
+    work: Workload,
+    train_images: int,
+    views: int,
+    head: int,
+    max_finetune_epochs: int,
+    partial: int = 0,
 ) -> Plan:
     """Phase 2 gets what the rest leaves; everything else is given.
 
     Phase 2 costs its epochs, phase 1's baseline on val and, since it changes the backbone, val's
     evaluation on the images (without it, val is scored from the cache).
     """
-    caching = caching_seconds(times, work, train_images, views) if head > 0 else 0.0
-    head_epoch = head_epoch_seconds(times, work, train_images, views)
+    caching = caching_seconds(times, work, train_images, views, partial) if head > 0 else 0.0
+    head_epoch = head_epoch_seconds(times, work, train_images, views, partial)
     finetune_epoch = finetune_epoch_seconds(times, work, train_images)
     baseline = work.val_images * times.backbone_seconds_per_image
     without_phase2 = evaluation_seconds(times, work, val_on_images=_val_on_images(work, head, 0))
@@ -201,6 +231,7 @@ def _plan(
         baseline,
         predicted,
         subsampled=train_images < work.train_images,
+        partial_view_images=partial,
     )
 
 
@@ -213,6 +244,17 @@ def _affordable_head_epochs(
     if left < 0:
         return 0
     return max_head_epochs if epoch == 0 else min(max_head_epochs, math.floor(left / epoch))
+
+
+def _affordable_partial_view(budget: float, times: StepTimes, work: Workload, views: int, head: int) -> int:
+    """How many training images the time left after ``head`` epochs on ``views`` views buys one more view for."""
+    evaluation = evaluation_seconds(times, work, val_on_images=False)
+
+    def fits(partial: int) -> bool:
+        spent = caching_seconds(times, work, work.train_images, views, partial)
+        return evaluation + spent + head * head_epoch_seconds(times, work, work.train_images, views, partial) <= budget
+
+    return _largest_true(fits, 0, work.train_images)
 
 
 def plan_budget(
@@ -235,8 +277,9 @@ def plan_budget(
     views_allowed = work.augmented_views if work.cache_features else 0
     for views in range(views_allowed, -1, -1):  # (1) + (2): the most views that leave the floor of head epochs
         head = _affordable_head_epochs(budget_seconds, times, work, work.train_images, views, max_head_epochs)
-        if head >= floor_epochs:  # (3) + (4): head epochs up to the maximum, phase 2 with the rest
-            return _plan(budget_seconds, times, work, work.train_images, views, head, max_finetune_epochs)
+        if head >= floor_epochs:  # (3) head epochs up to the maximum, (4) part of the next view, (5) phase 2
+            partial = _affordable_partial_view(budget_seconds, times, work, views, head) if views < views_allowed else 0
+            return _plan(budget_seconds, times, work, work.train_images, views, head, max_finetune_epochs, partial)
     # Nothing fits on the whole training split: the largest stratified subsample that does.
     smallest = min(work.train_images, max(1, work.min_train_images))
 
@@ -294,34 +337,6 @@ def _largest_true(predicate, low: int, high: int) -> int:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if predicate(middle) else (low, middle - 1)
     return low
-
-
-def stratified_subsample(codes: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted row indices of ``size`` rows keeping each category's share (largest remainder), >= 1 each.
-
-    The same ``codes``, ``size`` and ``seed`` give the same rows on every worker.
-    """
-    codes = np.asarray(codes)
-    if not 1 <= size <= len(codes):
-        raise ValueError(f"subsample size {size} must be between 1 and the {len(codes)} training rows")
-    categories, counts = np.unique(codes, return_counts=True)
-    exact = counts * size / len(codes)
-    take = np.minimum(counts, np.maximum(np.floor(exact).astype(int), 1 if size >= len(categories) else 0))
-    order = np.argsort(-(exact - np.floor(exact)), kind="stable")  # largest remainders first
-    for index in np.concatenate([order, order]):
-        if take.sum() >= size:
-            break
-        if take[index] < counts[index]:
-            take[index] += 1
-    while take.sum() > size:  # the >= 1 floor overshot: trim the largest categories
-        take[np.argmax(take)] -= 1
-    rng = np.random.default_rng(seed)
-    chosen = [
-        rng.choice(np.flatnonzero(codes == category), n, replace=False)
-        for category, n in zip(categories, take, strict=True)
-        if n > 0
-    ]
-    return np.sort(np.concatenate(chosen))
 
 
 def measure_step_times(bundle, cfg, prepared, *, batches: int = 2, finetune: bool = True) -> StepTimes:
@@ -388,16 +403,24 @@ def stored_shares(store: FeatureStore, cfg, prepared, views: int) -> dict:
 
 
 def workload(cfg, prepared, stored: dict | None = None) -> Workload:
-    """What ``vinted train`` does with the backbone, from the config, the splits and ``stored_shares``."""
+    """What ``vinted train`` does with the backbone, from the config, the splits and ``stored_shares``.
+
+    Under ``time_budget_scope: main_job`` the rest of ``make all`` is priced too (``main_job_after_training``).
+    """
     n_categories = len(prepared.vocab.categories)
+    holdout = len(prepared.paths("holdout"))
+    after_images, after_seconds = (
+        main_job_after_training(cfg, holdout) if cfg.train.time_budget_scope == "main_job" else (0, 0.0)
+    )
     return Workload(
         train_images=len(prepared.paths("train")),
         val_images=len(prepared.paths("val")),
-        holdout_images=len(prepared.paths("holdout")),
+        holdout_images=holdout,
         batch_size=cfg.train.batch_size,
         augmented_views=cached_views(cfg),
         cache_features=cfg.train.cache_features,
-        overhead_seconds=OVERHEAD_SECONDS,
+        predict_images=after_images,
+        overhead_seconds=OVERHEAD_SECONDS + after_seconds,
         min_train_images=min(len(prepared.paths("train")), MIN_IMAGES_PER_CATEGORY * n_categories),
         **(stored or {}),
     )
@@ -406,6 +429,26 @@ def workload(cfg, prepared, stored: dict | None = None) -> Workload:
 # Measured on the demo set (docs/experiments.md): saving model.keras, figures and the tracing of
 # each fit/evaluate, not proportional to the images.
 OVERHEAD_SECONDS = 20.0
+# What `make all` spends after training besides backbone passes: three processes' start-up, the
+# export's save and warm-up file, the gate's baselines and its server subprocess. 45 s measured on
+# the simulated AVX2-only CPU (docs/experiments.md), plus a third for slower hosts.
+MAIN_JOB_FIXED_SECONDS = 60.0
+
+
+def main_job_after_training(cfg, holdout_images: int) -> tuple[int, float]:
+    """(backbone images, fixed seconds) of what ``make all`` runs after ``vinted train``.
+
+    ``vinted predict`` scores test.parquet; ``vinted export`` scores up to ``monitoring.reference_images``
+    held-out images for the reference statistics; ``vinted release`` scores the held-out split with the
+    candidate and, once a version is served, with that version too.
+    """
+    try:
+        test = len(read_test_ids(cfg.data))
+    except (OSError, ValueError):  # no test file: `vinted predict` fails on its own, with its message
+        test = 0
+    gate = holdout_images * (2 if existing_versions(served_root(cfg)) else 1)
+    reference = min(cfg.monitoring.reference_images, holdout_images)
+    return test + reference + gate, MAIN_JOB_FIXED_SECONDS
 
 
 def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
@@ -445,6 +488,7 @@ def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
     planned = cfg.model_copy(deep=True)
     planned.train.head_epochs, planned.train.finetune_epochs = plan.head_epochs, plan.finetune_epochs
     planned.train.cached_augmented_views = plan.augmented_views
+    planned.train.partial_view_share = plan.partial_view_share
     if plan.subsampled:
         prepared = subsample_train(prepared, plan.train_images, cfg.seed)
         log.warning(
@@ -483,6 +527,8 @@ def _record(cfg, work: Workload, plan: Plan, times: StepTimes, finetune_measured
         "train_images": work.train_images,
     }
     return {
+        "scope": cfg.train.time_budget_scope,
+        "after_training_images": work.predict_images,
         "plan": plan.to_dict(),
         "step_times": asdict(times),
         "finetune_step_measured": finetune_measured,
@@ -513,9 +559,9 @@ def _measured_plan(
         times = StepTimes(*numbers)
     budget = cfg.train.time_budget_minutes * 60 - spent
     if budget <= 0:
+        since = "since train.time_budget_started_at" if cfg.train.time_budget_started_at else "start-up and measuring"
         raise BudgetTooSmall(
-            f"train.time_budget_minutes={cfg.train.time_budget_minutes}: start-up and "
-            f"measuring already took {spent / 60:.1f} min"
+            f"train.time_budget_minutes={cfg.train.time_budget_minutes}: {since} already took {spent / 60:.1f} min"
         )
     plan = plan_budget(
         budget, times, work, max_head_epochs=cfg.train.head_epochs, max_finetune_epochs=cfg.train.finetune_epochs

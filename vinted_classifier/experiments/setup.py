@@ -28,6 +28,7 @@ from ..features import (
     enforce_size_cap,
     file_hash,
     open_store,
+    partial_view_rows,
 )
 from ..model import ModelBundle, build_model, compile_model
 from ..precision import detect_hardware, resolve_precision, set_precision
@@ -66,14 +67,14 @@ def _extraction_settings(cfg: RunConfig) -> dict[str, Any]:
     return {"seed": cfg.seed, "image_size": cfg.model.image_size, "batch_size": cfg.train.batch_size}
 
 
-def _write_order(cfg: RunConfig, split: str, n_images: int, views: int) -> np.ndarray | None:
-    """The order a split's rows are joined in (None: as they are).
+def _write_order(cfg: RunConfig, split: str, n_images: int, rows: int) -> np.ndarray | None:
+    """The order a split's ``n_images`` are joined in (None: as they are), for ``rows`` rows in all.
 
     When the rows fit the reader's shuffle buffer, every epoch is an exact full shuffle. When they
     do not, the training rows are written in a random order, so that the bounded buffer draws from
     rows already shuffled.
     """
-    if split == "train" and n_images * (1 + views) > cfg.train.feature_shuffle_buffer:
+    if split == "train" and rows > cfg.train.feature_shuffle_buffer:
         return np.random.default_rng(cfg.seed).permutation(n_images)
     return None
 
@@ -90,11 +91,16 @@ def cache_splits(
     started = time.perf_counter()
     store = open_store(bundle, cfg)
     views = cached_views(cfg)
-    sizes = f"{len(prepared.paths('train'))} train image(s) x {1 + views} view(s), {len(prepared.paths('val'))} val"
+    partial = partial_view_rows(cfg, prepared.codes("train"))
+    more = f" (+ 1 for {partial.size} of them)" if partial.size else ""
+    n_train, n_val = len(prepared.paths("train")), len(prepared.paths("val"))
+    sizes = f"{n_train} train image(s) x {1 + views} view(s){more}, {n_val} val"
     log.info("caching backbone features: %s (store %s)", sizes, store.folder)
     caches = {}
     for split, split_views in (("train", views), ("val", 0)):
         hashes = image_hashes(prepared, split, cfg.data.id_column)
+        split_partial = partial if split == "train" else np.zeros(0, np.int64)
+        split_rows = len(hashes) * (1 + split_views) + split_partial.size
         caches[split] = cached_features(
             bundle,
             store,
@@ -104,7 +110,8 @@ def cache_splits(
             prepared.codes(split),
             prepared.tags(split),
             views=split_views,
-            order=_write_order(cfg, split, len(hashes), split_views),
+            order=_write_order(cfg, split, len(hashes), split_rows),
+            partial=split_partial,
             desc=f"caching {split}",
             **_extraction_settings(cfg),
         )
