@@ -374,12 +374,16 @@ def compute_missing(
     image_size,
     batch_size: int,
     desc: str,
+    first_view: int = 0,
 ) -> None:
-    """Run the backbone over the images whose entries (clean view, then ``views`` augmented ones) are missing."""
+    """Run the backbone over the images whose entries (clean view, then ``views`` augmented ones) are missing.
+
+    ``first_view`` > 0 looks only at the views from that one on (a partial view's second pass).
+    """
     # TensorFlow only when features are computed: `vinted cache status/clear` imports this module without it.
     import tensorflow as tf  # noqa: PLC0415
 
-    wanted = range(1 + (views if bundle.augmenter is not None else 0))
+    wanted = range(first_view, 1 + (views if bundle.augmenter is not None else 0))
     missing_views = {i: [v for v in wanted if not store.entry(hashes[i], v, seed).is_file()] for i in range(len(paths))}
     todo = [i for i, missing in missing_views.items() if missing]
     store.reused += sum(len(wanted) - len(missing_views[i]) for i in range(len(paths)))
@@ -478,7 +482,7 @@ def cached_features(
     partial = np.asarray(partial if partial is not None and bundle.augmenter is not None else [], np.int64)
     settings = {"seed": seed, "image_size": image_size, "batch_size": batch_size}
     compute_missing(bundle, store, paths, hashes, views=views, desc=desc, **settings)
-    if partial.size:  # their views up to ``views`` are stored now: only the extra one is computed
+    if partial.size:  # a second pass over these rows, for the one view more
         subset = partial.tolist()
         compute_missing(
             bundle,
@@ -486,6 +490,7 @@ def cached_features(
             [paths[i] for i in subset],
             [hashes[i] for i in subset],
             views=views + 1,
+            first_view=views + 1,
             desc=f"{desc} (view {views + 1} of {partial.size})",
             **settings,
         )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import time
 
 import numpy as np
 import pytest
@@ -104,7 +107,13 @@ def test_time_budget_plans_the_run_and_the_run_stays_within_its_plan(tiny_datase
     run = json.loads((result.run_dir / "run.json").read_text())
     budget = run["time_budget"]
     plan, times = budget["plan"], budget["step_times"]
-    assert set(times) == {"backbone_seconds_per_image", "head_seconds_per_step", "finetune_seconds_per_step"}
+    assert set(times) == {
+        "backbone_seconds_per_image",
+        "head_seconds_per_step",
+        "finetune_seconds_per_step",
+        "augmented_seconds_per_image",
+    }
+    assert times.pop("augmented_seconds_per_image") == 0.0  # no augmenter in the tiny preset: priced as clean
     assert all(v > 0 for v in times.values())
     assert 1 <= plan["head_epochs"] <= 3 and 0 <= plan["finetune_epochs"] <= 1
     assert plan["budget_seconds"] == pytest.approx(120 - budget["seconds_before_plan"], abs=0.06)
@@ -156,8 +165,6 @@ def test_a_budget_too_small_for_the_whole_split_trains_a_stratified_subsample(ti
 
 
 def test_the_main_job_budget_counts_the_job_so_far_and_buys_part_of_a_view(tiny_dataset, tmp_path, monkeypatch, caplog):
-    import time
-
     _fixed_step_times(monkeypatch, 2.0)
     # After training, make all scores 5 test + 3 reference + 3 gate images: evaluation = (3 holdout + 11) x 2 s
     # + 20 s overhead + 60 s for the job's other steps = 108 s. Caching 12 training images with v augmented
@@ -183,7 +190,7 @@ def test_the_main_job_budget_counts_the_job_so_far_and_buys_part_of_a_view(tiny_
     assert plan["augmented_views"] == 1 and 0 < partial < 12 and plan["fits"]
     assert plan["predicted_seconds"] <= plan["budget_seconds"] < plan["predicted_seconds"] + 2 + 0.1  # < 1 more image
     # The store computed what was planned: every image's clean and first augmented view, part of the second, val.
-    assert run["feature_store"]["computed"] == 12 * 2 + partial + 3
+    assert (run["feature_store"]["computed"], run["feature_store"]["reused"]) == (12 * 2 + partial + 3, 0)
     assert f"12 train image(s) x 2 view(s) (+ 1 for {partial} of them), 3 val" in caplog.text
 
 
@@ -208,6 +215,20 @@ def test_a_budget_nothing_fits_is_refused_before_training(tiny_dataset, tmp_path
     with pytest.raises(BudgetTooSmall, match=r"cannot fit even the smallest run .* Give at least \d+\.\d min"):
         train_module.train(cfg)
     assert not (cfg.run_dir / "model.keras").exists() and not (cfg.run_dir / "history_head.csv").exists()
+    # Under make all the message names the whole job's minutes: what the job already ran plus that minimum.
+    job = tiny_config(
+        tiny_dataset,
+        tmp_path / "refused-job",
+        "train.time_budget_minutes=15",
+        "train.time_budget_scope=main_job",
+        f"train.time_budget_started_at={time.time() - 120}",
+        "tracking.enabled=false",
+    )
+    with pytest.raises(BudgetTooSmall, match=r"run so far: make all MAIN_JOB_MINUTES=(\d+)\.$") as refused:
+        train_module.train(job)
+    minutes = int(re.search(r"MAIN_JOB_MINUTES=(\d+)", str(refused.value)).group(1))
+    needed = refused.value.needed_seconds
+    assert math.ceil((120 + needed) / 60) <= minutes <= math.ceil((180 + needed) / 60), (minutes, needed)
 
 
 def test_val_and_holdout_are_scored_from_the_feature_store_exactly_as_on_the_images(tiny_dataset, tmp_path):

@@ -28,8 +28,8 @@ WORK = Workload(
 # fine-tune epoch = 10 steps x 2 + 20 val x 0.5 = 30 s, plus phase 1's baseline on val once: 10 s
 
 
-def plan(budget, work=WORK, **kwargs):
-    return plan_budget(budget, TIMES, work, **{"max_head_epochs": 30, "max_finetune_epochs": 5, **kwargs})
+def plan(budget, work=WORK, times=TIMES, **kwargs):
+    return plan_budget(budget, times, work, **{"max_head_epochs": 30, "max_finetune_epochs": 5, **kwargs})
 
 
 def test_a_large_budget_buys_every_view_every_head_epoch_and_phase_2():
@@ -73,8 +73,12 @@ def test_nothing_that_fits_within_15_percent_is_refused_with_the_minimum_it_need
     # the smallest run worth training: 10 images, the floor of 10 head epochs = 10 + (10 + 20) x 0.5 + 10 x 0.25
     # = 27.5 s > 23 x 1.15 = 26.45
     message = r"10 training image\(s\), no augmented views, 10 head epoch\(s\).*needs 0\.5 min.*at least 0\.4 min"
-    with pytest.raises(BudgetTooSmall, match=message):
+    with pytest.raises(BudgetTooSmall, match=message) as refused:
         plan(23)
+    assert refused.value.needed_seconds == 24.0  # 0.4 min: 27.5 s / 1.15 = 23.9 s, rounded up to a tenth of a minute
+    busy = replace(WORK, predict_images=4)  # scored after training (make all): 2 s more
+    with pytest.raises(BudgetTooSmall, match=r"20 val \+ 20 holdout image\(s\) \+ 4 scored after training\): it needs"):
+        plan(23, busy)
     p = plan(24)  # 27.5 <= 24 x 1.15 = 27.6: run the minimum, saying it is over
     assert (p.train_images, p.head_epochs, p.predicted_seconds, p.fits) == (10, 10, 27.5, False)
     assert "over by 15% (minimum plan)" in p.describe()
@@ -135,6 +139,18 @@ def test_time_left_short_of_a_whole_view_buys_that_view_for_a_share_of_the_image
     assert plan(170, held).partial_view_images == 33  # 33 x 0.5 x 0.75 = 12.375 s + 7.5 s; 34: 12.75 + 7.5 s
     # No partial view beyond the configured views, none when whole views already take the time.
     assert plan(600).partial_view_images == 0 and plan(200).partial_view_images == 0
+
+
+def test_augmented_views_are_priced_at_their_own_measured_cost():
+    from vinted_classifier.experiments.budget import caching_seconds
+
+    slower = replace(TIMES, augmented_seconds_per_image=0.75)  # the augmenter on top of the forward pass
+    # clean view and val at 0.5 s: (100 + 20) x 0.5 = 60 s; 2 augmented views of 100 at 0.75 s: 150 s
+    assert caching_seconds(slower, WORK, 100, 2) == 60 + 150
+    assert caching_seconds(slower, WORK, 100, 1, partial=40) == 60 + (100 + 40) * 0.75
+    assert caching_seconds(TIMES, WORK, 100, 2) == 160  # 0: priced as the clean view
+    p = plan(200, times=slower)  # 10 s evaluation + 60 + 75 s caching leave 55 s = 11 head epochs (16 above)
+    assert (p.augmented_views, p.head_epochs, p.caching_seconds, p.predicted_seconds) == (1, 11, 135, 200)
 
 
 def test_the_main_job_scope_prices_prediction_export_and_release_gate(tmp_path):
