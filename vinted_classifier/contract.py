@@ -47,6 +47,7 @@ ASSETS_EXTRA_DIR = "assets.extra"
 LABELS_FILE = "labels.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 REFERENCE_STATS_FILE = "reference_stats.json"
+MODEL_FILE = "model.keras"  # a run folder's best model (the full Keras model: image -> outputs)
 
 _LABEL_FIELDS = frozenset({"category_output", "categories", "tags", "thresholds", "image_size"})
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import RunConfig, load_config
-from .contract import LABELS_FILE, TAGS_OUTPUT, RunLabels
+from .contract import LABELS_FILE, MODEL_FILE, TAGS_OUTPUT, RunLabels
 from .model import load_model
 from .progress import keras_callback
 
@@ -25,7 +25,7 @@ from .progress import keras_callback
 def load_run(run_dir: str | Path) -> tuple[RunConfig, RunLabels, Any]:
     """Load a finished run: its config, labels and best model (compile=False, for inference)."""
     run_dir = Path(run_dir)
-    model_path = run_dir / "model.keras"
+    model_path = run_dir / MODEL_FILE
     if not model_path.is_file():
         raise FileNotFoundError(f"no trained model at {model_path} (run `make train` or `vinted train`)")
     cfg = load_config(run_dir / "config.yaml")

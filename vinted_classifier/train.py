@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from . import data, pipeline, progress
 from .config import RunConfig
-from .contract import LABELS_FILE
+from .contract import LABELS_FILE, MODEL_FILE
 from .distributed import agreement, barrier, cluster_from_env, local_model, make_strategy, shard_by_data, worker_run_dir
 from .distributed import scope as distribution_scope
 from .evaluate.run import evaluate_splits
@@ -37,6 +38,7 @@ from .experiments.setup import Experiment, cache_splits, class_weights, compile_
 from .experiments.tracking import log_training
 from .features import feature_dataset
 from .model import LAST_BLOCK_PREFIXES, set_trainable
+from .monitoring.reference import write_run_reference
 from .utils import package_versions, write_json
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,6 @@ log = logging.getLogger(__name__)
 PHASE1_DONE = "phase1.done"
 PHASE1_WEIGHTS = "phase1.weights.h5"
 BEST_CHECKPOINT = "best_checkpoint.keras"
-MODEL_FILE = "model.keras"
 
 
 @dataclass
@@ -357,6 +358,31 @@ def _train_in_scope(experiment: Experiment, run_dir: Path, started: float, agree
     return experiment, _Trained(history, choice, budget, feature_counts, time.perf_counter() - started)
 
 
+def _remembering(scorer, into: dict):
+    """``scorer`` that also keeps each split's probabilities in ``into``."""
+
+    def score(split: str):
+        into[split] = scorer(split)
+        return into[split]
+
+    return score
+
+
+def _held_out_lookup(prepared: data.PreparedData, scored: tuple[np.ndarray, np.ndarray]):
+    """``paths -> (category probs, tag probs)`` from the held-out scoring; None unless every path is held out."""
+    rows = {Path(path).resolve(): i for i, path in enumerate(prepared.paths("holdout"))}
+    p_cat, p_tags = scored
+
+    def lookup(paths: list[Path]) -> tuple[np.ndarray, np.ndarray] | None:
+        found = [rows.get(Path(path).resolve()) for path in paths]
+        if any(row is None for row in found):
+            return None
+        index = np.asarray(found, np.int64)
+        return p_cat[index], p_tags[index]
+
+    return lookup
+
+
 def _write_run(experiment: Experiment, run_dir: Path, trained: _Trained, strategy, started: float) -> dict:
     """The chief's run folder: model, labels, metrics, history, figures and ``run.json``; returns the metrics."""
     cfg, prepared, bundle = experiment.cfg, experiment.prepared, experiment.built()
@@ -366,14 +392,13 @@ def _write_run(experiment: Experiment, run_dir: Path, trained: _Trained, strateg
     # The head on stored features is the model on the images while the backbone is the store's frozen
     # one: val then costs no backbone pass (cached for training). Not across workers (collectives).
     from_store = cfg.train.cache_features and trained.choice.kept_phase == "head" and strategy is None
+    probabilities: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    scorer = _remembering(store_scorer(bundle, cfg, prepared, scored_from_store), probabilities) if from_store else None
     metrics, labels = evaluate_splits(
-        evaluated,
-        cfg,
-        prepared,
-        figures_dir=run_dir / "figures",
-        history=trained.history,
-        scorer=store_scorer(bundle, cfg, prepared, scored_from_store) if from_store else None,
+        evaluated, cfg, prepared, figures_dir=run_dir / "figures", history=trained.history, scorer=scorer
     )
+    if "holdout" in probabilities:  # the export's reference statistics, without another backbone pass
+        write_run_reference(labels, cfg, run_dir, _held_out_lookup(prepared, probabilities["holdout"]), evaluated)
     labels.save(run_dir / LABELS_FILE)
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "history.json", _jsonable(trained.history))

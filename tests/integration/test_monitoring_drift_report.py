@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -11,7 +12,9 @@ from helpers import tiny_config, write_tiny_dataset
 from vinted_classifier.cli import main
 from vinted_classifier.contract import DEFAULT_MODEL_NAME, reference_stats_path
 from vinted_classifier.export import export_run
+from vinted_classifier.monitoring.reference import model_fingerprint, run_reference_files
 from vinted_classifier.monitoring.report import batch_images, drift_demo, drift_report, shifted_copy, thresholds_from
+from vinted_classifier.runs import load_run
 from vinted_classifier.train import train
 
 pytestmark = pytest.mark.slow  # trains and exports a tiny model (~40 s on 2 cores)
@@ -40,7 +43,24 @@ def test_export_carries_reference_statistics(exported):
     assert doc["rows"] == doc["source"]["images"] == sum(doc["category_counts"]) > 0
     assert sum(doc["numeric"]["width"]["counts"]) == doc["rows"]
     assert doc["numeric"]["width"]["edges"][0] == 0.0 and doc["created_utc"]
-    assert (run_dir / "reference_stats.json").is_file()
+    # Training wrote it from its held-out scoring, for this model; the export carries that file.
+    run_doc = json.loads((run_dir / "reference_stats.json").read_text())
+    assert run_doc == doc and doc["source"]["model"] == model_fingerprint(run_dir)
+
+
+def test_a_reference_for_another_model_is_computed_again_from_the_images(exported, tmp_path):
+    _, run_dir, _, _ = exported
+    stale = tmp_path / "run"
+    shutil.copytree(run_dir, stale)
+    written = json.loads((stale / "reference_stats.json").read_text())
+    (stale / "reference_stats.json").write_text(json.dumps(dict(written, source={**written["source"], "model": "old"})))
+    cfg, labels, model = load_run(stale)
+    path = run_reference_files(model, labels, cfg, stale)["reference_stats.json"]
+    again = json.loads(path.read_text())
+    assert again["source"]["model"] == model_fingerprint(stale)
+    # The model over the image files predicts what training's stored features gave: the same statistics.
+    for field in ("rows", "category_counts", "tag_counts", "numeric"):
+        assert again[field] == written[field], field
 
 
 def test_vinted_drift_reports_the_shift_it_was_given(exported, tmp_path, capsys):

@@ -157,7 +157,12 @@ def test_the_main_job_scope_prices_prediction_export_and_release_gate(tmp_path):
     import pandas as pd
 
     from vinted_classifier.config import load_config
-    from vinted_classifier.experiments.budget import MAIN_JOB_FIXED_SECONDS, OVERHEAD_SECONDS, workload
+    from vinted_classifier.experiments.budget import (
+        MAIN_JOB_FIXED_SECONDS,
+        OVERHEAD_SECONDS,
+        evaluation_seconds,
+        workload,
+    )
 
     pd.DataFrame({"uuid": [f"t{i}" for i in range(7)]}).to_parquet(tmp_path / "test.parquet", index=False)
     served = tmp_path / "saved_model" / "my_model"
@@ -166,10 +171,16 @@ def test_the_main_job_scope_prices_prediction_export_and_release_gate(tmp_path):
     assert workload(load_config(None, common), prepared).predict_images == 0  # scope train: this command only
     cfg = load_config(None, [*common, "train.time_budget_scope=main_job"])
     work = workload(cfg, prepared)
-    # predict 7 test images + the export's reference on 4 held-out ones + the gate's 9 held-out rows
-    assert (work.predict_images, work.overhead_seconds) == (7 + 4 + 9, OVERHEAD_SECONDS + MAIN_JOB_FIXED_SECONDS)
+    # predict 7 test images + the gate's 9 held-out rows; the export's reference covers 4 held-out images
+    assert (work.predict_images, work.reference_images) == (7 + 9, 4)
+    assert work.overhead_seconds == OVERHEAD_SECONDS + MAIN_JOB_FIXED_SECONDS
+    # Training writes the reference from its held-out scoring while the backbone is the store's; after
+    # phase 2 (val on the images) the export scores the 4 images itself.
+    overhead = work.overhead_seconds
+    assert evaluation_seconds(TIMES, work, val_on_images=False) == (9 + 16) * 0.5 + overhead
+    assert evaluation_seconds(TIMES, work, val_on_images=True) == (6 + 9 + 16 + 4) * 0.5 + overhead
     (served / "3").mkdir(parents=True)  # a served version: the gate scores the held-out rows with it too
-    assert workload(cfg, prepared).predict_images == 7 + 4 + 2 * 9
+    assert workload(cfg, prepared).predict_images == 7 + 2 * 9
 
 
 class _Prepared:

@@ -13,7 +13,10 @@ command is planned, in seconds:
 * evaluation and anything else the command does with the backbone: ``(holdout + predicted) x
   backbone s/image``, plus a fixed ``overhead_seconds`` (graph tracing, saving); val too when
   phase 2 runs or nothing is cached (otherwise val is scored from the features cached for
-  training, ``experiments.setup.store_scorer``).
+  training, ``experiments.setup.store_scorer``);
+* under ``time_budget_scope: main_job`` (``make all``), what the job runs after training: the test
+  images, the release gate's held-out scoring, the export's reference images when training could
+  not write them, and ``MAIN_JOB_FIXED_SECONDS``; the clock starts when the job did.
 
 What to buy, in order of value per second (measured on the demo set, docs/experiments.md):
 
@@ -93,7 +96,10 @@ class Workload:
     batch_size: int
     augmented_views: int  # the configured maximum of cached augmented views per training image
     cache_features: bool = True
-    predict_images: int = 0  # images the same command also predicts (beyond val and holdout)
+    predict_images: int = 0  # images the same command (or job) also predicts (beyond val and holdout)
+    # Held-out images the export scores for its reference statistics unless training wrote them from
+    # its store-scored holdout (it does while the backbone is the store's: no phase 2, the cache on).
+    reference_images: int = 0
     overhead_seconds: float = 0.0  # fixed costs not proportional to images: tracing, saving, figures
     min_train_images: int = 1  # the smallest (stratified) training subsample worth training
     # What the feature store already holds, as shares of each split: no backbone pass is planned for it.
@@ -186,7 +192,7 @@ def evaluation_seconds(times: StepTimes, work: Workload, *, val_on_images: bool)
     """``val_on_images``: val's cached features do not fit the model (no phase 1 or cache, or phase 2 ran)."""
     images: float
     if val_on_images:  # the model may not be the store's: every image goes through it
-        images = work.val_images + work.holdout_images + work.predict_images
+        images = work.val_images + work.holdout_images + work.predict_images + work.reference_images
     else:
         images = work.holdout_images * work.to_compute(work.stored_holdout) + work.predict_images
     return images * times.backbone_seconds_per_image + work.overhead_seconds
@@ -430,8 +436,8 @@ def workload(cfg, prepared, stored: dict | None = None) -> Workload:
     """
     n_categories = len(prepared.vocab.categories)
     holdout = len(prepared.paths("holdout"))
-    after_images, after_seconds = (
-        main_job_after_training(cfg, holdout) if cfg.train.time_budget_scope == "main_job" else (0, 0.0)
+    after_images, reference, after_seconds = (
+        main_job_after_training(cfg, holdout) if cfg.train.time_budget_scope == "main_job" else (0, 0, 0.0)
     )
     return Workload(
         train_images=len(prepared.paths("train")),
@@ -441,6 +447,7 @@ def workload(cfg, prepared, stored: dict | None = None) -> Workload:
         augmented_views=cached_views(cfg),
         cache_features=cfg.train.cache_features,
         predict_images=after_images,
+        reference_images=reference,
         overhead_seconds=OVERHEAD_SECONDS + after_seconds,
         min_train_images=min(len(prepared.paths("train")), MIN_IMAGES_PER_CATEGORY * n_categories),
         **(stored or {}),
@@ -456,12 +463,13 @@ OVERHEAD_SECONDS = 20.0
 MAIN_JOB_FIXED_SECONDS = 60.0
 
 
-def main_job_after_training(cfg, holdout_images: int) -> tuple[int, float]:
-    """(backbone images, fixed seconds) of what ``make all`` runs after ``vinted train``.
+def main_job_after_training(cfg, holdout_images: int) -> tuple[int, int, float]:
+    """(backbone images, reference images, fixed seconds) of what ``make all`` runs after ``vinted train``.
 
-    ``vinted predict`` scores test.parquet; ``vinted export`` scores up to ``monitoring.reference_images``
-    held-out images for the reference statistics; ``vinted release`` scores the held-out split with the
-    candidate and, once a version is served, with that version too.
+    ``vinted predict`` scores test.parquet; ``vinted release`` scores the held-out split with the
+    candidate and, once a version is served, with that version too; ``vinted export`` scores up to
+    ``monitoring.reference_images`` held-out images for the reference statistics when training did
+    not write them (``Workload.reference_images``).
     """
     try:
         test = len(read_test_ids(cfg.data))
@@ -469,7 +477,7 @@ def main_job_after_training(cfg, holdout_images: int) -> tuple[int, float]:
         test = 0
     gate = holdout_images * (2 if existing_versions(served_root(cfg)) else 1)
     reference = min(cfg.monitoring.reference_images, holdout_images)
-    return test + reference + gate, MAIN_JOB_FIXED_SECONDS
+    return test + gate, reference, MAIN_JOB_FIXED_SECONDS
 
 
 def plan_run(bundle, cfg, prepared, *, elapsed_seconds: float, agree=None):
@@ -552,6 +560,7 @@ def _record(cfg, work: Workload, plan: Plan, times: StepTimes, finetune_measured
     return {
         "scope": cfg.train.time_budget_scope,
         "after_training_images": work.predict_images,
+        "reference_images_unless_stored": work.reference_images,
         "plan": plan.to_dict(),
         "step_times": asdict(times),
         "finetune_step_measured": finetune_measured,

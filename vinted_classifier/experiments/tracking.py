@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..contract import LABELS_FILE
+from ..contract import LABELS_FILE, MODEL_FILE
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ def log_training(cfg, result) -> str | None:
                 mlflow.log_artifact(str(run_dir / name))
         if (run_dir / "figures").is_dir():
             mlflow.log_artifacts(str(run_dir / "figures"), "figures")
-        if cfg.tracking.log_models and (run_dir / "model.keras").is_file():
-            mlflow.log_artifact(str(run_dir / "model.keras"), "model")
+        if cfg.tracking.log_models and (run_dir / MODEL_FILE).is_file():
+            mlflow.log_artifact(str(run_dir / MODEL_FILE), "model")
         log.info("MLflow run %s in %s (experiment %r)", run.info.run_id, tracking_uri(cfg), cfg.tracking.experiment)
         return run.info.run_id
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .. import data, pipeline
-from ..contract import REFERENCE_STATS_FILE, reference_stats_path
+from ..contract import MODEL_FILE, REFERENCE_STATS_FILE, reference_stats_path
+from ..features import file_hash
 from ..runs import predict_probabilities
 from ..utils import write_json
 from .drift import Observation, Summary, summarise
@@ -158,14 +160,26 @@ def reference_images(cfg, limit: int) -> tuple[list[Path], str]:
     return paths[::step][:limit], split
 
 
-def reference_for_run(model, labels, cfg, limit: int) -> Reference | None:
-    """A run's model over up to ``limit`` held-out images -> Reference (None: no images found)."""
+Probabilities = Callable[[list[Path]], "tuple[np.ndarray, np.ndarray] | None"]
+
+
+def reference_for_run(model, labels, cfg, limit: int, probabilities: Probabilities | None = None) -> Reference | None:
+    """A run's model over up to ``limit`` held-out images -> Reference (None: no images found).
+
+    ``probabilities(paths)`` may supply the model's outputs for those images (training has them
+    from its held-out scoring); when it returns None the model runs over the images.
+    """
     paths, split = reference_images(cfg, limit)
     if not paths:
         log.warning("no held-out or test images found for %s: the export carries no reference statistics", cfg.run_name)
         return None
-    ds = pipeline.make_dataset([str(p) for p in paths], image_size=labels.image_size, batch_size=cfg.train.batch_size)
-    p_cat, p_tags = predict_probabilities(model, ds, labels.category_output, description="reference statistics")
+    known = probabilities(paths) if probabilities is not None else None
+    if known is None:
+        ds = pipeline.make_dataset(
+            [str(p) for p in paths], image_size=labels.image_size, batch_size=cfg.train.batch_size
+        )
+        known = predict_probabilities(model, ds, labels.category_output, description="reference statistics")
+    p_cat, p_tags = known
     rows, _ = observations(p_cat, p_tags, labels.thresholds, [image_stats(p.read_bytes()) for p in paths])
     return build_reference(
         rows, labels.categories, labels.tags, {"run_name": cfg.run_name, "split": split, "images": len(paths)}
@@ -176,12 +190,35 @@ def write_reference(reference: Reference, path: str | Path) -> None:
     write_json(path, reference.to_json())
 
 
-def run_reference_files(model, labels, cfg, run_dir: str | Path) -> dict[str, Path]:
-    """Write ``<run_dir>/reference_stats.json`` for an export's ``assets.extra/``: {name: path}, {} without
-    images."""
-    reference = reference_for_run(model, labels, cfg, cfg.monitoring.reference_images)
+def model_fingerprint(run_dir: str | Path) -> str:
+    """Which saved model a run folder's reference describes (blake2b-128 of ``model.keras``)."""
+    return file_hash(Path(run_dir) / MODEL_FILE)
+
+
+def write_run_reference(labels, cfg, run_dir: str | Path, probabilities: Probabilities, model=None) -> Path | None:
+    """``<run_dir>/reference_stats.json`` for the run's saved model, tagged with its fingerprint."""
+    reference = reference_for_run(model, labels, cfg, cfg.monitoring.reference_images, probabilities)
     if reference is None:
-        return {}
+        return None
+    reference.source["model"] = model_fingerprint(run_dir)
     path = Path(run_dir) / REFERENCE_STATS_FILE
     write_reference(reference, path)
-    return {REFERENCE_STATS_FILE: path}
+    return path
+
+
+def run_reference_files(model, labels, cfg, run_dir: str | Path) -> dict[str, Path]:
+    """``<run_dir>/reference_stats.json`` for an export's ``assets.extra/``: {name: path}, {} without images.
+
+    Training writes it from its held-out scoring; it is computed here only when it is missing or
+    describes another model (an older file, a retrained run).
+    """
+    path = Path(run_dir) / REFERENCE_STATS_FILE
+    if path.is_file():
+        try:
+            current = load_reference(path).source.get("model") == model_fingerprint(run_dir)
+        except (ValueError, OSError):
+            current = False
+        if current:
+            return {REFERENCE_STATS_FILE: path}
+    written = write_run_reference(labels, cfg, run_dir, lambda paths: None, model)
+    return {REFERENCE_STATS_FILE: written} if written is not None else {}

@@ -23,6 +23,7 @@ from .. import pipeline
 from ..contract import (
     DEFAULT_CATEGORY_COLUMN,
     DEFAULT_SIGNATURE,
+    MODEL_FILE,
     REFERENCE_STATS_FILE,
     TAGS_OUTPUT,
     labels_path,
@@ -108,7 +109,7 @@ class _Scorer:
         )
         if version is not None:
             self._from_export(version)
-        elif (against / "model.keras").is_file():
+        elif (against / MODEL_FILE).is_file():
             self._from_run(against, reference_images)
         else:
             raise FileNotFoundError(
