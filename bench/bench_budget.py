@@ -109,6 +109,7 @@ def _run_row(ctx: harness.Context, label: str, data_dir: Path, minutes: float) -
     planned = budget["seconds_before_plan"] + plan["predicted_seconds"]
     epochs = _epochs_run(run_dir)
     as_run = _priced_as_run(budget, epochs)
+    partial = f" + 1 for {plan['partial_view_images']}" if plan.get("partial_view_images") else ""
     return harness.row(
         "budget",
         row_name,
@@ -120,7 +121,7 @@ def _run_row(ctx: harness.Context, label: str, data_dir: Path, minutes: float) -
         higher_is_better=False,
         note=(
             f"{plan['train_images']} train image(s){' (subsample)' if plan['subsampled'] else ''} x "
-            f"(1 + {plan['augmented_views']} view(s)), {epochs} of {plan['head_epochs']} head epoch(s), "
+            f"(1 + {plan['augmented_views']} view(s){partial}), {epochs} of {plan['head_epochs']} head epoch(s), "
             f"{plan['finetune_epochs']} fine-tune; backbone "
             f"{budget['step_times']['backbone_seconds_per_image'] * 1e3:.1f} ms/image; priced with the epochs run "
             f"{as_run / 60:.1f} min ({run['total_seconds'] / as_run:.2f}x); process wall {wall / 60:.1f} min; "

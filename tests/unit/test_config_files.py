@@ -76,3 +76,33 @@ def test_unknown_preset_and_bad_files_are_named(tmp_path):
     typo.write_text("train: {head_epoch: 3}\n")
     with pytest.raises(ValueError, match="head_epoch"):
         load_config(typo)
+
+
+def test_make_all_plans_the_whole_job_and_only_training_reads_the_budget():
+    """`make all` hands `vinted train` the job's start and minutes; a user's SET still comes last and wins."""
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    before = int(time.time())
+    dry = subprocess.run(
+        ["make", "-n", "all", "MAIN_JOB_MINUTES=14", "SET=train.head_epochs=5"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    commands = {line.split()[3]: line for line in dry if " -m vinted_classifier " in line}
+    train = commands["train"].split("--set ")[1:]
+    assert [s.strip() for s in train[:3]] == [
+        "train.time_budget_minutes=14",
+        "train.time_budget_scope=main_job",
+        train[2].strip(),
+    ]
+    started = int(train[2].strip().split("=")[1])
+    assert before - 1 <= started <= int(time.time()) + 1  # make's own start, read when make parsed the file
+    assert train[3].strip() == "train.head_epochs=5"  # after the job's settings: the user's override wins
+    for step in ("predict", "export", "release"):
+        assert "time_budget" not in commands[step], step
