@@ -130,7 +130,7 @@ class TrainConfig(_Strict):
     deterministic: bool = False
     # The whole `vinted train` (start-up, caching, epochs, evaluation) fits this many minutes: step
     # times measured at the start choose the cached views, head/fine-tune epochs and, if need be, a
-    # training subsample (docs/experiments.md). 10: the demo set's main job on a 2-core AVX2 CPU.
+    # training subsample (docs/experiments.md). `make all` gives it the whole job instead (below).
     # null: no budget; the counts above are then used as they are.
     time_budget_minutes: float | None = Field(default=12.0, gt=0)
     # What the budget covers. train: this command, from its start. main_job: `make all` from its start

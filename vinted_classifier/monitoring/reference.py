@@ -195,8 +195,13 @@ def model_fingerprint(run_dir: str | Path) -> str:
     return file_hash(Path(run_dir) / MODEL_FILE)
 
 
-def write_run_reference(labels, cfg, run_dir: str | Path, probabilities: Probabilities, model=None) -> Path | None:
-    """``<run_dir>/reference_stats.json`` for the run's saved model, tagged with its fingerprint."""
+def write_run_reference(
+    labels, cfg, run_dir: str | Path, probabilities: Probabilities | None, model=None
+) -> Path | None:
+    """``<run_dir>/reference_stats.json`` for the run's saved model, tagged with its fingerprint.
+
+    ``probabilities``: as ``reference_for_run``'s (None: ``model`` runs over the images).
+    """
     reference = reference_for_run(model, labels, cfg, cfg.monitoring.reference_images, probabilities)
     if reference is None:
         return None
@@ -220,5 +225,5 @@ def run_reference_files(model, labels, cfg, run_dir: str | Path) -> dict[str, Pa
             current = False
         if current:
             return {REFERENCE_STATS_FILE: path}
-    written = write_run_reference(labels, cfg, run_dir, lambda paths: None, model)
+    written = write_run_reference(labels, cfg, run_dir, None, model)
     return {REFERENCE_STATS_FILE: written} if written is not None else {}
